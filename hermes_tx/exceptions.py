@@ -1,0 +1,29 @@
+# -*- test-case-name: tests.test_strategies -*-
+"""
+Exceptions raised by hermes_tx.
+"""
+
+
+class HermesException(Exception):
+    """
+    Base class of every exception hermes_tx raises on purpose.
+    """
+
+
+class InvalidConfigurationException(HermesException):
+    """
+    The caller configured hermes_tx wrongly: a listener or processor that is
+    not a L{hermes_tx.components.Component}, a channel name PostgreSQL would
+    refuse or truncate, a DSN that does not parse.  The message is one line
+    meant for a human and never contains a password.
+    """
+
+
+class ConnectionLostError(HermesException):
+    """
+    The connection to PostgreSQL went away while hermes_tx was using it.
+
+    Raised (or passed to error strategies) in place of the assorted psycopg2
+    and Twisted errors that a dropped connection produces, so strategies can
+    classify it by class.
+    """

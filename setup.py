@@ -1,0 +1,19 @@
+from setuptools import setup
+
+setup(
+    name="hermes_tx",
+    version="0.1.0",
+    description="Hermes: Postgres-talking, event-driven, failure-handling Twisted services",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    packages=["hermes_tx", "twisted.plugins"],
+    package_data={"twisted": ["plugins/hermes_plugin.py"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "twisted>=22.10",
+        "txpostgres==1.7.0",
+        "psycopg2-binary>=2.9",
+        "watchdog>=3",
+    ],
+    classifiers=["Framework :: Twisted"],
+)
