@@ -1,0 +1,1 @@
+"""Examples: a processor in the seed's style and a .tac composing a Client."""

@@ -1,0 +1,66 @@
+"""
+Helpers shared by the integration tests: one throwaway primary for the
+whole run, and waiting on the real reactor without blocking it.
+"""
+
+from twisted.internet import defer, reactor, task
+
+from tests.support.pgcluster import Cluster
+
+_primary = []
+
+
+def shared_primary():
+    """
+    @return: a running throwaway primary shared by every test that does not
+        change its state (stop, promote); made on first use, removed at exit
+        by L{tests.support.pgcluster}.
+    """
+    if not _primary or not _primary[0].is_running():
+        _primary[:] = [Cluster.create_primary()]
+    return _primary[0]
+
+
+def sleep(seconds):
+    """
+    @return: a Deferred firing after C{seconds} on the real reactor.
+    """
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def wait_until(predicate, timeout=10.0, interval=0.01, what="condition"):
+    """
+    Poll C{predicate()} until it is true.
+
+    @return: a Deferred firing with the predicate's true value.
+    @raise AssertionError: still false after C{timeout} seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        yield sleep(interval)
+
+
+@defer.inlineCallbacks
+def take(queue, count, timeout=10.0):
+    """
+    Take C{count} items from a C{DeferredQueue}.
+
+    @return: a Deferred firing with the list of items.
+    @raise AssertionError: fewer arrived within C{timeout} seconds.
+    """
+    items = []
+    deadline = reactor.seconds() + timeout
+    while len(items) < count:
+        if queue.pending:
+            items.append(queue.pending.pop(0))
+            continue
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"got {len(items)} of {count} items: {items!r}")
+        yield sleep(0.005)
+    return items

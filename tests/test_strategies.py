@@ -1,0 +1,92 @@
+"""
+Tests for L{hermes_tx.strategies}.  Errors from a real server are covered in
+tests.test_listeners; here each class and SQLSTATE is checked on its own.
+"""
+
+import psycopg2
+import psycopg2.errors
+from twisted.internet import error as twisted_error
+from twisted.trial import unittest
+
+from hermes_tx import strategies
+from hermes_tx.exceptions import ConnectionLostError
+
+
+def with_sqlstate(base, code):
+    """
+    @return: an instance of a subclass of C{base} whose C{pgcode} is
+        C{code}, as psycopg2 makes for errors the server reports.
+    """
+    return type("E" + code, (base,), {"pgcode": code})()
+
+
+class CommonErrorStrategyTests(unittest.TestCase):
+    def setUp(self):
+        self.strategy = strategies.CommonErrorStrategy()
+
+    def assertVerdict(self, error, expected, action):
+        self.assertEqual(self.strategy.handle_exception(error), (expected, action), repr(error))
+
+    def test_connection_errors_back_off(self):
+        for error in [
+            psycopg2.OperationalError("server closed the connection unexpectedly"),
+            psycopg2.InterfaceError("connection already closed"),
+            ConnectionLostError("gone"),
+            twisted_error.ConnectionLost(),
+            twisted_error.ConnectionDone(),
+            with_sqlstate(psycopg2.OperationalError, "57P01"),  # admin shutdown
+            with_sqlstate(psycopg2.OperationalError, "57P03"),  # cannot connect now
+            with_sqlstate(psycopg2.OperationalError, "08006"),
+            with_sqlstate(psycopg2.InternalError, "25006"),  # standby refuses
+            with_sqlstate(psycopg2.OperationalError, "53300"),  # too many connections
+            with_sqlstate(psycopg2.extensions.TransactionRollbackError, "40001"),
+        ]:
+            self.assertVerdict(error, True, strategies.BACKOFF)
+
+    def test_other_database_errors_continue(self):
+        for error in [
+            with_sqlstate(psycopg2.ProgrammingError, "42601"),  # syntax error
+            with_sqlstate(psycopg2.IntegrityError, "23505"),  # unique violation
+            with_sqlstate(psycopg2.DataError, "22P02"),
+        ]:
+            self.assertVerdict(error, True, strategies.CONTINUE)
+
+    def test_messages_are_not_read(self):
+        """
+        A syntax error whose text looks like a connection failure is still a
+        syntax error.
+        """
+        error = type("E", (psycopg2.ProgrammingError,), {"pgcode": "42601"})(
+            "server closed the connection unexpectedly"
+        )
+        self.assertVerdict(error, True, strategies.CONTINUE)
+
+    def test_non_database_errors_are_unexpected(self):
+        for error in [ValueError("x"), KeyError("k"), ZeroDivisionError()]:
+            self.assertVerdict(error, False, strategies.BACKOFF)
+
+    def test_abstract(self):
+        self.assertRaises(
+            NotImplementedError, strategies.AbstractErrorStrategy().handle_exception, ValueError()
+        )
+
+
+class BackoffPolicyTests(unittest.TestCase):
+    def test_exact_sequence_capped(self):
+        policy = strategies.backoff_policy(initial=1, factor=2, max_delay=32, jitter=None)
+        self.assertEqual([policy(n) for n in range(8)], [1, 2, 4, 8, 16, 32, 32, 32])
+
+    def test_huge_attempt_counts(self):
+        policy = strategies.backoff_policy(initial=0.1, max_delay=16, jitter=None)
+        self.assertEqual(policy(10**6), 16)
+
+    def test_default_jitter_stays_under_cap(self):
+        """
+        The default jitter takes off at most a tenth, so the cap holds.
+        """
+        policy = strategies.backoff_policy(initial=0.1, factor=2, max_delay=16)
+        for attempt in range(20):
+            exact = min(0.1 * 2**attempt, 16)
+            for _ in range(20):
+                delay = policy(attempt)
+                self.assertTrue(exact * 0.9 <= delay <= exact, (attempt, delay))
