@@ -1,7 +1,12 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_client,tests.test_failover -*-
 """
-L{Client}: the Hermes client as a Twisted L{MultiService}, with its listener
-and processor as child services wired to each other.
+L{Client}: the Hermes client as a Twisted L{MultiService}.  Its listener and
+processor are child services, started only while the server is the primary.
+
+What makes the Client check the server's role (C{pg_is_in_recovery()}):
+start-up; a timer every C{role_check_interval} seconds (one query on a kept
+connection); a change of a failover file under C{watch_path}; and a
+connection error reported by the listener.
 """
 
 from twisted.application import service
@@ -9,20 +14,26 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from hermes_tx import dsn as dsnlib
+from hermes_tx import strategies
 from hermes_tx.components import Component, _one_line
+from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.watchers import DEFAULT_FAILOVER_FILES, FailoverFileWatcher
+
+PRIMARY, STANDBY, UNKNOWN = "primary", "standby", "unknown"
 
 
 class Client(service.MultiService):
     """
-    Keeps one listener and one processor running.
+    Keeps one listener and one processor running while the server is the
+    primary, and stopped while it is a standby or cannot be reached.
 
     The Client wires the listener's queue to the processor's pipe and both
-    components to its error queue (unless they were given their own), so no
-    queue needs building by hand.  Starting the Client starts its components;
-    stopping it stops them.  Put it in any L{service.MultiService} (a twistd
-    application or your own) with C{setServiceParent}.
+    components to its error queue (unless they were given their own).  Put
+    it in any L{service.MultiService} with C{setServiceParent}.
 
+    @ivar role: C{"primary"}, C{"standby"} or C{"unknown"} (not yet known, or
+        the server cannot be reached).
     @ivar notification_queue: the queue between listener and processor.
     @ivar error_queue: where components report L{ComponentError}s.
     @ivar listener: the listener component, or C{None}.
@@ -31,30 +42,66 @@ class Client(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, dsn, watch_path=None, failover_files=None):
+    def __init__(
+        self,
+        dsn,
+        watch_path=None,
+        failover_files=None,
+        role_check_interval=1.0,
+        max_backoff=32.0,
+        role_check_timeout=5.0,
+        clock=None,
+        connector=None,
+    ):
         """
-        @param dsn: the server's DSN (dict, C{key=value} string or URI); used
-            for role checks.  The listener has its own connector.
-        @param watch_path: the data directory to watch for failover files
-            (failover support; may be C{None}).
-        @param failover_files: names of files under C{watch_path} whose
-            changes mean a role change (failover support; C{None} for the
-            default set).
+        @param dsn: the server's DSN (dict, C{key=value} string or URI),
+            multi-host ones included.
+        @param watch_path: C{None}, or the server's data directory, watched
+            (not recursively) for changes of failover files.
+        @param failover_files: file names under C{watch_path} whose changes
+            mean a role change; C{None} means C{recovery.conf},
+            C{recovery.done}, C{standby.signal}, C{recovery.signal},
+            C{promote}.
+        @param role_check_interval: seconds between periodic role checks.
+        @param max_backoff: the longest wait, in seconds, between role
+            checks while the server cannot be reached (1, 2, 4 ... with
+            jitter).
+        @param role_check_timeout: seconds a role check may take before the
+            connection is declared dead.
+        @param clock: an C{IReactorTime}; C{None} means the reactor.
+        @param connector: the L{PostgresConnector} for role checks; C{None}
+            makes one from C{dsn} (application_name C{hermes-role}).
         @raise InvalidConfigurationException: the DSN does not parse.
         """
         service.MultiService.__init__(self)
         dsnlib.parse(dsn)
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.dsn = dsn
         self.watch_path = watch_path
-        self.failover_files = failover_files
+        self.failover_files = tuple(failover_files or DEFAULT_FAILOVER_FILES)
+        self.role_check_interval = role_check_interval
+        self.max_backoff = max_backoff
+        self.role_check_timeout = role_check_timeout
+        self.clock = clock
+        self.connector = connector or PostgresConnector(dsn, application_name="hermes-role")
         self.notification_queue = defer.DeferredQueue()
         self.error_queue = defer.DeferredQueue()
         self.listener = None
         self.processor = None
+        self.role = UNKNOWN
+        self._backoff = strategies.backoff_policy(initial=1.0, factor=2.0, max_delay=max_backoff)
+        self._failed_checks = 0
+        self._checking = None  # the role check in progress
+        self._again = False  # another check was asked for during one
+        self._timer = None
+        self._watcher = None
         self._error_wait = None
 
     def __repr__(self):
-        return f"<Client {dsnlib.redact(self.dsn)!r}>"
+        return f"<Client {dsnlib.redact(self.dsn)!r} role={self.role}>"
+
+    # -- configuration ------------------------------------------------------
 
     def add_listener(self, listener):
         """
@@ -72,6 +119,8 @@ class Client(service.MultiService):
             self.notification_queue = listener.notif_queue
             if self.processor is not None and self.processor._wired_pipe:
                 self.processor.notification_pipe = self.notification_queue
+        if hasattr(listener, "on_trouble"):
+            listener.on_trouble = self._component_trouble
         self._wire_errors(listener)
         self.listener = listener
         listener.setServiceParent(self)
@@ -105,14 +154,164 @@ class Client(service.MultiService):
         if component.error_queue is None:
             component.error_queue = self.error_queue
 
+    # -- IService -----------------------------------------------------------
+
     def startService(self):
-        service.MultiService.startService(self)
+        # Not MultiService.startService: the components start only once the
+        # server is known to be the primary.
+        service.Service.startService(self)
         self._watch_errors()
+        if self.watch_path is not None:
+            self._watcher = FailoverFileWatcher(
+                self.watch_path, self._failover_file_changed, self.failover_files
+            )
+            self._watcher.start()
+        self.execute_role_based_procedure()
 
     def stopService(self):
+        """
+        Stop role checks, the file watcher and the components.
+
+        @return: a Deferred firing when all of them have stopped.
+        """
+        service.Service.stopService(self)
         if self._error_wait is not None:
             self._error_wait.cancel()
-        return service.MultiService.stopService(self)
+        self._cancel_timer()
+        waits = [self._stop_components()]
+        if self._watcher is not None:
+            waits.append(self._watcher.stop())
+            self._watcher = None
+        self.connector.disconnect()
+        return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- role checks --------------------------------------------------------
+
+    def execute_role_based_procedure(self):
+        """
+        Ask the server its role and start the components on a primary, stop
+        them on a standby or when the server cannot be reached.
+
+        @return: a Deferred firing with the role found (C{"primary"},
+            C{"standby"} or C{"unknown"}) once components are started or
+            stopped accordingly.  Checks do not overlap: asking during a
+            check makes one more check follow it.
+        """
+        if self._checking is not None:
+            self._again = True
+            done = defer.Deferred()
+            self._checking.addBoth(lambda r: (done.callback(self.role), r)[1])
+            return done
+        self._cancel_timer()
+        self._checking = d = self._check_role()
+        d.addBoth(self._check_done)
+        return d
+
+    def _check_role(self):
+        timer = self.clock.callLater(self.role_check_timeout, self._role_check_timed_out)
+        d = self.connector.is_server_master()
+
+        def answered(is_master):
+            return PRIMARY if is_master else STANDBY
+
+        def unreachable(failure):
+            if not self.running:
+                return UNKNOWN  # stopping closed the connection: not news
+            self._failed_checks += 1
+            if strategies.is_connection_error(failure.value):
+                self.log.warn("role check failed: {error}", error=_one_line(failure.value))
+            else:
+                self.log.failure("role check failed", failure)
+            return UNKNOWN
+
+        def cleanup(role):
+            if timer.active():
+                timer.cancel()
+            return role
+
+        return d.addCallbacks(answered, unreachable).addBoth(cleanup).addCallback(self._apply_role)
+
+    def _role_check_timed_out(self):
+        # A hung server never answers: closing the connection fails the
+        # query, and the next check reconnects.
+        self.log.warn("role check got no answer in {t:g} s", t=self.role_check_timeout)
+        self.connector.disconnect()
+
+    @defer.inlineCallbacks
+    def _apply_role(self, role):
+        if not self.running:
+            return role
+        if role != self.role:
+            self.log.info("role: {old} -> {new}", old=self.role, new=role)
+            self.role = role
+        if role == PRIMARY:
+            self._failed_checks = 0
+            self._start_components()
+        else:
+            yield self._stop_components()
+        return role
+
+    def _check_done(self, role):
+        self._checking = None
+        if not self.running:
+            return role
+        if self._again:
+            self._again = False
+            self.execute_role_based_procedure()
+        elif role == UNKNOWN:
+            self._schedule(self._backoff(self._failed_checks - 1))
+        else:
+            self._schedule(self.role_check_interval)
+        return role
+
+    def _schedule(self, delay):
+        self._cancel_timer()
+        self._timer = self.clock.callLater(delay, self.execute_role_based_procedure)
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _component_trouble(self, error):
+        # The listener lost its connection: the server may have gone, or
+        # changed role.  Check now.
+        if self.running:
+            self.execute_role_based_procedure()
+
+    # -- failover files -----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _failover_file_changed(self, event_type, name, window=1.0, interval=0.01):
+        """
+        A failover file changed: check the role now, and keep checking every
+        C{interval} seconds for up to C{window} seconds until it differs
+        from what it was, because PostgreSQL deletes C{standby.signal} a few
+        milliseconds before it leaves recovery.
+        """
+        if not self.running:
+            return
+        self.log.info("failover file {name} {event}", name=name, event=event_type)
+        before = self.role
+        deadline = self.clock.seconds() + window
+        while self.running:
+            role = yield self.execute_role_based_procedure()
+            if role != before or self.clock.seconds() >= deadline:
+                return
+            yield _sleep(self.clock, interval)
+
+    # -- components ---------------------------------------------------------
+
+    def _start_components(self):
+        for component in self:
+            if not component.running:
+                component.startService()
+
+    def _stop_components(self):
+        return defer.gatherResults(
+            [defer.maybeDeferred(c.stopService) for c in reversed(list(self)) if c.running],
+            consumeErrors=True,
+        )
 
     def _watch_errors(self):
         self._error_wait = self.error_queue.get()
@@ -127,3 +326,9 @@ class Client(service.MultiService):
         )
         if self.running:
             self._watch_errors()
+
+
+def _sleep(clock, seconds):
+    d = defer.Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d

@@ -158,6 +158,7 @@ class PostgresConnector:
         self.reactor = reactor
         self.connection = None
         self._waiters = []  # Deferreds waiting for the connection in progress
+        self._pending = None  # the HermesConnection being connected
 
     def __repr__(self):
         return f"<PostgresConnector {self.safe_dsn!r}>"
@@ -182,7 +183,7 @@ class PostgresConnector:
         return waiter
 
     def _connect(self):
-        conn = HermesConnection(reactor=self.reactor)
+        conn = self._pending = HermesConnection(reactor=self.reactor)
         timed_out = []
 
         def give_up():
@@ -210,6 +211,7 @@ class PostgresConnector:
         def done(result):
             if timer.active():
                 timer.cancel()
+            self._pending = None
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 waiter.callback(result)
@@ -222,13 +224,16 @@ class PostgresConnector:
 
     def disconnect(self):
         """
-        Close the connection, if any.  Safe to call at any time.
+        Close the connection, if any, and abandon a connection attempt in
+        progress (its waiters fail).  Safe to call at any time.
 
         @return: a Deferred firing with C{None}.
         """
         conn, self.connection = self.connection, None
         if conn is not None:
             conn.close()
+        if self._pending is not None and self._pending._connection is not None:
+            self._pending.close()
         return defer.succeed(None)
 
     def runQuery(self, query, params=None):

@@ -27,3 +27,10 @@ class ConnectionLostError(HermesException):
     and Twisted errors that a dropped connection produces, so strategies can
     classify it by class.
     """
+
+
+class StandbyServerError(HermesException):
+    """
+    The server is a standby (in recovery), where LISTEN is refused: hermes_tx
+    checks first and raises this instead of asking.
+    """

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from hermes_tx import strategies
 from hermes_tx.components import Component, ComponentError, _one_line
-from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.exceptions import InvalidConfigurationException, StandbyServerError
 
 #: PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN-1).
 MAX_CHANNEL_BYTES = 63
@@ -151,6 +151,9 @@ class PostgresNotificationListener(Component):
         self.fire_on_start = fire_on_start
         self.stable_after = stable_after
         self.state = STOPPED
+        #: C{None}, or a callable given each connection error as it happens
+        #: (a L{hermes_tx.client.Client} sets it to check the server's role).
+        self.on_trouble = None
         self._listened_before = False
         self._listening_since = None
         self._retry = None
@@ -195,7 +198,7 @@ class PostgresNotificationListener(Component):
             self._retry.cancel()
         self._retry = None
         self.pg_connector.disconnect()
-        if not self._run_done.called:
+        if self._run_done is not None and not self._run_done.called:
             self._finish_run(None)
         return self.join()
 
@@ -223,7 +226,16 @@ class PostgresNotificationListener(Component):
         # is missed.
         conn.notify_sink = self._on_notifies
         conn.notify_on_lost(self._connection_lost)
-        return conn.runOperation(listen_statement(self.channels)).addCallback(lambda _: conn)
+        # A standby answers LISTEN with an error every time (SQLSTATE 25006):
+        # ask its role first, on the same connection, and never LISTEN there.
+        d = conn.runQuery("SELECT pg_is_in_recovery()")
+
+        def listen(rows):
+            if rows[0][0]:
+                raise StandbyServerError("the server is a standby; not listening there")
+            return conn.runOperation(listen_statement(self.channels))
+
+        return d.addCallback(listen).addCallback(lambda _: conn)
 
     def _listening(self, conn):
         if self._stopping or conn is None or self.state != CONNECTING:
@@ -256,6 +268,8 @@ class PostgresNotificationListener(Component):
             self._backoff_attempts = 0
         self.state = WAITING
         self.pg_connector.disconnect()
+        if self.on_trouble is not None:
+            self.on_trouble(error)
         expected, action = self.error_strategy.handle_exception(error)
         if action in (strategies.BACKOFF, strategies.CONTINUE):
             delay = self.reconnect_delay()

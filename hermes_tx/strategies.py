@@ -14,7 +14,7 @@ import random
 import psycopg2
 from twisted.internet import error as _twisted_error
 
-from hermes_tx.exceptions import ConnectionLostError
+from hermes_tx.exceptions import ConnectionLostError, StandbyServerError
 
 #: Log the error and go on with the next item at once.
 CONTINUE = "CONTINUE"
@@ -91,7 +91,7 @@ def is_transient_database_error(error):
     @return: True when C{error} is a psycopg2 error that trying again later can
         cure: a connection error or a transient SQLSTATE.
     """
-    if is_connection_error(error):
+    if is_connection_error(error) or isinstance(error, StandbyServerError):
         return True
     code = getattr(error, "pgcode", None)
     if not isinstance(error, psycopg2.Error) or code is None:

@@ -81,38 +81,6 @@ class ClientConfigurationTests(unittest.TestCase):
         client.add_listener(PostgresNotificationListener(PostgresConnector("dbname=x"), "c", own))
         self.assertIs(processor.notification_pipe, own)
 
-    def test_terminated_component_is_logged(self):
-        """
-        A component's TERMINATE report reaches the Client, which logs one
-        line naming the component.
-        """
-
-        class Fatal(strategies.AbstractErrorStrategy):
-            def handle_exception(self, error):
-                return False, strategies.TERMINATE
-
-        class Boom(Component):
-            def execute(self, item):
-                raise ValueError("boom")
-
-        from twisted.logger import formatEvent, globalLogPublisher
-
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        client = Client("dbname=x")
-        boom = Boom(error_strategy=Fatal(), clock=task.Clock())
-        boom.setName("boom")
-        client.add_processor(boom)
-        client.startService()
-        client.notification_queue.put(1)
-        self.assertFalse(boom.is_alive())
-        self.assertEqual(client.error_queue.pending, [])
-        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "hermes_tx.client.Client"]
-        self.assertEqual(lines, ["boom stopped: ValueError: boom (expected=False, action=TERMINATE)"])
-        self.successResultOf(client.stopService())
-
-
 class ClientOnServerTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_listener_to_processor(self):
@@ -139,6 +107,42 @@ class ClientOnServerTests(unittest.TestCase):
         yield client.stopService()
         yield wait_until(lambda: not cluster.backend_pids("hermes-client-test"), what="closed")
         self.assertFalse(processor.is_alive())
+
+    @defer.inlineCallbacks
+    def test_terminated_component_is_logged(self):
+        """
+        A component's TERMINATE report reaches the Client, which logs one
+        line naming the component.
+        """
+
+        class Fatal(strategies.AbstractErrorStrategy):
+            def handle_exception(self, error):
+                return False, strategies.TERMINATE
+
+        class Boom(Component):
+            def execute(self, item):
+                raise ValueError("boom")
+
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client = Client(shared_primary().dsn())
+        boom = Boom(error_strategy=Fatal(), clock=task.Clock())
+        boom.setName("boom")
+        client.add_processor(boom)
+        client.startService()
+        yield wait_until(lambda: boom.running, what="processor started on the primary")
+        client.notification_queue.put(1)
+        self.assertFalse(boom.is_alive())
+        self.assertEqual(client.error_queue.pending, [])
+        yield client.stopService()
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "hermes_tx.client.Client"]
+        self.assertEqual(
+            [line for line in lines if "stopped" in line],
+            ["boom stopped: ValueError: boom (expected=False, action=TERMINATE)"],
+        )
 
 
 class TacCompositionTests(unittest.TestCase):
