@@ -37,6 +37,16 @@ class HermesConnection(txpostgres.Connection):
         self._lost_observers = []
         self._closing = False
         self._gone = False
+        self._established = False
+
+    def connect(self, *args, **kwargs):
+        d = txpostgres.Connection.connect(self, *args, **kwargs)
+
+        def established(result):
+            self._established = True
+            return result
+
+        return d.addCallback(established)
 
     def notify_on_lost(self, observer):
         """
@@ -75,7 +85,15 @@ class HermesConnection(txpostgres.Connection):
 
     def connectionLost(self, reason):
         txpostgres.Connection.connectionLost(self, reason)
-        self._report_lost(reason)
+        # While connecting, a multi-host DSN makes libpq drop the socket to a
+        # host that failed and go on to the next one; the reactor reports
+        # that as a lost connection, but polling goes on (a real failure
+        # fails connect's Deferred).  Only an established connection can be
+        # lost: reporting it earlier left the connection marked gone for
+        # good, so its connector leaked it and opened another for every
+        # query, and its lost observers were never called.
+        if self._established:
+            self._report_lost(reason)
 
     def cursorFinished(self, cursor):
         txpostgres.Connection.cursorFinished(self, cursor)
