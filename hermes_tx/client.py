@@ -15,12 +15,13 @@ from twisted.logger import Logger
 
 from hermes_tx import dsn as dsnlib
 from hermes_tx import strategies
-from hermes_tx.components import Component, _one_line
+from hermes_tx.components import Component
 from hermes_tx.connectors import PostgresConnector
-from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.exceptions import InvalidConfigurationException, one_line
 from hermes_tx.watchers import DEFAULT_FAILOVER_FILES, FailoverFileWatcher
 
 PRIMARY, STANDBY, UNKNOWN = "primary", "standby", "unknown"
+ROLES = (PRIMARY, STANDBY, UNKNOWN)
 
 
 class Client(service.MultiService):
@@ -219,7 +220,7 @@ class Client(service.MultiService):
                 return UNKNOWN  # stopping closed the connection: not news
             self._failed_checks += 1
             if strategies.is_connection_error(failure.value):
-                self.log.warn("role check failed: {error}", error=_one_line(failure.value))
+                self.log.warn("role check failed: {error}", error=one_line(failure.value))
             else:
                 self.log.failure("role check failed", failure)
             return UNKNOWN
@@ -321,7 +322,7 @@ class Client(service.MultiService):
         self._error_wait = None
         self.log.error(
             "{ident} stopped: {error} (expected={expected}, action={action})",
-            ident=report.component.ident, error=_one_line(report.error),
+            ident=report.component.ident, error=one_line(report.error),
             expected=report.expected, action=report.action,
         )
         if self.running:

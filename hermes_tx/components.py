@@ -16,6 +16,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hermes_tx import strategies
+from hermes_tx.exceptions import failure_of, one_line
 
 #: What a component puts on its error queue when it terminates: the seed's
 #: C{(expected, action)} pair, plus the component and the error itself.
@@ -45,6 +46,7 @@ class Component(service.Service):
         error_queue=None,
         backoff_limit=16,
         clock=None,
+        shutdown_timeout=10.0,
     ):
         """
         @param notification_pipe: where items come from: a
@@ -59,21 +61,29 @@ class Component(service.Service):
             1, 2, 4 ... up to this, and start again at 1 after a success.
         @param clock: an L{twisted.internet.interfaces.IReactorTime} for every
             delay; C{None} means the global reactor.
+        @param shutdown_timeout: seconds C{stopService} waits for the item in
+            progress before it gives up on it (C{None}: wait for ever).
         """
         self.notification_pipe = notification_pipe
         self.error_strategy = error_strategy or strategies.CommonErrorStrategy()
         self.error_queue = error_queue
         self.backoff_limit = backoff_limit
+        self.shutdown_timeout = shutdown_timeout
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
         self.current_item = None
+        #: notifications processed without error, by channel (for metrics)
+        self.processed = {}
+        #: exceptions raised while processing (for metrics)
+        self.failures = 0
         self._backoff_attempts = 0
         self._stopping = False
         self._terminated = False
         self._waiting = None  # the pipe's get() Deferred while idle
         self._sleeping = None  # the backoff delay while backing off
         self._run_done = None  # fires when the current run has ended
+        self._tearing_down = False
 
     # -- the seed's extension points ----------------------------------------
 
@@ -156,8 +166,9 @@ class Component(service.Service):
 
     def stopService(self):
         """
-        Stop taking items, let the item in progress finish, then
-        C{tear_down()}.  Items still queued stay in the pipe.
+        Stop taking items, let the item in progress finish (for at most
+        C{shutdown_timeout} seconds), then C{tear_down()}.  Items still
+        queued stay in the pipe.
 
         @return: a Deferred that fires when the run has ended.
         """
@@ -166,7 +177,18 @@ class Component(service.Service):
         for d in (self._waiting, self._sleeping):
             if d is not None and not d.called:
                 d.cancel()
-        return self.join()
+        done = self.join()
+        if not done.called and self.shutdown_timeout is not None:
+            timer = self.clock.callLater(self.shutdown_timeout, self._give_up_on_item)
+            done.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        return done
+
+    def _give_up_on_item(self):
+        self.log.warn(
+            "{ident}: the item in progress did not finish within {t:g} s; stopping anyway",
+            ident=self.ident, t=self.shutdown_timeout,
+        )
+        self._finish_run(None)
 
     # -- the run loop -------------------------------------------------------
 
@@ -190,6 +212,8 @@ class Component(service.Service):
                     break
             else:
                 self._backoff_attempts = 0
+                if getattr(item, "kind", None) == "notification":
+                    self.processed[item.channel] = self.processed.get(item.channel, 0) + 1
             finally:
                 self.current_item = None
 
@@ -211,6 +235,7 @@ class Component(service.Service):
 
         @return: a Deferred firing True to go on, False when terminated.
         """
+        self.failures += 1
         expected, action = self.error_strategy.handle_exception(error)
         channel = getattr(item, "channel", None)
         where = f" (channel {channel!r})" if channel is not None else ""
@@ -225,12 +250,12 @@ class Component(service.Service):
             if expected:
                 self.log.warn(
                     "{ident}: {error}{where}; backing off {delay:g} s",
-                    ident=self.ident, error=_one_line(error), where=where, delay=delay,
+                    ident=self.ident, error=one_line(error), where=where, delay=delay,
                 )
             else:
                 self.log.failure(
                     "{ident}: unexpected error{where}; backing off {delay:g} s",
-                    failure=_failure_of(error), ident=self.ident, where=where, delay=delay,
+                    failure=failure_of(error), ident=self.ident, where=where, delay=delay,
                 )
             self._sleeping = task.deferLater(self.clock, delay, lambda: None)
             try:
@@ -243,12 +268,12 @@ class Component(service.Service):
         if action == strategies.TERMINATE:
             self.log.warn(
                 "{ident}: terminated by {error}{where}",
-                ident=self.ident, error=_one_line(error), where=where,
+                ident=self.ident, error=one_line(error), where=where,
             )
         else:
             self.log.failure(
                 "{ident}: error strategy returned unknown action {action!r}",
-                failure=_failure_of(error), ident=self.ident, action=action,
+                failure=failure_of(error), ident=self.ident, action=action,
             )
         self.terminate(ComponentError(expected, action, self, error))
         return False
@@ -281,22 +306,15 @@ class Component(service.Service):
         self.terminate(ComponentError(False, strategies.TERMINATE, self, failure.value))
 
     def _finish_run(self, _):
+        if self._run_done is None or self._run_done.called or self._tearing_down:
+            return  # already ended (a shutdown timeout gave up on the item)
+        self._tearing_down = True
         d = defer.maybeDeferred(self.tear_down)
         d.addErrback(
             lambda f: self.log.failure("{ident}: tear_down failed", failure=f, ident=self.ident)
         )
-        d.addBoth(lambda _: self._run_done.callback(None))
+        d.addBoth(self._run_ended)
 
-
-def _one_line(error):
-    """
-    @return: C{error} as a single line: its class and first message line.
-    """
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
-def _failure_of(error):
-    from twisted.python.failure import Failure
-
-    return Failure(error, type(error), error.__traceback__)
+    def _run_ended(self, _):
+        self._tearing_down = False
+        self._run_done.callback(None)

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_strategies -*-
 """
-Exceptions raised by hermes_tx.
+Exceptions raised by hermes_tx, and how errors are shown in one log line.
 """
+
+from twisted.python.failure import Failure
 
 
 class HermesException(Exception):
@@ -34,3 +36,19 @@ class StandbyServerError(HermesException):
     The server is a standby (in recovery), where LISTEN is refused: hermes_tx
     checks first and raises this instead of asking.
     """
+
+
+def one_line(error):
+    """
+    @return: C{error} as a single line for a log: its class and the first
+        line of its message (libpq messages run over several lines).
+    """
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def failure_of(error):
+    """
+    @return: a L{Failure} of an exception caught earlier, with its traceback.
+    """
+    return Failure(error, type(error), error.__traceback__)

@@ -5,11 +5,14 @@ every notification, reconnecting when the connection is lost.
 
 Items on the queue are L{Event}s.  C{kind} is:
   - C{"notification"}: one NOTIFY, with C{channel}, C{payload}, C{pid};
-  - C{"start"}: listening has begun (when C{fire_on_start}); work done while
-    nobody listened can be caught up now;
-  - C{"resync"}: listening has begun again after a lost connection.
-    PostgreSQL keeps nothing for absent listeners, so notifications sent
-    during the gap are gone: re-scan whatever they would have told you.
+  - C{"start"}: listening has begun for the first time in this listener's
+    life (when C{fire_on_start}); work done while nobody listened can be
+    caught up now;
+  - C{"resync"}: listening has begun again after any gap: a lost
+    connection, or a stop and start (the Client stops the listener while the
+    server is a standby or unreachable).  PostgreSQL keeps nothing for absent
+    listeners, so notifications sent during the gap are gone: re-scan
+    whatever they would have told you.
 """
 
 from psycopg2 import sql
@@ -18,48 +21,20 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from hermes_tx import strategies
-from hermes_tx.components import Component, ComponentError, _one_line
-from hermes_tx.exceptions import InvalidConfigurationException, StandbyServerError
+from hermes_tx.components import Component, ComponentError
+from hermes_tx.events import Event, decode_json_payload  # noqa: F401  (Event is public here too)
+from hermes_tx.exceptions import (
+    ConnectionLostError,
+    InvalidConfigurationException,
+    StandbyServerError,
+    one_line,
+)
+from hermes_tx.liveness import LivenessProbe
 
 #: PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN-1).
 MAX_CHANNEL_BYTES = 63
 
 STOPPED, CONNECTING, LISTENING, WAITING = "stopped", "connecting", "listening", "waiting"
-
-
-class Event:
-    """
-    One item on a listener's queue.
-
-    @ivar kind: C{"notification"}, C{"start"} or C{"resync"}.
-    @ivar channel: the channel name, exactly as sent (C{None} for start and
-        resync).
-    @ivar payload: the payload text (C{""} when none was sent; C{None} for
-        start and resync).
-    @ivar pid: the process id of the notifying backend (C{None} for start and
-        resync).
-    @ivar received_at: when the listener read it, in seconds since the epoch
-        (from the listener's clock).
-    """
-
-    __slots__ = ("kind", "channel", "payload", "pid", "received_at")
-
-    def __init__(self, kind, channel=None, payload=None, pid=None, received_at=None):
-        self.kind = kind
-        self.channel = channel
-        self.payload = payload
-        self.pid = pid
-        self.received_at = received_at
-
-    def as_dict(self):
-        """
-        @return: the event as a dict with keys C{kind}, C{channel},
-            C{payload}, C{pid}, C{received_at}.
-        """
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def __repr__(self):
-        return f"<Event {self.kind} {self.channel!r} {self.payload!r} pid={self.pid}>"
 
 
 def validate_channels(notif_channel):
@@ -102,7 +77,9 @@ class PostgresNotificationListener(Component):
     When the connection is lost it reconnects (first retry within 0.1 s,
     doubling up to C{backoff_limit} seconds, with jitter; the count resets
     once a connection has lasted C{stable_after} seconds), LISTENs again and
-    queues a C{"resync"} event.
+    queues a C{"resync"} event.  A liveness probe (C{SELECT 1} every
+    C{liveness_interval} seconds) declares a connection dead that does not
+    answer within C{liveness_timeout} seconds.
 
     @ivar state: C{"stopped"}, C{"connecting"}, C{"listening"} or
         C{"waiting"} (for a reconnect).
@@ -121,6 +98,9 @@ class PostgresNotificationListener(Component):
         backoff_limit=16,
         clock=None,
         stable_after=10.0,
+        liveness_timeout=10.0,
+        liveness_interval=1.0,
+        payload_format="text",
     ):
         """
         @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
@@ -136,7 +116,14 @@ class PostgresNotificationListener(Component):
         @param clock: an C{IReactorTime}; C{None} means the reactor.
         @param stable_after: seconds a connection must last before the
             reconnect backoff starts again from the shortest delay.
-        @raise InvalidConfigurationException: a channel name is invalid.
+        @param liveness_timeout: seconds a liveness probe may go unanswered
+            before the connection is declared dead (C{None}: no probe).
+        @param liveness_interval: seconds between liveness probes.
+        @param payload_format: C{"text"} (payloads as sent) or C{"json"}
+            (also decode each payload into C{event.data}; one that does not
+            decode is logged and delivered with C{event.decode_error}).
+        @raise InvalidConfigurationException: a channel name or the payload
+            format is invalid.
         """
         Component.__init__(
             self,
@@ -150,13 +137,28 @@ class PostgresNotificationListener(Component):
         self.notif_queue = notif_queue
         self.fire_on_start = fire_on_start
         self.stable_after = stable_after
+        self.liveness_timeout = liveness_timeout
+        self.liveness_interval = liveness_interval
+        if payload_format not in ("text", "json"):
+            raise InvalidConfigurationException(
+                f"payload format must be 'text' or 'json', not {payload_format!r}"
+            )
+        self.payload_format = payload_format
         self.state = STOPPED
+        self._probe = None
         #: C{None}, or a callable given each connection error as it happens
         #: (a L{hermes_tx.client.Client} sets it to check the server's role).
         self.on_trouble = None
         self._listened_before = False
         self._listening_since = None
         self._retry = None
+        #: notifications received, by channel (for metrics)
+        self.received = {}
+        #: reconnect attempts and resync events so far (for metrics)
+        self.reconnects = 0
+        self.resyncs = 0
+        #: when the last notification arrived (clock seconds), or None
+        self.last_notification_at = None
 
     @property
     def is_listening(self):
@@ -180,7 +182,6 @@ class PostgresNotificationListener(Component):
         self._stopping = False
         self._terminated = False
         self._backoff_attempts = 0
-        self._listened_before = False
         self._run_done = defer.Deferred()
         d = defer.maybeDeferred(self.set_up)
         d.addCallbacks(lambda _: self._listen(), self._run_failed)
@@ -193,18 +194,24 @@ class PostgresNotificationListener(Component):
         """
         service.Service.stopService(self)
         self._stopping = True
-        self.state = STOPPED
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        self.pg_connector.disconnect()
+        self._drop_connection(STOPPED)
         if self._run_done is not None and not self._run_done.called:
             self._finish_run(None)
         return self.join()
 
     def terminate(self, report):
         Component.terminate(self, report)
-        self.state = STOPPED
+        self._drop_connection(STOPPED)
+
+    def _drop_connection(self, state):
+        # One place that ends a connection's life: its timers and itself.
+        self.state = state
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
         self.pg_connector.disconnect()
 
     # -- connecting and listening -------------------------------------------
@@ -242,6 +249,15 @@ class PostgresNotificationListener(Component):
             return
         self.state = LISTENING
         self._listening_since = self.clock.seconds()
+        if self.liveness_timeout is not None:
+            self._probe = LivenessProbe(
+                self.clock,
+                lambda: conn.runQuery("SELECT 1"),
+                self._probe_unanswered,
+                interval=self.liveness_interval,
+                timeout=self.liveness_timeout,
+            )
+            self._probe.start()
         first = not self._listened_before
         self._listened_before = True
         self.log.info(
@@ -249,6 +265,7 @@ class PostgresNotificationListener(Component):
             ident=self.ident, channels=", ".join(repr(c) for c in self.channels),
         )
         if not first:
+            self.resyncs += 1
             self.notif_queue.put(Event("resync", received_at=self._listening_since))
         elif self.fire_on_start:
             self.notif_queue.put(Event("start", received_at=self._listening_since))
@@ -261,13 +278,18 @@ class PostgresNotificationListener(Component):
         if not self._stopping and self.state in (CONNECTING, LISTENING):
             self._handle_loss(reason.value)
 
+    def _probe_unanswered(self):
+        if not self._stopping and self.state == LISTENING:
+            self._handle_loss(ConnectionLostError(
+                f"no answer to the liveness probe within {self.liveness_timeout:g} s"
+            ))
+
     def _handle_loss(self, error):
         if self.state == LISTENING and (
             self.clock.seconds() - self._listening_since >= self.stable_after
         ):
             self._backoff_attempts = 0
-        self.state = WAITING
-        self.pg_connector.disconnect()
+        self._drop_connection(WAITING)
         if self.on_trouble is not None:
             self.on_trouble(error)
         expected, action = self.error_strategy.handle_exception(error)
@@ -275,16 +297,27 @@ class PostgresNotificationListener(Component):
             delay = self.reconnect_delay()
             self.log.warn(
                 "{ident}: {error}; reconnecting in {delay:.2f} s",
-                ident=self.ident, error=_one_line(error), delay=delay,
+                ident=self.ident, error=one_line(error), delay=delay,
             )
+            self.reconnects += 1
             self._retry = self.clock.callLater(delay, self._listen)
         else:
-            self.log.warn("{ident}: terminated by {error}", ident=self.ident, error=_one_line(error))
+            self.log.warn("{ident}: terminated by {error}", ident=self.ident, error=one_line(error))
             self.terminate(ComponentError(expected, action, self, error))
 
     def _on_notifies(self, batch):
         # The hot path: one clock read per batch, one Event per notification.
-        now = self.clock.seconds()
+        now = self.last_notification_at = self.clock.seconds()
         put = self.notif_queue.put
+        received = self.received
+        decode = self.payload_format == "json"
         for n in batch:
-            put(Event("notification", n.channel, n.payload, n.pid, now))
+            received[n.channel] = received.get(n.channel, 0) + 1
+            event = Event("notification", n.channel, n.payload, n.pid, now)
+            if decode and not decode_json_payload(event):
+                self.log.warn(
+                    "{ident}: payload on channel {channel!r} is not JSON ({error}); "
+                    "delivered with decode_error set",
+                    ident=self.ident, channel=n.channel, error=event.decode_error,
+                )
+            put(event)

@@ -4,6 +4,11 @@ C{twistd hermes}: command-line options and the service they make.
 
     twistd [-n] hermes --dsn DSN --channel NAME [--channel NAME ...]
         [--processor module:Class] [--output PATH|-] [--backoff-limit N]
+        [--watch-path DIR] [--failover-file NAME ...]
+        [--role-check-interval SECONDS] [--max-backoff SECONDS]
+        [--liveness-timeout SECONDS] [--shutdown-timeout SECONDS]
+        [--payload-format text|json]
+        [--status-port PORT [--status-interface ADDRESS]]
 """
 
 import importlib
@@ -12,6 +17,7 @@ import os
 import signal
 import sys
 
+from twisted.application import service
 from twisted.logger import textFileLogObserver
 from twisted.python import usage
 
@@ -21,6 +27,7 @@ from hermes_tx.components import Component
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.listeners import PostgresNotificationListener, validate_channels
+from hermes_tx.status import StatusService
 
 DEFAULT_PROCESSOR = "hermes_tx.processors:JsonLinesProcessor"
 
@@ -53,6 +60,21 @@ def load_processor_class(spec):
     return obj
 
 
+def _typed(name, kind):
+    """
+    @return: a coercer for option C{--name} whose error names the option.
+    """
+    noun = "a whole number" if kind is int else "a number"
+
+    def coerce(value):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"--{name} must be {noun}, not {value!r}") from None
+
+    return coerce
+
+
 class Options(usage.Options):
     synopsis = "--dsn DSN --channel NAME [--channel NAME ...] [options]"
     longdesc = (
@@ -64,12 +86,29 @@ class Options(usage.Options):
         ["dsn", "d", None, "libpq connection string or postgresql:// URI (default: $HERMES_DSN)"],
         ["processor", "p", DEFAULT_PROCESSOR, "the processor class, module:Class"],
         ["output", "o", "-", "where the processor writes, for processors that take it (- for stdout)"],
-        ["backoff-limit", None, 16, "longest backoff in seconds", int],
+        ["backoff-limit", None, 16, "longest backoff in seconds", _typed("backoff-limit", int)],
+        ["watch-path", None, None, "the server's data directory, watched for failover files"],
+        ["role-check-interval", None, 1.0, "seconds between role checks", _typed("role-check-interval", float)],
+        ["max-backoff", None, 32.0, "longest wait between role checks while unreachable", _typed("max-backoff", float)],
+        ["liveness-timeout", None, 10.0,
+         "seconds a liveness probe may go unanswered before reconnecting", _typed("liveness-timeout", float)],
+        ["shutdown-timeout", None, 10.0,
+         "seconds a stop waits for the event in progress", _typed("shutdown-timeout", float)],
+        ["payload-format", None, "text", "text, or json to decode payloads for processors"],
+        ["status-port", None, None, "serve /health, /ready and /metrics on this TCP port", _typed("status-port", int)],
+        ["status-interface", None, "127.0.0.1", "the address the status port listens on"],
     ]
 
     def __init__(self):
         usage.Options.__init__(self)
         self["channels"] = []
+        self["failover-files"] = []
+
+    def opt_failover_file(self, name):
+        """
+        a failover file under --watch-path (repeatable; replaces the defaults)
+        """
+        self["failover-files"].append(name)
 
     def opt_channel(self, name):
         """
@@ -99,6 +138,23 @@ class Options(usage.Options):
             raise usage.UsageError("no channel: pass --channel NAME at least once")
         if self["backoff-limit"] < 1:
             raise usage.UsageError("--backoff-limit must be at least 1")
+        if not self["role-check-interval"] > 0:
+            raise usage.UsageError("--role-check-interval must be more than 0")
+        if not self["max-backoff"] >= 1:
+            raise usage.UsageError("--max-backoff must be at least 1")
+        for name in ("liveness-timeout", "shutdown-timeout"):
+            if not self[name] > 0:
+                raise usage.UsageError(f"--{name} must be more than 0")
+        if self["payload-format"] not in ("text", "json"):
+            raise usage.UsageError("--payload-format must be text or json")
+        port = self["status-port"]
+        if port is not None and not 0 <= port <= 65535:
+            raise usage.UsageError("--status-port must be a TCP port number")
+        path = self["watch-path"]
+        if path is not None and not os.path.isdir(path):
+            raise usage.UsageError(f"--watch-path {path!r} is not a directory")
+        if self["failover-files"] and path is None:
+            raise usage.UsageError("--failover-file needs --watch-path")
         try:
             dsnlib.parse(self["dsn"])
             self["channels"] = validate_channels(self["channels"])
@@ -121,7 +177,8 @@ def make_processor(cls, options):
     """
     Instantiate the processor class, giving it C{output} and
     C{backoff_limit} when its constructor takes them (the seed's
-    zero-argument processors included).
+    zero-argument processors included); C{backoff_limit} and
+    C{shutdown_timeout} are set on it in any case.
     """
     params = inspect.signature(cls).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -132,6 +189,7 @@ def make_processor(cls, options):
         kwargs["backoff_limit"] = options["backoff-limit"]
     processor = cls(**kwargs)
     processor.backoff_limit = options["backoff-limit"]
+    processor.shutdown_timeout = options["shutdown-timeout"]
     return processor
 
 
@@ -164,20 +222,37 @@ def _log_and_stop(reactor, name):
 
 def makeService(options):
     """
-    @return: a L{Client} with a listener on the channels and the processor.
+    @return: a L{service.MultiService} holding the L{Client} (named
+        C{"client"}, with a listener on the channels and the processor) and,
+        with C{--status-port}, the L{StatusService} (named C{"status"}).
     """
     from twisted.internet import reactor
 
     reactor.callWhenRunning(exit_cleanly_on_signals, reactor)
-    client = Client(options["dsn"])
+    client = Client(
+        options["dsn"],
+        watch_path=options["watch-path"],
+        failover_files=options["failover-files"] or None,
+        role_check_interval=options["role-check-interval"],
+        max_backoff=options["max-backoff"],
+    )
+    client.setName("client")
     listener = PostgresNotificationListener(
         PostgresConnector(options["dsn"]),
         options["channels"],
         backoff_limit=options["backoff-limit"],
+        liveness_timeout=options["liveness-timeout"],
+        payload_format=options["payload-format"],
     )
     listener.setName("listener")
     client.add_listener(listener)
     processor = make_processor(options["processor_class"], options)
     processor.setName("processor")
     client.add_processor(processor)
-    return client
+    top = service.MultiService()
+    client.setServiceParent(top)
+    if options["status-port"] is not None:
+        status = StatusService(client, options["status-port"], options["status-interface"])
+        status.setName("status")
+        status.setServiceParent(top)
+    return top

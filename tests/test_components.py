@@ -235,3 +235,41 @@ class ComponentErrorTests(unittest.TestCase):
         self.assertIsInstance(report.error, RuntimeError)
         self.assertFalse(c.is_alive())
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class ShutdownTimeoutTests(unittest.TestCase):
+    def test_gives_up_on_a_stuck_item(self):
+        """
+        stopService waits at most shutdown_timeout seconds for the item in
+        progress, then tears down; the item finishing later changes nothing.
+        """
+        clock = task.Clock()
+        stuck = defer.Deferred()
+        torn = []
+        c = Scripted([stuck], clock=clock, shutdown_timeout=2)
+        c.tear_down = lambda: torn.append(clock.seconds())
+        c.startService()
+        c.notification_pipe.put("a")
+        stopped = c.stopService()
+        clock.advance(1.9)
+        self.assertNoResult(stopped)
+        clock.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertEqual(torn, [2.0])
+        stuck.callback(None)
+        self.assertEqual(torn, [2.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_item_finishing_in_time_cancels_the_timer(self):
+        clock = task.Clock()
+        slow = defer.Deferred()
+        c = Scripted([slow], clock=clock, shutdown_timeout=2)
+        c.startService()
+        c.notification_pipe.put("a")
+        stopped = c.stopService()
+        clock.advance(1)
+        slow.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(c.done, ["a"])
+        self.assertEqual(clock.getDelayedCalls(), [])

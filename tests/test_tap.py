@@ -54,6 +54,41 @@ class OptionsTests(unittest.TestCase):
                               "not a hermes_tx.components.Component")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--backoff-limit", "0"],
                               "at least 1")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--watch-path", "/no/such/dir"],
+                              "not a directory")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--watch-path", __file__],
+                              "not a directory")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--failover-file", "promote"],
+                              "needs --watch-path")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--role-check-interval", "0"],
+                              "more than 0")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--max-backoff", "0.5"],
+                              "at least 1")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--liveness-timeout", "0"],
+                              "more than 0")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--shutdown-timeout", "-1"],
+                              "more than 0")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--payload-format", "xml"],
+                              "text or json")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--status-port", "70000"],
+                              "TCP port")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--status-port", "http"],
+                              "--status-port must be a whole number, not 'http'")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--liveness-timeout", "soon"],
+                              "--liveness-timeout must be a number")
+
+    def test_resilience_options(self):
+        o = self.parse("--dsn", "dbname=x", "-c", "x", "--liveness-timeout", "3",
+                       "--shutdown-timeout", "2.5", "--payload-format", "json",
+                       "--status-port", "0", "--status-interface", "127.0.0.2")
+        top = makeService(o)
+        client = top.getServiceNamed("client")
+        status = top.getServiceNamed("status")
+        self.assertIs(status.client, client)
+        self.assertEqual((status.port_number, status.interface), (0, "127.0.0.2"))
+        self.assertEqual(client.listener.liveness_timeout, 3.0)
+        self.assertEqual(client.listener.payload_format, "json")
+        self.assertEqual(client.processor.shutdown_timeout, 2.5)
 
     def test_password_not_in_errors(self):
         e = self.assertUsageError(["--dsn", "password=hunter2 x", "-c", "c"], "invalid DSN")
@@ -77,7 +112,22 @@ class OptionsTests(unittest.TestCase):
 
     def test_make_service(self):
         o = self.parse("--dsn", "dbname=x", "-c", "x", "-c", "Y")
-        client = makeService(o)
+        top = makeService(o)
+        client = top.getServiceNamed("client")
         self.assertIsInstance(client, Client)
+        self.assertEqual([s.name for s in top], ["client"])
         self.assertEqual(client.listener.channels, ["x", "Y"])
         self.assertIs(client.listener.notif_queue, client.processor.notification_pipe)
+        self.assertEqual((client.role_check_interval, client.max_backoff), (1.0, 32.0))
+        self.assertIsNone(client.watch_path)
+        self.assertIn("standby.signal", client.failover_files)
+
+    def test_failover_options(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        o = self.parse("--dsn", "dbname=x", "-c", "x", "--watch-path", here,
+                       "--failover-file", "promote", "--failover-file", "standby.signal",
+                       "--role-check-interval", "0.25", "--max-backoff", "8")
+        client = makeService(o).getServiceNamed("client")
+        self.assertEqual(client.watch_path, here)
+        self.assertEqual(client.failover_files, ("promote", "standby.signal"))
+        self.assertEqual((client.role_check_interval, client.max_backoff), (0.25, 8.0))

@@ -1,0 +1,187 @@
+# -*- test-case-name: tests.test_status -*-
+"""
+L{StatusService}: an HTTP endpoint for health checks and Prometheus.
+
+  - C{/health}: 200 while the service runs;
+  - C{/ready}: 200 only while the server is the primary and the listener is
+    listening, else 503; a small JSON body says why;
+  - C{/metrics}: Prometheus text format, read from the Client at scrape time.
+
+It works under twistd (C{--status-port}) and in a C{.tac} alike: give it a
+Client and a parent service.  Nothing here prints the DSN.
+"""
+
+import json
+import math
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from twisted.application import service
+from twisted.web import resource, server
+
+from hermes_tx.client import PRIMARY, ROLES
+
+
+class ClientCollector:
+    """
+    A Prometheus collector reading a Client's counters when scraped, so the
+    notification path only bumps plain integers.
+    """
+
+    def __init__(self, client):
+        self.client = client
+
+    def collect(self):
+        client = self.client
+        listener = client.listener
+        processor = client.processor
+        received = CounterMetricFamily(
+            "hermes_notifications_received", "Notifications received, by channel",
+            labels=["channel"],
+        )
+        for channel, count in sorted(getattr(listener, "received", {}).items()):
+            received.add_metric([channel], count)
+        yield received
+        processed = CounterMetricFamily(
+            "hermes_notifications_processed", "Notifications processed without error, by channel",
+            labels=["channel"],
+        )
+        for channel, count in sorted(getattr(processor, "processed", {}).items()):
+            processed.add_metric([channel], count)
+        yield processed
+        yield CounterMetricFamily(
+            "hermes_processor_failures", "Exceptions raised while processing events",
+            value=getattr(processor, "failures", 0),
+        )
+        yield CounterMetricFamily(
+            "hermes_reconnects", "Listener reconnect attempts after a lost connection",
+            value=getattr(listener, "reconnects", 0),
+        )
+        yield CounterMetricFamily(
+            "hermes_resync_events", "Resync events queued after a gap in listening",
+            value=getattr(listener, "resyncs", 0),
+        )
+        role = GaugeMetricFamily("hermes_role", "1 for the server's current role", labels=["role"])
+        for name in ROLES:
+            role.add_metric([name], 1 if client.role == name else 0)
+        yield role
+        yield GaugeMetricFamily(
+            "hermes_listening", "1 while the listener is listening",
+            value=1 if getattr(listener, "is_listening", False) else 0,
+        )
+        yield GaugeMetricFamily(
+            "hermes_queue_depth", "Events queued for the processor",
+            value=len(getattr(client.notification_queue, "pending", ())),
+        )
+        last = getattr(listener, "last_notification_at", None)
+        yield GaugeMetricFamily(
+            "hermes_seconds_since_last_notification",
+            "Seconds since the last notification arrived (NaN before the first)",
+            value=math.nan if last is None else max(0.0, client.clock.seconds() - last),
+        )
+
+
+def readiness(client):
+    """
+    @return: C{(ready, details)}: ready is True when the server is the
+        primary and the listener is listening; details is a dict for humans.
+    """
+    listener = client.listener
+    listening = bool(getattr(listener, "is_listening", False))
+    details = {"role": client.role, "listening": listening}
+    if client.role != PRIMARY:
+        details["reason"] = f"server role is {client.role}"
+    elif not listening:
+        details["reason"] = f"listener is {getattr(listener, 'state', 'missing')}"
+    return "reason" not in details, details
+
+
+class _JsonResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, answer):
+        resource.Resource.__init__(self)
+        self.answer = answer
+
+    def render_GET(self, request):
+        code, body = self.answer()
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body).encode("utf-8") + b"\n"
+
+
+class _MetricsResource(resource.Resource):
+    # prometheus_client's own Twisted resource renders in the reactor's
+    # thread pool; the Client's counters are only safe to read in the
+    # reactor thread, so render here (it takes microseconds).
+    isLeaf = True
+
+    def __init__(self, registry):
+        resource.Resource.__init__(self)
+        self.registry = registry
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.registry)
+
+
+def make_site(client):
+    """
+    @return: a L{server.Site} serving /health, /ready and /metrics for
+        C{client}.
+    """
+    registry = CollectorRegistry()
+    registry.register(ClientCollector(client))
+
+    def health():
+        running = bool(client.running)
+        return (200 if running else 503), {"status": "ok" if running else "stopped"}
+
+    def ready():
+        ok, details = readiness(client)
+        return (200 if ok else 503), dict(details, ready=ok)
+
+    root = resource.Resource()
+    root.putChild(b"health", _JsonResource(health))
+    root.putChild(b"ready", _JsonResource(ready))
+    root.putChild(b"metrics", _MetricsResource(registry))
+    site = server.Site(root)
+    site.noisy = False
+    return site
+
+
+class StatusService(service.Service):
+    """
+    Serves L{make_site} on a TCP port while running.
+
+    @ivar port: the listening port (C{getHost().port} tells the number when
+        0 was asked for), or C{None} while stopped.
+    """
+
+    def __init__(self, client, port, interface="127.0.0.1", reactor=None):
+        """
+        @param client: the L{hermes_tx.client.Client} to report on.
+        @param port: the TCP port number (0 picks a free one).
+        @param interface: the address to listen on (default loopback only).
+        @param reactor: an C{IReactorTCP}; C{None} means the reactor.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.client = client
+        self.port_number = port
+        self.interface = interface
+        self.reactor = reactor
+        self.port = None
+
+    def startService(self):
+        service.Service.startService(self)
+        self.port = self.reactor.listenTCP(
+            self.port_number, make_site(self.client), interface=self.interface
+        )
+
+    def stopService(self):
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None

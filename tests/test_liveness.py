@@ -1,0 +1,72 @@
+"""
+Tests for L{hermes_tx.liveness}, on a L{task.Clock}.  The real case (a
+backend stopped with SIGSTOP) is in tests.test_faults.
+"""
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from hermes_tx.liveness import LivenessProbe
+
+
+class LivenessProbeTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.sent = []
+        self.dead = []
+        self.probe = LivenessProbe(
+            self.clock, self.send, lambda: self.dead.append(self.clock.seconds()),
+            interval=1.0, timeout=3.0,
+        )
+
+    def send(self):
+        d = defer.Deferred()
+        self.sent.append(d)
+        return d
+
+    def test_probes_every_interval_after_each_answer(self):
+        self.probe.start()
+        self.clock.advance(1)
+        self.assertEqual(len(self.sent), 1)
+        self.clock.advance(0.5)
+        self.sent[0].callback([(1,)])
+        self.clock.advance(0.9)
+        self.assertEqual(len(self.sent), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.sent), 2)
+        self.assertEqual(self.dead, [])
+
+    def test_unanswered_probe_is_death_once(self):
+        """
+        No answer within the timeout: on_dead is called once, timeout seconds
+        after the probe went out, and probing stops.
+        """
+        self.probe.start()
+        self.clock.advance(1)
+        self.clock.advance(3)
+        self.assertEqual(self.dead, [4.0])
+        self.clock.advance(100)
+        self.assertEqual((len(self.sent), self.dead), (1, [4.0]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # A late answer changes nothing.
+        self.sent[0].callback([(1,)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failed_probe_stops_quietly(self):
+        """
+        A probe that fails (the connection died and says so itself) stops the
+        probe without declaring death.
+        """
+        self.probe.start()
+        self.clock.advance(1)
+        self.sent[0].errback(ConnectionError("gone"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.dead, [])
+
+    def test_stop_cancels_everything(self):
+        self.probe.start()
+        self.clock.advance(1)
+        self.probe.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertEqual(self.dead, [])
