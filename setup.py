@@ -14,6 +14,7 @@ setup(
         "txpostgres==1.7.0",
         "psycopg2-binary>=2.9",
         "watchdog>=3",
+        "prometheus_client>=0.17",
     ],
     classifiers=["Framework :: Twisted"],
 )
