@@ -18,6 +18,7 @@ from hermes_tx import strategies
 from hermes_tx.components import Component
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import InvalidConfigurationException, one_line
+from hermes_tx.queues import EventQueue
 from hermes_tx.watchers import DEFAULT_FAILOVER_FILES, FailoverFileWatcher
 
 PRIMARY, STANDBY, UNKNOWN = "primary", "standby", "unknown"
@@ -53,6 +54,7 @@ class Client(service.MultiService):
         role_check_timeout=5.0,
         clock=None,
         connector=None,
+        queue_size=10000,
     ):
         """
         @param dsn: the server's DSN (dict, C{key=value} string or URI),
@@ -72,6 +74,8 @@ class Client(service.MultiService):
         @param clock: an C{IReactorTime}; C{None} means the reactor.
         @param connector: the L{PostgresConnector} for role checks; C{None}
             makes one from C{dsn} (application_name C{hermes-role}).
+        @param queue_size: how many events may wait for the processor before
+            the listener stops reading (back-pressure; C{None}: no bound).
         @raise InvalidConfigurationException: the DSN does not parse.
         """
         service.MultiService.__init__(self)
@@ -86,7 +90,7 @@ class Client(service.MultiService):
         self.role_check_timeout = role_check_timeout
         self.clock = clock
         self.connector = connector or PostgresConnector(dsn, application_name="hermes-role")
-        self.notification_queue = defer.DeferredQueue()
+        self.notification_queue = EventQueue(maxsize=queue_size)
         self.error_queue = defer.DeferredQueue()
         self.listener = None
         self.processor = None
@@ -98,6 +102,7 @@ class Client(service.MultiService):
         self._timer = None
         self._watcher = None
         self._error_wait = None
+        self._pauses = set()  # failover-file bursts pausing between checks
 
     def __repr__(self):
         return f"<Client {dsnlib.redact(self.dsn)!r} role={self.role}>"
@@ -179,6 +184,8 @@ class Client(service.MultiService):
         if self._error_wait is not None:
             self._error_wait.cancel()
         self._cancel_timer()
+        for pause in list(self._pauses):
+            pause.cancel()
         waits = [self._stop_components()]
         if self._watcher is not None:
             waits.append(self._watcher.stop())
@@ -295,11 +302,19 @@ class Client(service.MultiService):
         self.log.info("failover file {name} {event}", name=name, event=event_type)
         before = self.role
         deadline = self.clock.seconds() + window
-        while self.running:
+        while True:
             role = yield self.execute_role_based_procedure()
-            if role != before or self.clock.seconds() >= deadline:
+            if not self.running or role != before or self.clock.seconds() >= deadline:
                 return
-            yield _sleep(self.clock, interval)
+            # stopService cancels the pause, so no timer outlives the Client.
+            pause = _sleep(self.clock, interval)
+            self._pauses.add(pause)
+            try:
+                yield pause
+            except defer.CancelledError:
+                return
+            finally:
+                self._pauses.discard(pause)
 
     # -- components ---------------------------------------------------------
 
@@ -330,6 +345,6 @@ class Client(service.MultiService):
 
 
 def _sleep(clock, seconds):
-    d = defer.Deferred()
-    clock.callLater(seconds, d.callback, None)
+    d = defer.Deferred(lambda _: call.cancel())
+    call = clock.callLater(seconds, d.callback, None)
     return d
