@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from hermes_tx import strategies
 from hermes_tx.exceptions import failure_of, one_line
+from hermes_tx.queues import EventQueue
 
 #: What a component puts on its error queue when it terminates: the seed's
 #: C{(expected, action)} pair, plus the component and the error itself.
@@ -38,6 +39,8 @@ class Component(service.Service):
 
     log = Logger()
     _wired_pipe = False  # True when a Client supplied notification_pipe
+    #: C{None}, or the largest batch in batch mode (see C{__init__})
+    max_batch = None
 
     def __init__(
         self,
@@ -47,6 +50,7 @@ class Component(service.Service):
         backoff_limit=16,
         clock=None,
         shutdown_timeout=10.0,
+        max_batch=None,
     ):
         """
         @param notification_pipe: where items come from: a
@@ -63,12 +67,19 @@ class Component(service.Service):
             delay; C{None} means the global reactor.
         @param shutdown_timeout: seconds C{stopService} waits for the item in
             progress before it gives up on it (C{None}: wait for ever).
+        @param max_batch: C{None} for one item at a time, or a number: batch
+            mode, where each item handed to the pre/execute/post chain is a
+            list of up to C{max_batch} items, all that were queued at once
+            (a sink with a bulk API then makes one request per batch).  A
+            subclass may set it as a class attribute instead.
         """
         self.notification_pipe = notification_pipe
         self.error_strategy = error_strategy or strategies.CommonErrorStrategy()
         self.error_queue = error_queue
         self.backoff_limit = backoff_limit
         self.shutdown_timeout = shutdown_timeout
+        if max_batch is not None:
+            self.max_batch = max_batch
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
@@ -154,7 +165,7 @@ class Component(service.Service):
     def startService(self):
         service.Service.startService(self)
         if self.notification_pipe is None:
-            self.notification_pipe = defer.DeferredQueue()
+            self.notification_pipe = EventQueue()
         self._stopping = False
         self._terminated = False
         self._backoff_attempts = 0
@@ -194,28 +205,63 @@ class Component(service.Service):
 
     @defer.inlineCallbacks
     def _run(self):
-        # inlineCallbacks turns already-fired Deferreds into a plain loop, so a
-        # backlog of queued items does not recurse.
+        # The hot loop.  While items are queued they are taken straight from
+        # the pipe's pending list, with no Deferred per item; only when the
+        # pipe is empty does the loop wait on get().  inlineCallbacks turns
+        # the Deferreds a step returns into waits without recursion.
+        pipe = self.notification_pipe
+        pending = getattr(pipe, "pending", None)
+        if pending is None:
+            pending = ()
+        take_one = getattr(pending, "popleft", None) or (lambda: pending.pop(0))
+        check_space = getattr(pipe, "check_space", None) or (lambda: None)
+        max_batch = self.max_batch
+        processed = self.processed
         while not self._stopping:
-            self._waiting = self.notification_pipe.get()
-            try:
-                item = yield self._waiting
-            except defer.CancelledError:
-                break
-            finally:
-                self._waiting = None
+            if pending:
+                item = self._take_batch(max_batch, None) if max_batch else take_one()
+            else:
+                check_space()
+                self._waiting = pipe.get()
+                try:
+                    item = yield self._waiting
+                except defer.CancelledError:
+                    break
+                finally:
+                    self._waiting = None
+                if max_batch:
+                    item = self._take_batch(max_batch, item)
             self.current_item = item
             try:
-                yield self._process()
+                result = self._process()
+                if isinstance(result, defer.Deferred):
+                    yield result
+                    check_space()
             except Exception as error:
+                self.current_item = None
                 if not (yield self._handle_error(error, item)):
                     break
-            else:
-                self._backoff_attempts = 0
-                if getattr(item, "kind", None) == "notification":
-                    self.processed[item.channel] = self.processed.get(item.channel, 0) + 1
-            finally:
-                self.current_item = None
+                continue
+            self.current_item = None
+            self._backoff_attempts = 0
+            for event in item if max_batch else (item,):
+                if getattr(event, "kind", None) == "notification":
+                    processed[event.channel] = processed.get(event.channel, 0) + 1
+
+    def _take_batch(self, limit, first):
+        """
+        @return: a list of up to C{limit} items: C{first} (when not C{None})
+            and then whatever is queued already, oldest first.
+        """
+        pipe = self.notification_pipe
+        batch = [] if first is None else [first]
+        room = limit - len(batch)
+        if hasattr(pipe, "take"):
+            batch.extend(pipe.take(room))
+        else:
+            batch.extend(pipe.pending[:room])
+            del pipe.pending[:room]
+        return batch
 
     def _process(self):
         # Plain values go straight through; a Deferred is made only when a

@@ -38,6 +38,7 @@ class HermesConnection(txpostgres.Connection):
         self._closing = False
         self._gone = False
         self._established = False
+        self._paused = False
 
     def connect(self, *args, **kwargs):
         d = txpostgres.Connection.connect(self, *args, **kwargs)
@@ -70,9 +71,27 @@ class HermesConnection(txpostgres.Connection):
         if self._connection is not None:
             txpostgres.Connection.close(self)
 
+    def pause_reading(self):
+        """
+        Stop reading from the socket (back-pressure): PostgreSQL keeps what
+        arrives meanwhile.
+        """
+        self._paused = True
+        self.reactor.removeReader(self)
+
+    def resume_reading(self):
+        """
+        Read again after L{pause_reading}, delivering first what a query's
+        reply brought in meanwhile.
+        """
+        self._paused = False
+        if self.is_open:
+            self.reactor.addReader(self)
+            self.checkForNotifies()
+
     def doRead(self):
         try:
-            return txpostgres.Connection.doRead(self)
+            return self._doRead()
         except psycopg2.Error as e:
             # txpostgres workaround: when no query is waiting, txpostgres
             # re-raises poll() errors out of doRead (the FATAL a terminated
@@ -82,6 +101,14 @@ class HermesConnection(txpostgres.Connection):
             # connectionLost with it, as it does for any dropped socket.
             self.checkForNotifies()
             return e
+
+    def _doRead(self):
+        result = txpostgres.Connection.doRead(self)
+        # txpostgres re-adds itself as a reader after every read; a sink that
+        # paused reading meanwhile must stay paused.
+        if self._paused:
+            self.reactor.removeReader(self)
+        return result
 
     def connectionLost(self, reason):
         txpostgres.Connection.connectionLost(self, reason)
@@ -97,6 +124,8 @@ class HermesConnection(txpostgres.Connection):
 
     def cursorFinished(self, cursor):
         txpostgres.Connection.cursorFinished(self, cursor)
+        if self._paused:
+            self.reactor.removeReader(self)  # txpostgres re-added it
         # A connection that dies during a query is seen by the cursor, not by
         # our doRead: psycopg2 marks it closed and the query's Deferred fails.
         if self._connection.closed:

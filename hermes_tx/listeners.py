@@ -157,6 +157,8 @@ class PostgresNotificationListener(Component):
         #: reconnect attempts and resync events so far (for metrics)
         self.reconnects = 0
         self.resyncs = 0
+        #: times reading paused because the queue was full (back-pressure)
+        self.pauses = 0
         #: when the last notification arrived (clock seconds), or None
         self.last_notification_at = None
 
@@ -256,6 +258,7 @@ class PostgresNotificationListener(Component):
                 self._probe_unanswered,
                 interval=self.liveness_interval,
                 timeout=self.liveness_timeout,
+                activity=lambda: self.last_notification_at,
             )
             self._probe.start()
         first = not self._listened_before
@@ -306,18 +309,51 @@ class PostgresNotificationListener(Component):
             self.terminate(ComponentError(expected, action, self, error))
 
     def _on_notifies(self, batch):
-        # The hot path: one clock read per batch, one Event per notification.
+        # The hot path: one clock read per batch, one Event per notification,
+        # one hand-over to the queue per batch.
         now = self.last_notification_at = self.clock.seconds()
-        put = self.notif_queue.put
         received = self.received
-        decode = self.payload_format == "json"
+        events = []
+        append = events.append
         for n in batch:
-            received[n.channel] = received.get(n.channel, 0) + 1
-            event = Event("notification", n.channel, n.payload, n.pid, now)
-            if decode and not decode_json_payload(event):
+            channel = n.channel
+            received[channel] = received.get(channel, 0) + 1
+            append(Event("notification", channel, n.payload, n.pid, now))
+        if self.payload_format == "json":
+            self._decode(events)
+        queue = self.notif_queue
+        if hasattr(queue, "put_many"):
+            queue.put_many(events)
+            if queue.is_full and self.state == LISTENING:
+                self._pause()
+        else:
+            for event in events:
+                queue.put(event)
+
+    def _decode(self, events):
+        for event in events:
+            if not decode_json_payload(event):
                 self.log.warn(
                     "{ident}: payload on channel {channel!r} is not JSON ({error}); "
                     "delivered with decode_error set",
-                    ident=self.ident, channel=n.channel, error=event.decode_error,
+                    ident=self.ident, channel=event.channel, error=event.decode_error,
                 )
-            put(event)
+
+    def _pause(self):
+        # Back-pressure: the processor is behind.  Stop reading; the server
+        # keeps the notifications, so nothing is lost and no resync is due.
+        conn = self.pg_connector.connection
+        if conn is None or conn._paused:
+            return
+        conn.pause_reading()
+        self.pauses += 1
+        if self._probe is not None:
+            self._probe.stop()  # a probe's reply would read the whole backlog
+        self.notif_queue.on_space(lambda: self._resume(conn))
+
+    def _resume(self, conn):
+        if conn is not self.pg_connector.connection or self.state != LISTENING:
+            return
+        if self._probe is not None:
+            self._probe.start()
+        conn.resume_reading()

@@ -20,7 +20,7 @@ class LivenessProbe:
 
     log = Logger()
 
-    def __init__(self, clock, probe, on_dead, interval=1.0, timeout=10.0):
+    def __init__(self, clock, probe, on_dead, interval=1.0, timeout=10.0, activity=None):
         """
         @param clock: an C{IReactorTime} for both timers.
         @param probe: a callable returning a Deferred that fires when the
@@ -30,12 +30,17 @@ class LivenessProbe:
             a lost connection is reported by the connection itself.
         @param interval: seconds from one answer to the next probe.
         @param timeout: seconds a probe may take.
+        @param activity: C{None}, or a callable returning a value that
+            changes whenever the connection shows it is alive (the time of
+            the last notification): no probe is sent while it keeps changing.
         """
         self.clock = clock
         self.probe = probe
         self.on_dead = on_dead
         self.interval = interval
         self.timeout = timeout
+        self.activity = activity
+        self._last_activity = activity() if activity is not None else None
         self._next = None
         self._deadline = None
         self._stopped = True
@@ -57,6 +62,13 @@ class LivenessProbe:
 
     def _send(self):
         self._next = None
+        if self.activity is not None:
+            seen = self.activity()
+            if seen != self._last_activity:
+                # Notifications arrived since the last look: alive.
+                self._last_activity = seen
+                self._schedule()
+                return
         self._deadline = self.clock.callLater(self.timeout, self._dead)
         d = self.probe()
         d.addCallbacks(self._answered, self._failed)

@@ -120,7 +120,7 @@ class ComponentChainTests(unittest.TestCase):
         pending.callback(None)
         self.successResultOf(stopped)
         self.assertEqual(c.done, ["a"])
-        self.assertEqual(c.notification_pipe.pending, ["b"])
+        self.assertEqual(list(c.notification_pipe.pending), ["b"])
 
     def test_ident_is_alive_join(self):
         """
@@ -207,7 +207,7 @@ class ComponentErrorTests(unittest.TestCase):
         self.assertEqual(report[:2], (True, strategies.TERMINATE))
         self.assertFalse(c.is_alive())
         self.assertEqual(c.done, [])
-        self.assertEqual(c.notification_pipe.pending, [2])
+        self.assertEqual(list(c.notification_pipe.pending), [2])
 
     def test_default_strategy_backs_off_on_bugs(self):
         """

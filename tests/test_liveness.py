@@ -70,3 +70,20 @@ class LivenessProbeTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(10)
         self.assertEqual(self.dead, [])
+
+    def test_no_probe_while_notifications_flow(self):
+        """
+        While the activity marker keeps changing, no probe is sent; once it
+        stops, probing resumes.
+        """
+        marker = [0]
+        probe = LivenessProbe(self.clock, self.send, lambda: None, interval=1.0, timeout=3.0,
+                              activity=lambda: marker[0])
+        probe.start()
+        for i in range(5):
+            marker[0] += 1
+            self.clock.advance(1)
+        self.assertEqual(self.sent, [])
+        self.clock.advance(1)
+        self.assertEqual(len(self.sent), 1)
+        probe.stop()

@@ -49,7 +49,7 @@ def wait_until(predicate, timeout=10.0, interval=0.01, what="condition"):
 @defer.inlineCallbacks
 def take(queue, count, timeout=10.0):
     """
-    Take C{count} items from a C{DeferredQueue}.
+    Take C{count} items from a C{DeferredQueue} or L{EventQueue}.
 
     @return: a Deferred firing with the list of items.
     @raise AssertionError: fewer arrived within C{timeout} seconds.
@@ -58,7 +58,8 @@ def take(queue, count, timeout=10.0):
     deadline = reactor.seconds() + timeout
     while len(items) < count:
         if queue.pending:
-            items.append(queue.pending.pop(0))
+            pending = queue.pending
+            items.append(pending.popleft() if hasattr(pending, "popleft") else pending.pop(0))
             continue
         if reactor.seconds() > deadline:
             raise AssertionError(f"got {len(items)} of {count} items: {items!r}")
