@@ -273,3 +273,47 @@ class ShutdownTimeoutTests(unittest.TestCase):
         self.successResultOf(stopped)
         self.assertEqual(c.done, ["a"])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class BatchModeTests(unittest.TestCase):
+    def test_batches_of_what_is_queued(self):
+        """
+        With max_batch, execute gets lists: up to max_batch items that were
+        queued at once, oldest first; a lone item arriving later is a batch
+        of one.
+        """
+
+        class Bulk(Component):
+            max_batch = 3
+
+            def __init__(self):
+                super().__init__(clock=task.Clock())
+                self.batches = []
+
+            def execute(self, items):
+                self.batches.append(list(items))
+
+        c = Bulk()
+        c.startService()
+        c.notification_pipe.put_many(list(range(7)))
+        c.notification_pipe.put(7)
+        self.assertEqual(c.batches, [[0, 1, 2], [3, 4, 5], [6], [7]])
+        c.stopService()
+
+    def test_batch_errors_go_to_the_strategy(self):
+        strategy = FixedStrategy(True, strategies.CONTINUE)
+        seen = []
+
+        class Bulk(Component):
+            def execute(self, items):
+                seen.append(items)
+                if 2 in items:
+                    raise ValueError("bad batch")
+
+        c = Bulk(clock=task.Clock(), error_strategy=strategy, max_batch=2)
+        c.notification_pipe = defer.DeferredQueue()
+        c.notification_pipe.pending.extend([1, 2, 3])
+        c.startService()
+        self.assertEqual(seen, [[1, 2], [3]])
+        self.assertEqual(len(strategy.seen), 1)
+        self.assertEqual(c.failures, 1)
