@@ -10,7 +10,7 @@ connection error reported by the listener.
 """
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hermes_tx import dsn as dsnlib
@@ -216,8 +216,18 @@ class Client(service.MultiService):
         return d
 
     def _check_role(self):
-        timer = self.clock.callLater(self.role_check_timeout, self._role_check_timed_out)
-        d = self.connector.is_server_master()
+        kept = self.connector.is_connected
+        d = self._ask_role()
+        if kept:
+            # The kept connection may have died since the last check (server
+            # restarted, failed over, path gone): one fresh connection
+            # before concluding anything, rather than a backoff.
+            def retry(failure):
+                if self.running and strategies.is_connection_error(failure.value):
+                    return self._ask_role()
+                return failure
+
+            d.addErrback(retry)
 
         def answered(is_master):
             return PRIMARY if is_master else STANDBY
@@ -232,12 +242,17 @@ class Client(service.MultiService):
                 self.log.failure("role check failed", failure)
             return UNKNOWN
 
-        def cleanup(role):
+        return d.addCallbacks(answered, unreachable).addCallback(self._apply_role)
+
+    def _ask_role(self):
+        timer = self.clock.callLater(self.role_check_timeout, self._role_check_timed_out)
+
+        def cancel_timer(result):
             if timer.active():
                 timer.cancel()
-            return role
+            return result
 
-        return d.addCallbacks(answered, unreachable).addBoth(cleanup).addCallback(self._apply_role)
+        return self.connector.is_server_master().addBoth(cancel_timer)
 
     def _role_check_timed_out(self):
         # A hung server never answers: closing the connection fails the
@@ -307,7 +322,7 @@ class Client(service.MultiService):
             if not self.running or role != before or self.clock.seconds() >= deadline:
                 return
             # stopService cancels the pause, so no timer outlives the Client.
-            pause = _sleep(self.clock, interval)
+            pause = task.deferLater(self.clock, interval, lambda: None)
             self._pauses.add(pause)
             try:
                 yield pause
@@ -343,8 +358,3 @@ class Client(service.MultiService):
         if self.running:
             self._watch_errors()
 
-
-def _sleep(clock, seconds):
-    d = defer.Deferred(lambda _: call.cancel())
-    call = clock.callLater(seconds, d.callback, None)
-    return d

@@ -24,6 +24,10 @@ DEFAULT_FAILOVER_FILES = (
 )
 
 
+#: watchdog event types that change a file (not opened/closed).
+CHANGES = frozenset(["created", "deleted", "moved", "modified"])
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, names, deliver):
         self.names = names
@@ -31,7 +35,10 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event):
         # Runs in watchdog's thread: only look at names here, and let the
-        # reactor thread do the rest.
+        # reactor thread do the rest.  Opening or closing a file changes
+        # nothing (watchdog 7 reports both).
+        if event.event_type not in CHANGES:
+            return
         paths = [getattr(event, "src_path", ""), getattr(event, "dest_path", "")]
         for path in paths:
             if path and os.path.basename(os.fsdecode(path)) in self.names:
