@@ -39,6 +39,14 @@ class Twistd(protocol.ProcessProtocol):
         return [json.loads(line) for line in self.out.decode("utf-8").splitlines()]
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_twistd(args, env_extra=None):
     """
     Start C{twistd -n --pidfile= hermes ARGS}.
@@ -96,6 +104,45 @@ class TwistdEndToEndTests(unittest.TestCase):
         self.assertNotIn("Traceback", err)
         self.assertIn("listening on", err)
         self.assertIn("Received SIGTERM, stopping cleanly", err)
+
+    @defer.inlineCallbacks
+    def test_status_endpoint_and_json_payloads(self):
+        """
+        With --status-port, the real process answers /ready and /metrics;
+        with --payload-format json, lines carry the decoded data (or the
+        decode error); the password in the DSN shows up nowhere.
+        """
+        from twisted.internet import reactor as r
+        from twisted.web.client import Agent, readBody
+
+        port = free_port()
+        cluster = shared_primary()
+        dsn = cluster.dsn(application_name="hermes-e2e-status", password="pw-e2e-secret")
+        proto, transport = run_twistd(["--dsn", dsn, "--channel", "Status", "--status-port",
+                                       str(port), "--payload-format", "json"])
+        agent = Agent(r)
+        try:
+            yield wait_until(lambda: b'"kind": "start"' in proto.out, timeout=20, what="start")
+            cluster.notify("Status", '{"id": 7}')
+            cluster.notify("Status", "not json{")
+            yield wait_until(lambda: proto.out.count(b"\n") >= 3, timeout=20, what="lines")
+            response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/ready".encode())
+            ready = yield readBody(response)
+            response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/metrics".encode())
+            metrics = yield readBody(response)
+        finally:
+            transport.signalProcess("TERM")
+        ended = yield proto.ended
+        self.assertIsInstance(ended, error.ProcessDone, proto.err.decode())
+        self.assertEqual(json.loads(ready), {"ready": True, "role": "primary", "listening": True})
+        self.assertIn(b'hermes_notifications_received_total{channel="Status"} 2.0', metrics)
+        records = proto.records()
+        self.assertEqual(records[1]["data"], {"id": 7})
+        self.assertEqual(records[2]["payload"], "not json{")
+        self.assertIn("JSONDecodeError", records[2]["decode_error"])
+        self.assertNotIn("data", records[2])
+        for blob in (proto.out, proto.err, ready, metrics):
+            self.assertNotIn(b"pw-e2e-secret", blob)
 
     @defer.inlineCallbacks
     def test_usage_error_is_one_line(self):
