@@ -252,7 +252,7 @@ class Client(service.MultiService):
                 timer.cancel()
             return result
 
-        return self.connector.is_server_master().addBoth(cancel_timer)
+        return defer.maybeDeferred(self.connector.is_server_master).addBoth(cancel_timer)
 
     def _role_check_timed_out(self):
         # A hung server never answers: closing the connection fails the

@@ -1,167 +1,18 @@
 # -*- test-case-name: tests.test_connectors -*-
 """
 L{PostgresConnector}: one asynchronous PostgreSQL connection, made and
-remade on demand, over txpostgres.
-
-txpostgres 1.7.0 (unmaintained since 2019) works under current Twisted but
-has sharp edges; L{HermesConnection} subclasses its C{Connection} to file
-them down.  Each workaround is marked "txpostgres workaround" below.
+remade on demand, over txpostgres (through L{HermesConnection}, which files
+down txpostgres's sharp edges).
 """
 
 import psycopg2
 import psycopg2.extras
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txpostgres import txpostgres
 
 from hermes_tx import dsn as dsnlib
+from hermes_tx.connection import HermesConnection
 from hermes_tx.exceptions import ConnectionLostError
-
-
-class HermesConnection(txpostgres.Connection):
-    """
-    A txpostgres connection that reports its own death and hands NOTIFYs over
-    in batches.
-
-    @ivar notify_sink: C{None}, or a callable given each batch of
-        C{psycopg2.extensions.Notify} (a list, in arrival order) as soon as
-        the socket is read.  When set it replaces the observers.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor=None):
-        txpostgres.Connection.__init__(self, reactor=reactor)
-        self.notify_sink = None
-        self._lost_observers = []
-        self._closing = False
-        self._gone = False
-        self._established = False
-        self._paused = False
-
-    def connect(self, *args, **kwargs):
-        d = txpostgres.Connection.connect(self, *args, **kwargs)
-
-        def established(result):
-            self._established = True
-            return result
-
-        return d.addCallback(established)
-
-    def notify_on_lost(self, observer):
-        """
-        Call C{observer(failure)} once if the connection is lost by anything
-        but L{close}: backend terminated, server down, network gone.
-        """
-        self._lost_observers.append(observer)
-
-    @property
-    def is_open(self):
-        """
-        True while the connection is usable as far as we know.
-        """
-        return self._connection is not None and not self._connection.closed and not self._gone
-
-    def close(self):
-        """
-        Close the connection on purpose: lost observers are not called.
-        """
-        self._closing = True
-        if self._connection is not None:
-            txpostgres.Connection.close(self)
-
-    def pause_reading(self):
-        """
-        Stop reading from the socket (back-pressure): PostgreSQL keeps what
-        arrives meanwhile.
-        """
-        self._paused = True
-        self.reactor.removeReader(self)
-
-    def resume_reading(self):
-        """
-        Read again after L{pause_reading}, delivering first what a query's
-        reply brought in meanwhile.
-        """
-        self._paused = False
-        if self.is_open:
-            self.reactor.addReader(self)
-            self.checkForNotifies()
-
-    def doRead(self):
-        try:
-            return self._doRead()
-        except psycopg2.Error as e:
-            # txpostgres workaround: when no query is waiting, txpostgres
-            # re-raises poll() errors out of doRead (the FATAL a terminated
-            # backend sends, "server closed the connection unexpectedly"), so
-            # the reactor logs "Unhandled Error".  Deliver what arrived before
-            # the error, then return it: the reactor then calls
-            # connectionLost with it, as it does for any dropped socket.
-            self.checkForNotifies()
-            return e
-
-    def _doRead(self):
-        result = txpostgres.Connection.doRead(self)
-        # txpostgres re-adds itself as a reader after every read; a sink that
-        # paused reading meanwhile must stay paused.
-        if self._paused:
-            self.reactor.removeReader(self)
-        return result
-
-    def connectionLost(self, reason):
-        txpostgres.Connection.connectionLost(self, reason)
-        # While connecting, a multi-host DSN makes libpq drop the socket to a
-        # host that failed and go on to the next one; the reactor reports
-        # that as a lost connection, but polling goes on (a real failure
-        # fails connect's Deferred).  Only an established connection can be
-        # lost: reporting it earlier left the connection marked gone for
-        # good, so its connector leaked it and opened another for every
-        # query, and its lost observers were never called.
-        if self._established:
-            self._report_lost(reason)
-
-    def cursorFinished(self, cursor):
-        txpostgres.Connection.cursorFinished(self, cursor)
-        if self._paused:
-            self.reactor.removeReader(self)  # txpostgres re-added it
-        # A connection that dies during a query is seen by the cursor, not by
-        # our doRead: psycopg2 marks it closed and the query's Deferred fails.
-        if self._connection.closed:
-            self._report_lost(Failure(ConnectionLostError("connection lost during a query")))
-
-    def _report_lost(self, reason):
-        if self._gone:
-            return
-        self._gone = True
-        if self._closing:
-            return
-        for observer in self._lost_observers:
-            try:
-                observer(reason)
-            except Exception:
-                self.log.failure("connection-lost observer failed")
-
-    def checkForNotifies(self):
-        # txpostgres workaround: the stock method sends every notification
-        # through a Cooperator, a maybeDeferred and a callLater (measured at
-        # 0.17x a plain psycopg2 loop).  Swap the list out in O(1) and hand
-        # the whole batch over directly.
-        conn = self._connection
-        if conn is None or not conn.notifies:
-            return
-        batch, conn.notifies = conn.notifies, []
-        if self.notify_sink is not None:
-            self.notify_sink(batch)
-            return
-        observers = self.getNotifyObservers()
-        for notify in batch:
-            for observer in observers:
-                try:
-                    observer(notify)
-                except Exception:
-                    self.log.failure("notify observer failed")
 
 
 class PostgresConnector:
@@ -263,7 +114,9 @@ class PostgresConnector:
             for waiter in waiters:
                 waiter.callback(result)
 
-        d = conn.connect(self.dsn, cursor_factory=self.cursor_factory)
+        # maybeDeferred: a connect that raises (a stale reactor registration)
+        # must fail this attempt, not leave the waiters waiting for ever.
+        d = defer.maybeDeferred(conn.connect, self.dsn, cursor_factory=self.cursor_factory)
         d.addCallbacks(connected, failed).addBoth(done)
 
     def _lost(self, reason):
