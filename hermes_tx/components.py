@@ -118,6 +118,9 @@ class Component(service.Service):
         self._waiting = None  # the pipe's get() Deferred while idle
         self._sleeping = None  # the backoff delay while backing off
         self._run_done = None  # fires when the current run has ended
+        # Each start begins a new run; a loop from an older run (one a
+        # shutdown timeout gave up on) must leave the new one alone.
+        self._generation = 0
         self._tearing_down = False
 
     # -- the seed's extension points ----------------------------------------
@@ -194,10 +197,12 @@ class Component(service.Service):
         self._terminated = False
         self._backoff_attempts = 0
         self._run_done = defer.Deferred()
+        self._generation += 1
+        generation = self._generation
         d = defer.maybeDeferred(self.set_up)
-        d.addCallback(lambda _: self._run())
+        d.addCallback(lambda _: self._run(generation))
         d.addErrback(self._run_failed)
-        d.addBoth(self._finish_run)
+        d.addBoth(self._finish_run, generation)
 
     def stopService(self):
         """
@@ -223,12 +228,12 @@ class Component(service.Service):
             "{ident}: the item in progress did not finish within {t:g} s; stopping anyway",
             ident=self.ident, t=self.shutdown_timeout,
         )
-        self._finish_run(None)
+        self._finish_run(None, self._generation)
 
     # -- the run loop -------------------------------------------------------
 
     @defer.inlineCallbacks
-    def _run(self):
+    def _run(self, generation):
         # The hot loop.  While items are queued they are taken straight from
         # the pipe's pending list, with no Deferred per item; only when the
         # pipe is empty does the loop wait on get().  inlineCallbacks turns
@@ -271,18 +276,26 @@ class Component(service.Service):
                 value = pre_execute() if pre_execute is not None else item
                 if type(value) not in plain and _is_deferred(value):
                     yield value.addCallback(execute).addCallback(post_execute or _ignore)
+                    if generation != self._generation:
+                        return
                     check_space()
                 else:
                     value = execute(value)
                     if type(value) not in plain and _is_deferred(value):
                         yield value.addCallback(post_execute or _ignore)
+                        if generation != self._generation:
+                            return
                         check_space()
                     elif post_execute is not None:
                         value = post_execute(value)
                         if type(value) not in plain and _is_deferred(value):
                             yield value
+                            if generation != self._generation:
+                                return
                             check_space()
             except Exception as error:
+                if generation != self._generation:
+                    return
                 self.current_item = None
                 if not (yield self._handle_error(error, item)):
                     break
@@ -388,7 +401,9 @@ class Component(service.Service):
         self.log.failure("{ident}: set_up failed", failure=failure, ident=self.ident)
         self.terminate(ComponentError(False, strategies.TERMINATE, self, failure.value))
 
-    def _finish_run(self, _):
+    def _finish_run(self, _, generation=None):
+        if generation is not None and generation != self._generation:
+            return  # an older run, given up on: the current one is not ours
         if self._run_done is None or self._run_done.called or self._tearing_down:
             return  # already ended (a shutdown timeout gave up on the item)
         self._tearing_down = True
