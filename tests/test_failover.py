@@ -19,18 +19,16 @@ import threading
 import time
 
 from twisted.internet import defer, reactor, task, threads
-from twisted.logger import Logger, formatEvent, globalLogPublisher
+from twisted.logger import Logger, formatEvent
 from twisted.python import threadable
 from twisted.trial import unittest
 
 from hermes_tx.client import Client
-from hermes_tx.components import Component
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.listeners import PostgresNotificationListener
 from hermes_tx.watchers import FailoverFileWatcher
-from tests.support.fixtures import ClassFixtures
-from tests.support.pgcluster import Cluster
-from tests.support.shared import shared_primary, sleep, wait_until
+from tests.support.fixtures import PrimaryStandbyFixtures
+from tests.support.shared import Collector, capture_log, shared_primary, sleep, wait_until
 
 CHANNEL = "Fail-Over"
 
@@ -44,25 +42,6 @@ def report_timing(what, seconds):
     line = f"hermes_tx failover timing: {what}: {seconds:.3f} s"
     sys.stderr.write(line + "\n")
     _log.info("{line}", line=line)
-
-
-class Collector(Component):
-    """
-    A zero-argument processor collecting the events it executes, with the
-    wall-clock time each reached it.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.events = []
-        self.times = []
-
-    def execute(self, event):
-        self.events.append(event)
-        self.times.append(time.time())
-
-    def seen(self):
-        return [(e.kind, e.channel, e.payload) for e in self.events]
 
 
 class CountingConnector(PostgresConnector):
@@ -88,16 +67,6 @@ class CountingConnector(PostgresConnector):
         return super().is_server_master().addBoth(done)
 
 
-def capture_log(case):
-    """
-    @return: a list receiving every log event until the test ends.
-    """
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    case.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
-
-
 def hermes_events(events):
     return [e for e in events if e.get("log_namespace", "").startswith("hermes_tx")]
 
@@ -121,24 +90,10 @@ class _ClientHelpers:
         return client, collector
 
 
-class _PairFixture(ClassFixtures, _ClientHelpers):
+class _PairFixture(PrimaryStandbyFixtures, _ClientHelpers):
     """
     A primary and a streaming standby of it, for the whole class.
     """
-
-    @classmethod
-    def setUpClass(cls):
-        cls.primary = Cluster.create_primary()
-        try:
-            cls.standby = cls.primary.create_standby()
-        except BaseException:
-            cls.primary.destroy()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.standby.destroy()
-        cls.primary.destroy()
 
     def multi_host_dsn(self, **extra):
         dsn = (
@@ -202,7 +157,7 @@ class StandbyTests(_PairFixture, unittest.TestCase):
         self.assertEqual(
             collector.seen(), [("start", None, None), ("notification", CHANNEL, "on the primary")]
         )
-        stopping = time.time()
+        stopping = time.monotonic()
         yield threads.deferToThread(self.primary.stop, "fast")
         yield wait_until(
             lambda: client.role == "standby"
@@ -211,7 +166,7 @@ class StandbyTests(_PairFixture, unittest.TestCase):
             timeout=5,
             what="components stopped on the standby",
         )
-        report_timing("demotion (stop requested -> components stopped)", time.time() - stopping)
+        report_timing("demotion (stop requested -> components stopped)", time.monotonic() - stopping)
         # It stays that way: no flapping, no resync, no LISTEN attempt.
         yield sleep(1.5)
         self.assertEqual(client.role, "standby")
@@ -236,7 +191,7 @@ class PromotionTests(_PairFixture, unittest.TestCase):
         client, collector = self.start_client(self.standby.dsn(), "hermes-promotion")
         yield wait_until(lambda: client.role == "standby", timeout=5, what="role standby")
         self.assertFalse(collector.running)
-        promoted = time.time()
+        promoted = time.monotonic()
         yield threads.deferToThread(self.standby.promote)
         yield wait_until(lambda: collector.events, timeout=10, what="start event")
         elapsed = collector.times[0] - promoted
@@ -266,7 +221,7 @@ class WatchedPromotionTests(_PairFixture, unittest.TestCase):
         )
         yield wait_until(lambda: client.role == "standby", timeout=5, what="role standby")
         self.assertFalse(collector.running)
-        promoted = time.time()
+        promoted = time.monotonic()
         yield threads.deferToThread(self.standby.promote)
         yield wait_until(lambda: collector.events, timeout=5, what="start event")
         elapsed = collector.times[0] - promoted
@@ -300,7 +255,7 @@ class MultiHostFailoverTests(_PairFixture, unittest.TestCase):
         )
         self.assertEqual(client.role, "primary")
         yield threads.deferToThread(self.primary.stop, "fast")
-        promoted = time.time()
+        promoted = time.monotonic()
         yield threads.deferToThread(self.standby.promote)
         yield wait_until(lambda: len(collector.events) == 3, timeout=15, what="start or resync")
         elapsed = collector.times[2] - promoted

@@ -2,7 +2,6 @@
 Tests for L{hermes_tx.listeners} against a real PostgreSQL server.
 """
 
-import psycopg2
 from twisted.internet import defer, task
 from twisted.trial import unittest
 

@@ -11,7 +11,7 @@ import time
 import psycopg2
 from twisted.trial import reporter, unittest
 
-from tests.support.fixtures import ClassFixtures
+from tests.support.fixtures import ClassFixtures, PrimaryStandbyFixtures
 from tests.support.pgcluster import Cluster, PostgresNotFound, find_bindir
 
 
@@ -25,22 +25,8 @@ def _wait_for(predicate, timeout=10.0, interval=0.02):
     return result
 
 
-class _PairMixin(ClassFixtures):
+class _PairMixin(PrimaryStandbyFixtures):
     """Create a primary + streaming standby per test class."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.primary = Cluster.create_primary()
-        try:
-            cls.standby = cls.primary.create_standby()
-        except BaseException:
-            cls.primary.destroy()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.standby.destroy()
-        cls.primary.destroy()
 
 
 class ClusterPairTests(_PairMixin, unittest.TestCase):

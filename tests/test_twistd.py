@@ -4,7 +4,6 @@ End to end: the real C{twistd -n hermes} process against a real server.
 
 import json
 import os
-import signal
 import sys
 
 from twisted.internet import defer, error, protocol, reactor

@@ -63,3 +63,26 @@ class ClassFixtures(object):
         """Cleanup of each test: tear the class down after its last test."""
         if not state["todo"] and _active and _active[0] is type(self):
             _finish_active()
+
+
+class PrimaryStandbyFixtures(ClassFixtures):
+    """
+    A throwaway primary (C{cls.primary}) and a streaming standby of it
+    (C{cls.standby}) for the whole test class.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        from tests.support.pgcluster import Cluster
+
+        cls.primary = Cluster.create_primary()
+        try:
+            cls.standby = cls.primary.create_standby()
+        except BaseException:
+            cls.primary.destroy()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.standby.destroy()
+        cls.primary.destroy()

@@ -3,8 +3,12 @@ Helpers shared by the integration tests: one throwaway primary for the
 whole run, and waiting on the real reactor without blocking it.
 """
 
-from twisted.internet import defer, reactor, task
+import time
 
+from twisted.internet import defer, reactor, task
+from twisted.logger import globalLogPublisher
+
+from hermes_tx.components import Component
 from tests.support.pgcluster import Cluster
 
 _primary = []
@@ -65,3 +69,42 @@ def take(queue, count, timeout=10.0):
             raise AssertionError(f"got {len(items)} of {count} items: {items!r}")
         yield sleep(0.005)
     return items
+
+
+def capture_log(case):
+    """
+    @return: a list receiving every log event until the test C{case} ends.
+    """
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+class Collector(Component):
+    """
+    The seed's zero-argument processor: collects every event it executes,
+    with the C{time.monotonic()} at which it did.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+        self.times = []
+        self.torn_down = False
+
+    def execute(self, event):
+        self.events.append(event)
+        self.times.append(time.monotonic())
+
+    def tear_down(self):
+        self.torn_down = True
+
+    def seen(self):
+        return [(e.kind, e.channel, e.payload) for e in self.events]
+
+    def notifications(self, start=0):
+        return [e.payload for e in self.events[start:] if e.kind == "notification"]
+
+    def kinds(self, start=0):
+        return [e.kind for e in self.events[start:]]
