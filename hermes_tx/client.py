@@ -19,10 +19,9 @@ from hermes_tx.components import Component
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import InvalidConfigurationException, one_line
 from hermes_tx.queues import EventQueue
+from hermes_tx.roles import PRIMARY, UNKNOWN, ask_role
 from hermes_tx.watchers import DEFAULT_FAILOVER_FILES, FailoverFileWatcher
 
-PRIMARY, STANDBY, UNKNOWN = "primary", "standby", "unknown"
-ROLES = (PRIMARY, STANDBY, UNKNOWN)
 
 
 class Client(service.MultiService):
@@ -216,22 +215,6 @@ class Client(service.MultiService):
         return d
 
     def _check_role(self):
-        kept = self.connector.is_connected
-        d = self._ask_role()
-        if kept:
-            # The kept connection may have died since the last check (server
-            # restarted, failed over, path gone): one fresh connection
-            # before concluding anything, rather than a backoff.
-            def retry(failure):
-                if self.running and strategies.is_connection_error(failure.value):
-                    return self._ask_role()
-                return failure
-
-            d.addErrback(retry)
-
-        def answered(is_master):
-            return PRIMARY if is_master else STANDBY
-
         def unreachable(failure):
             if not self.running:
                 return UNKNOWN  # stopping closed the connection: not news
@@ -242,23 +225,8 @@ class Client(service.MultiService):
                 self.log.failure("role check failed", failure)
             return UNKNOWN
 
-        return d.addCallbacks(answered, unreachable).addCallback(self._apply_role)
-
-    def _ask_role(self):
-        timer = self.clock.callLater(self.role_check_timeout, self._role_check_timed_out)
-
-        def cancel_timer(result):
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return defer.maybeDeferred(self.connector.is_server_master).addBoth(cancel_timer)
-
-    def _role_check_timed_out(self):
-        # A hung server never answers: closing the connection fails the
-        # query, and the next check reconnects.
-        self.log.warn("role check got no answer in {t:g} s", t=self.role_check_timeout)
-        self.connector.disconnect()
+        d = ask_role(self.connector, self.clock, self.role_check_timeout, lambda: self.running)
+        return d.addErrback(unreachable).addCallback(self._apply_role)
 
     @defer.inlineCallbacks
     def _apply_role(self, role):

@@ -16,32 +16,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hermes_tx import strategies
-from hermes_tx.events import Event
 from hermes_tx.exceptions import failure_of, one_line
 from hermes_tx.queues import EventQueue
-
-_PLAIN_TYPES = {type(None)}
-
-
-def _ignore(value):
-    return None
-
-
-def _is_deferred(value):
-    """
-    C{isinstance(value, Deferred)}, fast for the plain values steps usually
-    return: Deferred's ABC metaclass makes every isinstance call cost about
-    as much as a whole trivial step, so types known not to be Deferreds are
-    remembered.
-    """
-    kind = type(value)
-    if kind in _PLAIN_TYPES:
-        return False
-    if isinstance(value, defer.Deferred):
-        return True
-    _PLAIN_TYPES.add(kind)
-    return False
-
+from hermes_tx.runloop import run_items
 
 #: What a component puts on its error queue when it terminates: the seed's
 #: C{(expected, action)} pair, plus the component and the error itself.
@@ -232,97 +209,8 @@ class Component(service.Service):
 
     # -- the run loop -------------------------------------------------------
 
-    @defer.inlineCallbacks
     def _run(self, generation):
-        # The hot loop.  While items are queued they are taken straight from
-        # the pipe's pending list, with no Deferred per item; only when the
-        # pipe is empty does the loop wait on get().  inlineCallbacks turns
-        # the Deferreds a step returns into waits without recursion.
-        pipe = self.notification_pipe
-        pending = getattr(pipe, "pending", None)
-        if pending is None:
-            pending = ()
-        take_one = getattr(pending, "popleft", None) or (lambda: pending.pop(0))
-        check_space = getattr(pipe, "check_space", None) or (lambda: None)
-        max_batch = self.max_batch
-        processed = self.processed
-        # The defaults of pre_execute (the item itself) and post_execute
-        # (nothing) are not called: same result, two calls fewer per item.
-        pre_execute, execute, post_execute = self.pre_execute, self.execute, self.post_execute
-        if getattr(pre_execute, "__func__", None) is Component.pre_execute:
-            pre_execute = None
-        if getattr(post_execute, "__func__", None) is Component.post_execute:
-            post_execute = None
-        plain = _PLAIN_TYPES
-        while not self._stopping:
-            if pending:
-                item = self._take_batch(max_batch, None) if max_batch else take_one()
-            else:
-                check_space()
-                self._waiting = pipe.get()
-                try:
-                    item = yield self._waiting
-                except defer.CancelledError:
-                    break
-                finally:
-                    self._waiting = None
-                if max_batch:
-                    item = self._take_batch(max_batch, item)
-            self.current_item = item
-            try:
-                # pre_execute -> execute -> post_execute, inlined: this runs
-                # once per notification.  A step's Deferred is waited for;
-                # plain values go straight on.
-                value = pre_execute() if pre_execute is not None else item
-                if type(value) not in plain and _is_deferred(value):
-                    yield value.addCallback(execute).addCallback(post_execute or _ignore)
-                    if generation != self._generation:
-                        return
-                    check_space()
-                else:
-                    value = execute(value)
-                    if type(value) not in plain and _is_deferred(value):
-                        yield value.addCallback(post_execute or _ignore)
-                        if generation != self._generation:
-                            return
-                        check_space()
-                    elif post_execute is not None:
-                        value = post_execute(value)
-                        if type(value) not in plain and _is_deferred(value):
-                            yield value
-                            if generation != self._generation:
-                                return
-                            check_space()
-            except Exception as error:
-                if generation != self._generation:
-                    return
-                self.current_item = None
-                if not (yield self._handle_error(error, item)):
-                    break
-                continue
-            self.current_item = None
-            self._backoff_attempts = 0
-            if max_batch:
-                for event in item:
-                    if type(event) is Event and event.kind == "notification":
-                        processed[event.channel] = processed.get(event.channel, 0) + 1
-            elif type(item) is Event and item.kind == "notification":
-                processed[item.channel] = processed.get(item.channel, 0) + 1
-
-    def _take_batch(self, limit, first):
-        """
-        @return: a list of up to C{limit} items: C{first} (when not C{None})
-            and then whatever is queued already, oldest first.
-        """
-        pipe = self.notification_pipe
-        batch = [] if first is None else [first]
-        room = limit - len(batch)
-        if hasattr(pipe, "take"):
-            batch.extend(pipe.take(room))
-        else:
-            batch.extend(pipe.pending[:room])
-            del pipe.pending[:room]
-        return batch
+        return run_items(self, generation, Component.pre_execute, Component.post_execute)
 
     @defer.inlineCallbacks
     def _handle_error(self, error, item=None):

@@ -1,6 +1,16 @@
 # -*- test-case-name: tests.test_events -*-
 """
-L{Event}: what a listener queues, one per notification, start or resync.
+L{Event}: what a listener queues.  C{kind} is:
+
+  - C{"notification"}: one NOTIFY, with C{channel}, C{payload}, C{pid};
+  - C{"start"}: listening has begun for the first time in the listener's
+    life (when C{fire_on_start}); work done while nobody listened can be
+    caught up now;
+  - C{"resync"}: listening has begun again after any gap: a lost
+    connection, or a stop and start (the Client stops the listener while the
+    server is a standby or unreachable).  PostgreSQL keeps nothing for absent
+    listeners, so notifications sent during the gap are gone: re-scan
+    whatever they would have told you.
 """
 
 import json

@@ -1,31 +1,21 @@
 # -*- test-case-name: tests.test_listeners -*-
 """
 L{PostgresNotificationListener}: LISTEN on PostgreSQL channels and queue
-every notification, reconnecting when the connection is lost.
-
-Items on the queue are L{Event}s.  C{kind} is:
-  - C{"notification"}: one NOTIFY, with C{channel}, C{payload}, C{pid};
-  - C{"start"}: listening has begun for the first time in this listener's
-    life (when C{fire_on_start}); work done while nobody listened can be
-    caught up now;
-  - C{"resync"}: listening has begun again after any gap: a lost
-    connection, or a stop and start (the Client stops the listener while the
-    server is a standby or unreachable).  PostgreSQL keeps nothing for absent
-    listeners, so notifications sent during the gap are gone: re-scan
-    whatever they would have told you.
+every notification as an L{Event} (see L{hermes_tx.events} for the start,
+notification and resync kinds), reconnecting when the connection is lost.
 """
 
 from collections import Counter
 from operator import attrgetter
 
-from psycopg2 import sql
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from hermes_tx import strategies
+from hermes_tx.channels import listen_statement, validate_channels
 from hermes_tx.components import Component, ComponentError
-from hermes_tx.events import Event, decode_json_payload  # noqa: F401  (Event is public here too)
+from hermes_tx.events import Event, decode_json_payload
 from hermes_tx.exceptions import (
     ConnectionLostError,
     InvalidConfigurationException,
@@ -33,45 +23,11 @@ from hermes_tx.exceptions import (
     one_line,
 )
 from hermes_tx.liveness import LivenessProbe
-
-#: PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN-1).
-MAX_CHANNEL_BYTES = 63
+from hermes_tx.queues import EventQueue
 
 STOPPED, CONNECTING, LISTENING, WAITING = "stopped", "connecting", "listening", "waiting"
 
 _channel_of = attrgetter("channel")
-
-
-def validate_channels(notif_channel):
-    """
-    @param notif_channel: one channel name or a list of them.
-    @return: the names as a list, duplicates removed, order kept.
-    @raise InvalidConfigurationException: a name is not a non-empty string
-        of at most 63 bytes (UTF-8) without NUL.
-    """
-    names = [notif_channel] if isinstance(notif_channel, str) else list(notif_channel or ())
-    if not names:
-        raise InvalidConfigurationException("at least one channel is required")
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise InvalidConfigurationException(f"channel name must be a non-empty string: {name!r}")
-        if "\x00" in name:
-            raise InvalidConfigurationException(f"channel name contains NUL: {name!r}")
-        size = len(name.encode("utf-8"))
-        if size > MAX_CHANNEL_BYTES:
-            raise InvalidConfigurationException(
-                f"channel name is {size} bytes, PostgreSQL allows {MAX_CHANNEL_BYTES}: {name!r}"
-            )
-    return list(dict.fromkeys(names))
-
-
-def listen_statement(channels):
-    """
-    @return: one SQL statement LISTENing on every channel, each quoted as an
-        identifier: C{MyChan}, C{my-chan} and C{a "q"} are exact,
-        case-sensitive names, and nothing in a name can inject SQL.
-    """
-    return sql.SQL("; ").join(sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in channels)
 
 
 class PostgresNotificationListener(Component):
@@ -110,8 +66,10 @@ class PostgresNotificationListener(Component):
         """
         @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
         @param notif_channel: a channel name or a list of them.
-        @param notif_queue: where L{Event}s go (a C{DeferredQueue}); C{None}
-            lets the Client wire it.
+        @param notif_queue: where L{Event}s go: an
+            L{hermes_tx.queues.EventQueue} (whose bound pauses reading when
+            full) or a C{DeferredQueue}; C{None} lets the Client wire it (or,
+            at start, makes an unbounded EventQueue).
         @param error_strategy: classifies connection errors; C{None} means
             L{strategies.CommonErrorStrategy}.
         @param error_queue: where a terminating listener reports.
@@ -185,7 +143,7 @@ class PostgresNotificationListener(Component):
     def startService(self):
         service.Service.startService(self)
         if self.notif_queue is None:
-            self.notif_queue = defer.DeferredQueue()
+            self.notif_queue = EventQueue()
         self._stopping = False
         self._terminated = False
         self._backoff_attempts = 0

@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application import service
 from twisted.web import resource, server
 
-from hermes_tx.client import PRIMARY, ROLES
+from hermes_tx.roles import PRIMARY, ROLES
 
 
 class ClientCollector:

@@ -7,7 +7,7 @@ C{twistd hermes}: command-line options and the service they make.
         [--watch-path DIR] [--failover-file NAME ...]
         [--role-check-interval SECONDS] [--max-backoff SECONDS]
         [--liveness-timeout SECONDS] [--shutdown-timeout SECONDS]
-        [--payload-format text|json]
+        [--payload-format text|json] [--queue-size N]
         [--status-port PORT [--status-interface ADDRESS]]
 """
 
@@ -26,7 +26,8 @@ from hermes_tx.client import Client
 from hermes_tx.components import Component
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import InvalidConfigurationException
-from hermes_tx.listeners import PostgresNotificationListener, validate_channels
+from hermes_tx.channels import validate_channels
+from hermes_tx.listeners import PostgresNotificationListener
 from hermes_tx.status import StatusService
 
 DEFAULT_PROCESSOR = "hermes_tx.processors:JsonLinesProcessor"
@@ -95,6 +96,8 @@ class Options(usage.Options):
         ["shutdown-timeout", None, 10.0,
          "seconds a stop waits for the event in progress", _typed("shutdown-timeout", float)],
         ["payload-format", None, "text", "text, or json to decode payloads for processors"],
+        ["queue-size", None, 10000,
+         "events waiting for the processor before reading pauses", _typed("queue-size", int)],
         ["status-port", None, None, "serve /health, /ready and /metrics on this TCP port", _typed("status-port", int)],
         ["status-interface", None, "127.0.0.1", "the address the status port listens on"],
     ]
@@ -145,6 +148,8 @@ class Options(usage.Options):
         for name in ("liveness-timeout", "shutdown-timeout"):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be more than 0")
+        if self["queue-size"] < 1:
+            raise usage.UsageError("--queue-size must be at least 1")
         if self["payload-format"] not in ("text", "json"):
             raise usage.UsageError("--payload-format must be text or json")
         port = self["status-port"]
@@ -235,6 +240,7 @@ def makeService(options):
         failover_files=options["failover-files"] or None,
         role_check_interval=options["role-check-interval"],
         max_backoff=options["max-backoff"],
+        queue_size=options["queue-size"],
     )
     client.setName("client")
     listener = PostgresNotificationListener(

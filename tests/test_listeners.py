@@ -8,11 +8,8 @@ from twisted.trial import unittest
 from hermes_tx import strategies
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import InvalidConfigurationException
-from hermes_tx.listeners import (
-    LISTENING,
-    PostgresNotificationListener,
-    validate_channels,
-)
+from hermes_tx.channels import validate_channels
+from hermes_tx.listeners import LISTENING, PostgresNotificationListener
 from tests.support.shared import shared_primary, take, wait_until
 
 ODD_CHANNELS = ["MyChan", "my-chan", 'Mixed-Case "q"', "ünïcødé ☃", "x\"; DROP TABLE t; --"]

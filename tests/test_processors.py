@@ -9,7 +9,7 @@ import os
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from hermes_tx.listeners import Event
+from hermes_tx.events import Event
 from hermes_tx.processors import FLUSH_EVERY, JsonLinesProcessor
 
 

@@ -70,6 +70,8 @@ class OptionsTests(unittest.TestCase):
                               "more than 0")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--payload-format", "xml"],
                               "text or json")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--queue-size", "0"],
+                              "at least 1")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--status-port", "70000"],
                               "TCP port")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--status-port", "http"],
@@ -80,7 +82,8 @@ class OptionsTests(unittest.TestCase):
     def test_resilience_options(self):
         o = self.parse("--dsn", "dbname=x", "-c", "x", "--liveness-timeout", "3",
                        "--shutdown-timeout", "2.5", "--payload-format", "json",
-                       "--status-port", "0", "--status-interface", "127.0.0.2")
+                       "--status-port", "0", "--status-interface", "127.0.0.2",
+                       "--queue-size", "64")
         top = makeService(o)
         client = top.getServiceNamed("client")
         status = top.getServiceNamed("status")
@@ -89,6 +92,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(client.listener.liveness_timeout, 3.0)
         self.assertEqual(client.listener.payload_format, "json")
         self.assertEqual(client.processor.shutdown_timeout, 2.5)
+        self.assertEqual(client.notification_queue.maxsize, 64)
 
     def test_password_not_in_errors(self):
         e = self.assertUsageError(["--dsn", "password=hunter2 x", "-c", "c"], "invalid DSN")
