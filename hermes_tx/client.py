@@ -190,6 +190,7 @@ class Client(service.MultiService):
             waits.append(self._watcher.stop())
             self._watcher = None
         self.connector.disconnect()
+        self.role = UNKNOWN  # nobody is looking any more
         return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
 
     # -- role checks --------------------------------------------------------

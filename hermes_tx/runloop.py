@@ -62,7 +62,9 @@ def run_items(component, generation, default_pre_execute, default_post_execute):
     processed = component.processed
     # The defaults of pre_execute (the item itself) and post_execute
     # (nothing) are not called: same result, two calls fewer per item.
-    pre_execute, execute, post_execute = component.pre_execute, component.execute, component.post_execute
+    pre_execute = component.pre_execute
+    execute = component.execute
+    post_execute = component.post_execute
     if getattr(pre_execute, "__func__", None) is default_pre_execute:
         pre_execute = None
     if getattr(post_execute, "__func__", None) is default_post_execute:
@@ -122,6 +124,7 @@ def run_items(component, generation, default_pre_execute, default_post_execute):
                     processed[event.channel] = processed.get(event.channel, 0) + 1
         elif type(item) is Event and item.kind == "notification":
             processed[item.channel] = processed.get(item.channel, 0) + 1
+
 
 def _take_batch(pipe, limit, first):
     """

@@ -104,9 +104,11 @@ class ClientOnServerTests(unittest.TestCase):
             [("start", None, None)] + [("notification", "Jobs" if i % 2 else "jobs", str(i))
                                        for i in range(5)],
         )
+        self.assertEqual(client.role, "primary")
         yield client.stopService()
         yield wait_until(lambda: not cluster.backend_pids("hermes-client-test"), what="closed")
         self.assertFalse(processor.is_alive())
+        self.assertEqual(client.role, "unknown")
 
     @defer.inlineCallbacks
     def test_terminated_component_is_logged(self):
