@@ -10,12 +10,10 @@ notifications sent after recovery arrive exactly (payloads and order); the
 Client and its components still run; and nothing was logged as an unhandled
 error or with a traceback (only the processor's own bug is, once).
 
-Three tests show bugs in hermes_tx and fail until they are fixed (their
-docstrings say why): test_restart_during_stuck_item_keeps_one_loop,
+Three tests pin bugs this suite found and that are fixed (their
+docstrings say what went wrong): test_restart_during_stuck_item_keeps_one_loop,
 test_connection_dropped_during_startup and
-test_connect_raising_synchronously_does_not_wedge_connector.  The second
-bug also makes test_restart_immediate fail now and then, when a connection
-attempt lands while the server is starting up.
+test_connect_raising_synchronously_does_not_wedge_connector.
 
 Timings (kill -> resync, restart -> delivering again, SIGSTOP -> resync) go
 to standard error; C{bench/resilience.py} measures them more thoroughly.
@@ -28,19 +26,14 @@ import sys
 import time
 
 from twisted.internet import defer, protocol, reactor, task, threads
-from twisted.logger import LogLevel, formatEvent
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 
-from hermes_tx.client import Client
 from hermes_tx.connectors import HermesConnection, PostgresConnector
-from hermes_tx.listeners import LISTENING, PostgresNotificationListener
 from tests.support.fixtures import ClassFixtures
 from tests.support.pgcluster import Cluster
+from tests.support.faults import CHANNEL, SECRET, FaultHelpers, event_text, warnings_in
 from tests.support.shared import Collector, capture_log, shared_primary, sleep, wait_until
-
-CHANNEL = "Faults-Chan"
-SECRET = "s3cr3t-XYZ"
-
 
 class Boom(Exception):
     """The processor's bug in L{ClientFaultTests.test_processor_raises}."""
@@ -51,125 +44,7 @@ def report(what, value):
     sys.stderr.flush()
 
 
-def event_text(event):
-    """
-    @return: all the text a log event can produce: its formatted message
-        plus, for an error, the failure's traceback.
-    """
-    text = formatEvent(event) or ""
-    failure = event.get("log_failure")
-    if failure is not None:
-        text += "\n" + failure.getTraceback()
-    return text
-
-
-def warnings_in(events):
-    """
-    @return: the warnings among C{events} (hermes_tx's, or a component
-        subclass's: a component logs in its own class's namespace).
-    """
-    return [e for e in events if e.get("log_level") == LogLevel.warn]
-
-
-class _FaultHelpers:
-    """
-    Start a Client and check the four things every fault test checks.
-    """
-
-    def start_client(self, cluster, name, listener_kwargs=None, processor=None,
-                     client_dsn=None, listener_dsn=None, **client_kwargs):
-        """
-        Start a Client on C{cluster} whose listener (on L{CHANNEL}) has its
-        own connection, with application_name C{hermes-faults-NAME}.  The
-        Client's role checks use another connection (C{hermes-role}), so the
-        listener's backend is the only one with that name.
-
-        @return: C{(client, processor, app_name)}; stopped at cleanup.
-        """
-        app_name = f"hermes-faults-{name}"[:63]
-        if listener_dsn is None:
-            listener_dsn = cluster.dsn(application_name=app_name)
-        client = Client(client_dsn if client_dsn is not None else cluster.dsn(), **client_kwargs)
-        processor = processor if processor is not None else Collector()
-        client.add_listener(PostgresNotificationListener(
-            PostgresConnector(listener_dsn), CHANNEL, **(listener_kwargs or {})
-        ))
-        client.add_processor(processor)
-        client.startService()
-        self.addCleanup(lambda: client.stopService() if client.running else None)
-        return client, processor, app_name
-
-    @defer.inlineCallbacks
-    def wait_listening(self, client, processor, count=1):
-        """Wait for the listener to listen and C{count} events to arrive."""
-        yield wait_until(lambda: client.listener is not None and client.listener.is_listening,
-                         timeout=10, what="listening")
-        yield wait_until(lambda: len(processor.events) >= count, timeout=10,
-                         what=f"{count} event(s)")
-
-    @defer.inlineCallbacks
-    def send_and_check(self, cluster, processor, payloads, timeout=10.0):
-        """
-        Send C{payloads} on L{CHANNEL} and check that exactly they, in order,
-        are the notifications the processor gets next.
-        """
-        start = len(processor.events)
-        for p in payloads:
-            cluster.notify(CHANNEL, p)
-        yield wait_until(lambda: len(processor.events) - start >= len(payloads),
-                         timeout=timeout, what=f"{len(payloads)} notifications")
-        yield sleep(0.05)  # nothing more arrives
-        got = processor.events[start:]
-        self.assertEqual([(e.kind, e.channel, e.payload) for e in got],
-                         [("notification", CHANNEL, p) for p in payloads])
-
-    def assert_resync_after(self, processor, index):
-        """
-        The first event from C{index} on is the one resync, and every
-        notification after it.
-        """
-        kinds = processor.kinds(index)
-        self.assertTrue(kinds, "no event after the fault")
-        self.assertEqual(kinds[0], "resync", kinds)
-        self.assertEqual(kinds.count("resync"), 1, kinds)
-
-    def assert_running(self, client):
-        self.assertTrue(client.running)
-        self.assertEqual(client.role, "primary")
-        self.assertTrue(client.listener.is_alive())
-        self.assertEqual(client.listener.state, LISTENING)
-        self.assertTrue(client.processor.is_alive())
-        self.assertEqual(list(client.error_queue.pending), [])
-
-    def assert_unreachable(self, client, log, why):
-        self.assertTrue(client.running)
-        self.assertEqual(client.role, "unknown")
-        self.assertFalse(client.listener.running)
-        self.assertFalse(client.processor.running)
-        warnings = warnings_in(log)
-        self.assertIn(len(warnings), (2, 3))  # checks at 0 and ~1 s (~3 s next)
-        for e in warnings:
-            self.assertIn(why, formatEvent(e))
-        self.assert_clean_log(log)
-        for e in log:
-            self.assertNotIn(SECRET, event_text(e))
-
-    def assert_clean_log(self, events):
-        """
-        No tracebacks, no "Unhandled Error", and every hermes_tx warning is
-        one line.
-        """
-        self.assertEqual([f.getTraceback() for f in self.flushLoggedErrors()], [])
-        for e in events:
-            text = event_text(e)
-            self.assertNotIn("Unhandled Error", text)
-            self.assertNotIn("Traceback", text)
-            self.assertIsNone(e.get("log_failure"), text)
-        for e in warnings_in(events):
-            self.assertNotIn("\n", formatEvent(e))
-
-
-class ServerFaultTests(ClassFixtures, _FaultHelpers, unittest.TestCase):
+class ServerFaultTests(ClassFixtures, FaultHelpers, unittest.TestCase):
     """
     Faults of the server itself, on a primary of this class's own (it is
     stopped, restarted and has its backends killed and frozen).
@@ -428,7 +303,7 @@ class ServerFaultTests(ClassFixtures, _FaultHelpers, unittest.TestCase):
         self.assertNotIn(SECRET, repr(client))
         self.assertNotIn(SECRET, repr(client.listener.pg_connector))
 
-class ClientFaultTests(_FaultHelpers, unittest.TestCase):
+class ClientFaultTests(FaultHelpers, unittest.TestCase):
     """
     Faults that leave the server alone, on the shared primary.
     """
@@ -602,7 +477,7 @@ class _DropOnStartup(protocol.Protocol):
         self.transport.loseConnection()
 
 
-class ConnectionSetupFaultTests(_FaultHelpers, unittest.TestCase):
+class ConnectionSetupFaultTests(FaultHelpers, unittest.TestCase):
     """
     Faults while a connection is being set up.  On a real server they come
     from races (a connection attempt while it restarts with -m immediate:
