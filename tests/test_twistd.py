@@ -144,6 +144,20 @@ class TwistdEndToEndTests(unittest.TestCase):
             self.assertNotIn(b"pw-e2e-secret", blob)
 
     @defer.inlineCallbacks
+    def test_sigint_exits_zero(self):
+        cluster = shared_primary()
+        proto, transport = run_twistd(["--dsn", cluster.dsn(application_name="hermes-e2e-int"),
+                                       "--channel", "int"])
+        try:
+            yield wait_until(lambda: b'"kind": "start"' in proto.out, timeout=20, what="start")
+        finally:
+            transport.signalProcess("INT")
+        ended = yield proto.ended
+        self.assertIsInstance(ended, error.ProcessDone, proto.err.decode())
+        self.assertIn("Received SIGINT, stopping cleanly", proto.err.decode())
+        self.assertNotIn("Traceback", proto.err.decode())
+
+    @defer.inlineCallbacks
     def test_usage_error_is_one_line(self):
         """
         A user's mistake prints one line on stderr and exits non-zero before
