@@ -98,7 +98,7 @@ class Component(service.Service):
         # Each start begins a new run; a loop from an older run (one a
         # shutdown timeout gave up on) must leave the new one alone.
         self._generation = 0
-        self._tearing_down = False
+        self._tearing_down = None  # the generation whose tear_down runs
 
     # -- the seed's extension points ----------------------------------------
 
@@ -170,16 +170,24 @@ class Component(service.Service):
         service.Service.startService(self)
         if self.notification_pipe is None:
             self.notification_pipe = EventQueue()
+        generation = self._begin_run()
+        d = defer.maybeDeferred(self.set_up)
+        d.addCallback(lambda _: self._run(generation))
+        d.addErrback(self._run_failed)
+        d.addBoth(self._finish_run, generation)
+
+    def _begin_run(self):
+        """
+        Reset the state of one run (start to stop).
+
+        @return: the new run's number.
+        """
         self._stopping = False
         self._terminated = False
         self._backoff_attempts = 0
         self._run_done = defer.Deferred()
         self._generation += 1
-        generation = self._generation
-        d = defer.maybeDeferred(self.set_up)
-        d.addCallback(lambda _: self._run(generation))
-        d.addErrback(self._run_failed)
-        d.addBoth(self._finish_run, generation)
+        return self._generation
 
     def stopService(self):
         """
@@ -292,15 +300,14 @@ class Component(service.Service):
     def _finish_run(self, _, generation=None):
         if generation is not None and generation != self._generation:
             return  # an older run, given up on: the current one is not ours
-        if self._run_done is None or self._run_done.called or self._tearing_down:
-            return  # already ended (a shutdown timeout gave up on the item)
-        self._tearing_down = True
+        run_done = self._run_done
+        if run_done is None or run_done.called or self._tearing_down == self._generation:
+            return  # already ending (a shutdown timeout gave up on the item)
+        # Remember which run is tearing down, and fire that run's Deferred:
+        # a slow tear_down must not end a run started after it.
+        self._tearing_down = self._generation
         d = defer.maybeDeferred(self.tear_down)
         d.addErrback(
             lambda f: self.log.failure("{ident}: tear_down failed", failure=f, ident=self.ident)
         )
-        d.addBoth(self._run_ended)
-
-    def _run_ended(self, _):
-        self._tearing_down = False
-        self._run_done.callback(None)
+        d.addBoth(lambda _: run_done.called or run_done.callback(None))

@@ -144,10 +144,7 @@ class PostgresNotificationListener(Component):
         service.Service.startService(self)
         if self.notif_queue is None:
             self.notif_queue = EventQueue()
-        self._stopping = False
-        self._terminated = False
-        self._backoff_attempts = 0
-        self._run_done = defer.Deferred()
+        self._begin_run()
         d = defer.maybeDeferred(self.set_up)
         d.addCallbacks(lambda _: self._listen(), self._run_failed)
 

@@ -275,6 +275,33 @@ class ShutdownTimeoutTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
+    def test_slow_tear_down_does_not_end_the_next_run(self):
+        """
+        A run given up on whose tear_down is still pending does not end (or
+        block) the run started after it.
+        """
+        clock = task.Clock()
+        stuck = defer.Deferred()
+        slow_tear_down = defer.Deferred()
+        tear_downs = [slow_tear_down, None]
+        c = Scripted([stuck], clock=clock, shutdown_timeout=1)
+        c.tear_down = lambda: tear_downs.pop(0)
+        c.startService()
+        c.notification_pipe.put("a")
+        first = c.stopService()
+        clock.advance(1)  # gives up on "a"; its tear_down hangs
+        self.assertNoResult(first)
+        c.startService()
+        joined = c.join()
+        slow_tear_down.callback(None)  # the old run ends...
+        self.successResultOf(first)
+        self.assertNoResult(joined)  # ...but not the new one
+        self.assertTrue(c.is_alive())
+        self.successResultOf(c.stopService())
+        self.successResultOf(joined)
+        stuck.callback(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
 class BatchModeTests(unittest.TestCase):
     def test_batches_of_what_is_queued(self):
         """
