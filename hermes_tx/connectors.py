@@ -102,7 +102,7 @@ class PostgresConnector:
                 failure = Failure(
                     ConnectionLostError(f"no connection within {self.connect_timeout:g} s")
                 )
-            elif conn._connection is not None:
+            else:
                 conn.close()
             return failure
 
@@ -132,7 +132,7 @@ class PostgresConnector:
         conn, self.connection = self.connection, None
         if conn is not None:
             conn.close()
-        if self._pending is not None and self._pending._connection is not None:
+        if self._pending is not None:
             self._pending.close()
         return defer.succeed(None)
 
