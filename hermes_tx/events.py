@@ -15,6 +15,9 @@ L{Event}: what a listener queues.  C{kind} is:
 
 import json
 
+#: what a listener may do with payloads: keep the text, or decode JSON too
+PAYLOAD_FORMATS = ("text", "json")
+
 #: the keys every event has in L{Event.as_dict}
 FIELDS = ("kind", "channel", "payload", "pid", "received_at")
 

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from hermes_tx import strategies
 from hermes_tx.channels import listen_statement, validate_channels
 from hermes_tx.components import Component, ComponentError
-from hermes_tx.events import Event, decode_json_payload
+from hermes_tx.events import PAYLOAD_FORMATS, Event, decode_json_payload
 from hermes_tx.exceptions import (
     ConnectionLostError,
     InvalidConfigurationException,
@@ -102,7 +102,7 @@ class PostgresNotificationListener(Component):
         self.stable_after = stable_after
         self.liveness_timeout = liveness_timeout
         self.liveness_interval = liveness_interval
-        if payload_format not in ("text", "json"):
+        if payload_format not in PAYLOAD_FORMATS:
             raise InvalidConfigurationException(
                 f"payload format must be 'text' or 'json', not {payload_format!r}"
             )

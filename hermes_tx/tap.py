@@ -25,6 +25,7 @@ from hermes_tx import dsn as dsnlib
 from hermes_tx.client import Client
 from hermes_tx.components import Component
 from hermes_tx.connectors import PostgresConnector
+from hermes_tx.events import PAYLOAD_FORMATS
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.channels import validate_channels
 from hermes_tx.listeners import PostgresNotificationListener
@@ -150,7 +151,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be more than 0")
         if self["queue-size"] < 1:
             raise usage.UsageError("--queue-size must be at least 1")
-        if self["payload-format"] not in ("text", "json"):
+        if self["payload-format"] not in PAYLOAD_FORMATS:
             raise usage.UsageError("--payload-format must be text or json")
         port = self["status-port"]
         if port is not None and not 0 <= port <= 65535:
