@@ -10,7 +10,9 @@ L{Event}: what a listener queues.  C{kind} is:
     connection, or a stop and start (the Client stops the listener while the
     server is a standby or unreachable).  PostgreSQL keeps nothing for absent
     listeners, so notifications sent during the gap are gone: re-scan
-    whatever they would have told you.
+    whatever they would have told you;
+  - C{"change"}: one row of the durable outbox (L{Change}), claimed for this
+    instance; nothing needs a re-scan, the outbox is the catch-up.
 """
 
 import json
@@ -78,3 +80,52 @@ def decode_json_payload(event):
         event.decode_error = f"{type(e).__name__}: {e}"
         return False
     return True
+
+
+#: the keys every change has in L{Change.as_dict}
+CHANGE_FIELDS = ("kind", "id", "topic", "key", "attempts", "created_at", "payload")
+
+
+class Change:
+    """
+    One claimed row of the durable outbox (C{hermes.outbox}), handed to a
+    processor as an event of kind C{"change"}.
+
+    @ivar kind: always C{"change"}.
+    @ivar id: the outbox row id (an int, increasing in commit order per key).
+    @ivar topic: the topic the change was emitted on.
+    @ivar key: the key (text) within the topic; changes of one key are
+        handed out one at a time, in id order.
+    @ivar attempts: how many times it was handed out before this one (0 the
+        first time).
+    @ivar created_at: when it was written, in seconds since the epoch.
+    @ivar payload: the JSON text as stored.
+    @ivar data: the decoded payload.
+    @ivar claim: the claim token the consumer acknowledges with (opaque to
+        processors).
+    """
+
+    __slots__ = CHANGE_FIELDS + ("data", "claim")
+
+    def __init__(self, id, topic, key, attempts, created_at, payload, data, claim=None):
+        self.kind = "change"
+        self.id = id
+        self.topic = topic
+        self.key = key
+        self.attempts = attempts
+        self.created_at = created_at
+        self.payload = payload
+        self.data = data
+        self.claim = claim
+
+    def as_dict(self):
+        """
+        @return: the change as a dict with keys C{kind}, C{id}, C{topic},
+            C{key}, C{attempts}, C{created_at}, C{payload} and C{data}.
+        """
+        record = {name: getattr(self, name) for name in CHANGE_FIELDS}
+        record["data"] = self.data
+        return record
+
+    def __repr__(self):
+        return f"<Change {self.topic!r} {self.key!r} id={self.id} attempts={self.attempts}>"
