@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_strategies -*-
 """
-Error strategies decide what a component does about an exception, and
-backoff policies decide how long it waits before trying again.
+Error strategies decide what a component does about an exception (backoff
+policies, which decide how long it waits, live in L{hermes_tx.backoff}).
 
 An error strategy's C{handle_exception(error)} returns C{(expected, action)}:
 C{expected} says whether the error is part of normal life (a dropped
@@ -9,11 +9,10 @@ connection) rather than a bug, and C{action} is one of L{CONTINUE},
 L{BACKOFF} or L{TERMINATE}.
 """
 
-import random
-
 import psycopg2
 from twisted.internet import error as _twisted_error
 
+from hermes_tx.backoff import backoff_policy  # noqa: F401 (its home before hermes_tx.backoff)
 from hermes_tx.exceptions import ConnectionLostError, StandbyServerError
 
 #: Log the error and go on with the next item at once.
@@ -118,33 +117,3 @@ class CommonErrorStrategy(AbstractErrorStrategy):
         if isinstance(error, psycopg2.Error):
             return True, CONTINUE
         return False, BACKOFF
-
-
-def _shrink_up_to_tenth(delay):
-    # Jitter that never exceeds the cap: spread retries of many clients over
-    # the last tenth of each delay.
-    return delay * (1.0 - random.random() * 0.1)
-
-
-def backoff_policy(initial=1.0, factor=2.0, max_delay=16.0, jitter=_shrink_up_to_tenth):
-    """
-    A pure backoff policy, in the style of
-    L{twisted.application.internet.backoffPolicy}.
-
-    @param initial: seconds to wait before the first retry.
-    @param factor: each further retry waits this many times longer.
-    @param max_delay: no retry waits longer than this many seconds.
-    @param jitter: C{None} for exact delays, or a callable taking the exact
-        delay and returning the delay to use (the default takes off up to a
-        tenth at random, so the cap still holds).
-    @return: a callable taking the number of failed attempts so far (0 for the
-        first retry) and returning the seconds to wait.
-    """
-
-    def policy(attempt):
-        # Bound the exponent: factor ** attempt overflows long before a
-        # service gives up retrying.
-        delay = min(initial * factor ** min(attempt, 64), max_delay)
-        return jitter(delay) if jitter is not None else delay
-
-    return policy
