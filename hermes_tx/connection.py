@@ -6,18 +6,20 @@ down.
 txpostgres 1.7.0 (unmaintained since 2019) works under current Twisted, but
 raises out of the reactor after a terminated backend, dispatches each
 notification through a Cooperator, cannot pause reading, and trips over
-libpq dropping or replacing its socket.  Each workaround below is marked
+libpq replacing its socket while connecting (so connecting is done here,
+with L{hermes_tx.pgwait}, and txpostgres gets the established connection).  Each workaround below is marked
 "txpostgres workaround" and covered by tests.test_connectors and
 tests.test_faults.
 """
 
 import psycopg2
-from twisted.internet import main
+from twisted.internet import defer, main
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import txpostgres
 
 from hermes_tx.exceptions import ConnectionLostError
+from hermes_tx.pgwait import poll_steps, wait_steps
 
 
 class HermesConnection(txpostgres.Connection):
@@ -40,15 +42,41 @@ class HermesConnection(txpostgres.Connection):
         self._gone = False
         self._established = False
         self._paused = False
+        self._waiter = None  # the pgwait.StepWaiter while connecting
 
-    def connect(self, *args, **kwargs):
-        d = txpostgres.Connection.connect(self, *args, **kwargs)
+    def connect(self, dsn, cursor_factory=None):
+        """
+        Connect asynchronously, following libpq's socket.
 
-        def established(result):
-            self._established = True
-            return result
+        txpostgres workaround: its C{connect} registers this object with the
+        reactor while libpq is still connecting, and this object's
+        C{fileno()} is whatever socket libpq has I{now}; with a multi-host
+        DSN libpq closes one host's socket and opens the next host's inside
+        C{PQconnectPoll}, leaving the reactor with a descriptor libpq closed
+        (C{EBADF}, or a new socket with the same number never polled).  So
+        the connection is made with L{hermes_tx.pgwait} (one registration
+        per wait, removed before each poll) and only the established
+        connection, whose socket no longer changes, is handed to txpostgres.
 
-        return d.addCallback(established)
+        @param dsn: the libpq connection string.
+        @param cursor_factory: the psycopg2 cursor class, or C{None}.
+        @return: a Deferred firing with this connection once established.
+        """
+        if self._connection is not None:
+            return defer.fail(txpostgres.AlreadyConnected())
+        try:
+            self._connection = psycopg2.connect(dsn, async_=True, cursor_factory=cursor_factory)
+        except Exception:
+            return defer.fail()
+        self._waiter = wait_steps(self.reactor, poll_steps(self._connection))
+        return self._waiter.done.addCallback(self._established_now)
+
+    def _established_now(self, _):
+        self._waiter = None
+        self._established = True
+        # From here on txpostgres reads the socket: notifications and queries.
+        self.reactor.addReader(self)
+        return self
 
     def notify_on_lost(self, observer):
         """
@@ -69,6 +97,10 @@ class HermesConnection(txpostgres.Connection):
         Close the connection on purpose: lost observers are not called.
         """
         self._closing = True
+        if self._waiter is not None:
+            # Still connecting: drop the registration before the socket.
+            waiter, self._waiter = self._waiter, None
+            waiter.cancel()
         if self._connection is None:
             return
         # txpostgres workaround: its close() lets removeReader/removeWriter
@@ -117,11 +149,11 @@ class HermesConnection(txpostgres.Connection):
             self.checkForNotifies()
             return e
         except (OSError, ValueError, KeyError):
-            # txpostgres workaround: when the server closes the socket during
-            # connection setup, libpq drops it (fileno() is -1) while
-            # psycopg2 still says open, and txpostgres's re-adding the reader
-            # raises out of epoll.  Nothing is left to poll: fail whatever
-            # waits and report the connection lost.
+            # txpostgres workaround: when libpq drops the socket of an
+            # established connection (fileno() is -1) while psycopg2 still
+            # says open, txpostgres's re-adding the reader raises out of
+            # epoll.  Nothing is left to poll: fail whatever waits and report
+            # the connection lost.
             return self._abandon(ConnectionLostError("the server closed the connection"))
 
     def _doRead(self):
@@ -142,13 +174,8 @@ class HermesConnection(txpostgres.Connection):
 
     def connectionLost(self, reason):
         txpostgres.Connection.connectionLost(self, reason)
-        # While connecting, a multi-host DSN makes libpq drop the socket to a
-        # host that failed and go on to the next one; the reactor reports
-        # that as a lost connection, but polling goes on (a real failure
-        # fails connect's Deferred).  Only an established connection can be
-        # lost: reporting it earlier left the connection marked gone for
-        # good, so its connector leaked it and opened another for every
-        # query, and its lost observers were never called.
+        # Only an established connection can be lost: a failed connect fails
+        # connect's Deferred, and close() while connecting is not news.
         if self._established:
             self._report_lost(reason)
 

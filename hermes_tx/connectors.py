@@ -3,16 +3,25 @@
 L{PostgresConnector}: one asynchronous PostgreSQL connection, made and
 remade on demand, over txpostgres (through L{HermesConnection}, which files
 down txpostgres's sharp edges).
+
+Each connection attempt is an object of its own (L{_ConnectAttempt}) owning
+its name lookups, its libpq connection and its timeout, so abandoning one
+(a timeout, L{PostgresConnector.disconnect}) leaves nothing behind.
 """
 
 import psycopg2
+import psycopg2.extensions
 import psycopg2.extras
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from hermes_tx import dsn as dsnlib
 from hermes_tx.connection import HermesConnection
-from hermes_tx.exceptions import ConnectionLostError
+from hermes_tx.exceptions import ConnectFailedError, ConnectionLostError
+from hermes_tx.hosts import join_hosts, reactor_resolver, resolve_entries, split_hosts
+
+#: target_session_attrs values that already mean "a primary" for LISTEN.
+_PRIMARY_ATTRS = ("primary", "read-write")
 
 
 class PostgresConnector:
@@ -22,8 +31,17 @@ class PostgresConnector:
     Connections are asynchronous, therefore autocommit, and carry
     C{application_name} so operators can find them in C{pg_stat_activity}.
 
-    @ivar dsn: the string handed to libpq (may hold a password: never log it).
+    With a multi-host DSN the connector seeks the primary: it connects with
+    C{target_session_attrs=primary} unless the DSN asks for C{read-write}
+    (or C{seek_primary=False}), or, once L{pin} named the host that is the
+    primary, to that host alone.  Host names are resolved off the reactor
+    thread and given to libpq as C{hostaddr}.
+
+    @ivar dsn: the DSN as given, with hermes_tx's keywords added (may hold a
+        password: never log it).
     @ivar safe_dsn: C{dsn} with passwords redacted, for messages.
+    @ivar hosts: the L{hermes_tx.hosts.HostEntry}s of the DSN, in order.
+    @ivar pinned: the entry connections go to, or C{None} for all of them.
     @ivar connection: the open L{HermesConnection}, or C{None}.
     """
 
@@ -34,29 +52,42 @@ class PostgresConnector:
         application_name="hermes",
         connect_timeout=10.0,
         reactor=None,
+        seek_primary=True,
+        resolver=None,
     ):
         """
         @param dsn: a dict of libpq keywords, a C{key=value} string or a
-            C{postgresql://} URI; multi-host strings pass through untouched.
+            C{postgresql://} URI, multi-host ones included.
         @param cursor_factory: the psycopg2 cursor class for queries.
         @param application_name: set unless the DSN sets it.
         @param connect_timeout: seconds a connection attempt may take before
             it is abandoned (libpq ignores its own C{connect_timeout} in
             asynchronous mode).
         @param reactor: the reactor; C{None} means the global one.
+        @param seek_primary: connect to a primary when the DSN has several
+            hosts (C{target_session_attrs=primary}); C{False} leaves the
+            DSN's own choice.
+        @param resolver: a function taking a host name and returning a
+            Deferred firing with its addresses; C{None} uses the reactor's
+            threaded resolver.
         @raise hermes_tx.exceptions.InvalidConfigurationException: the DSN
             does not parse.
         """
         self.dsn = dsnlib.normalize(dsn, application_name=application_name)
         self.safe_dsn = dsnlib.redact(self.dsn)
+        self.params = dsnlib.parse(self.dsn)
+        self.hosts = split_hosts(self.params)
         self.cursor_factory = cursor_factory
         self.connect_timeout = connect_timeout
+        self.seek_primary = seek_primary
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.resolve = resolver or reactor_resolver(reactor)
+        self.pinned = None
         self.connection = None
-        self._waiters = []  # Deferreds waiting for the connection in progress
-        self._pending = None  # the HermesConnection being connected
+        self._attempt = None  # the _ConnectAttempt in progress
+        self._secrets = [s for s in (self.params.get("password"),) if s]
 
     def __repr__(self):
         return f"<PostgresConnector {self.safe_dsn!r}>"
@@ -65,62 +96,80 @@ class PostgresConnector:
     def is_connected(self):
         return self.connection is not None and self.connection.is_open
 
+    def scrub(self, text):
+        """
+        @return: C{text} (a libpq message, say) without the DSN's secrets.
+        """
+        text = dsnlib.redact(str(text))
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # -- where to connect ---------------------------------------------------
+
+    def pin(self, entry):
+        """
+        Connect to one host of the DSN from now on (the one found to be the
+        primary), or to all of them again with C{None}.  The open
+        connection, if any, is left alone.
+
+        @param entry: a L{hermes_tx.hosts.HostEntry} (matched against this
+            DSN's hosts by host, address and port, then by host and port),
+            or C{None}.
+        @return: True when connections now go to that host alone.
+        """
+        self.pinned = None
+        if entry is None or len(self.hosts) < 2:
+            return False
+        for same in (lambda e: e == entry, lambda e: (e.host, e.port) == (entry.host, entry.port)):
+            for candidate in self.hosts:
+                if same(candidate):
+                    self.pinned = candidate
+                    return True
+        return False
+
+    def _params_for_attempt(self):
+        entries = [self.pinned] if self.pinned is not None else list(self.hosts)
+        params = dict(self.params)
+        if len(entries) > 1 and self.seek_primary:
+            if params.get("target_session_attrs") not in _PRIMARY_ATTRS:
+                params["target_session_attrs"] = "primary"
+        elif len(entries) == 1 and len(self.hosts) > 1:
+            params.pop("target_session_attrs", None)  # one host: nothing to choose
+        return params, entries
+
+    # -- connecting ---------------------------------------------------------
+
     def connect(self):
         """
         @return: a Deferred firing with the open L{HermesConnection},
-            connecting first if needed.  Fails with the psycopg2 error (or
-            L{ConnectionLostError} on timeout) when the server cannot be
-            reached.
+            connecting first if needed.  When no connection can be made it
+            fails with libpq's C{psycopg2.OperationalError} (first line,
+            secrets removed), or L{hermes_tx.exceptions.ConnectFailedError}
+            (timed out, a host name that does not resolve).
         """
         if self.is_connected:
             return defer.succeed(self.connection)
-        waiter = defer.Deferred()
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1:
-            self._connect()
-        return waiter
+        if self._attempt is not None:
+            return self._attempt.wait()
+        attempt = self._attempt = _ConnectAttempt(self)
+        waited = attempt.wait()
+        attempt.start()  # may settle at once
+        return waited
 
-    def _connect(self):
-        conn = self._pending = HermesConnection(reactor=self.reactor)
-        timed_out = []
-
-        def give_up():
-            # Closing the socket fails the pending poll; cancelling the
-            # txpostgres Deferred instead would raise out of its canceller.
-            timed_out.append(True)
-            conn.close()
-
-        timer = self.reactor.callLater(self.connect_timeout, give_up)
-
-        def connected(_):
+    def _attempt_done(self, attempt, conn):
+        if attempt is not self._attempt:
+            return
+        self._attempt = None
+        if conn is not None:
             self.connection = conn
-            conn.notify_on_lost(self._lost)
-            return conn
+            conn.notify_on_lost(lambda reason: self._lost(conn))
 
-        def failed(failure):
-            if timed_out:
-                failure = Failure(
-                    ConnectionLostError(f"no connection within {self.connect_timeout:g} s")
-                )
-            else:
-                conn.close()
-            return failure
-
-        def done(result):
-            if timer.active():
-                timer.cancel()
-            self._pending = None
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                waiter.callback(result)
-
-        # maybeDeferred: a connect that raises (a stale reactor registration)
-        # must fail this attempt, not leave the waiters waiting for ever.
-        d = defer.maybeDeferred(conn.connect, self.dsn, cursor_factory=self.cursor_factory)
-        d.addCallbacks(connected, failed).addBoth(done)
-
-    def _lost(self, reason):
-        self.connection = None
+    def _lost(self, conn):
+        # Only the current connection: a connection closed and replaced
+        # already must not clear its successor.
+        if conn is self.connection:
+            self.connection = None
 
     def disconnect(self):
         """
@@ -132,9 +181,12 @@ class PostgresConnector:
         conn, self.connection = self.connection, None
         if conn is not None:
             conn.close()
-        if self._pending is not None:
-            self._pending.close()
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.abandon()
         return defer.succeed(None)
+
+    # -- queries ------------------------------------------------------------
 
     def runQuery(self, query, params=None):
         """
@@ -167,3 +219,91 @@ class PostgresConnector:
         """
         d = self.runQuery("SELECT pg_is_in_recovery()")
         return d.addCallback(lambda rows: not rows[0][0])
+
+
+class _ConnectAttempt:
+    """
+    One attempt to connect: look the host names up, let libpq connect (to
+    the pinned host, or seeking a primary among all), give up after the
+    connector's C{connect_timeout}.
+    """
+
+    def __init__(self, connector):
+        self.connector = connector
+        self.reactor = connector.reactor
+        self._waiters = []
+        self._conn = None
+        self._timer = None
+        self._result = None  # the connection or a Failure, once known
+
+    def wait(self):
+        d = defer.Deferred()
+        if self._result is not None:
+            d.callback(self._result)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def start(self):
+        self._timer = self.reactor.callLater(self.connector.connect_timeout, self._time_out)
+        params, entries = self.connector._params_for_attempt()
+        d = resolve_entries(entries, self.connector.resolve)
+        d.addCallback(self._resolved, params)
+        d.addErrback(self._failed)
+
+    def _resolved(self, found, params):
+        if self._result is not None:
+            return  # abandoned or timed out during the lookups
+        entries, unresolved = found
+        if not entries:
+            names = ", ".join(repr(n) for n in unresolved)
+            raise ConnectFailedError(f"could not translate host name {names} to an address")
+        self._conn = HermesConnection(reactor=self.reactor)
+        libpq_dsn = psycopg2.extensions.make_dsn(**join_hosts(params, entries))
+        d = self._conn.connect(libpq_dsn, cursor_factory=self.connector.cursor_factory)
+        d.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, conn):
+        self._settle(conn)
+
+    def _failed(self, failure):
+        if self._result is not None:
+            return
+        error = failure.value
+        text = str(error).strip().splitlines()
+        text = self.connector.scrub(text[0] if text else type(error).__name__)
+        if isinstance(error, defer.CancelledError):
+            error = ConnectionLostError("connection attempt abandoned")
+        elif isinstance(error, psycopg2.Error):
+            # The same class libpq's failure had (its SQLSTATE is None for
+            # connection failures), with the secrets taken out.
+            error = type(error)(text)
+        elif not isinstance(error, (ConnectFailedError, ConnectionLostError)):
+            error = ConnectFailedError(text)
+        self._settle(Failure(error))
+
+    def _time_out(self):
+        self._timer = None
+        self._settle(Failure(ConnectFailedError(
+            f"no connection within {self.connector.connect_timeout:g} s"
+        )))
+
+    def abandon(self):
+        """
+        Give up: close what was opened; waiters fail.
+        """
+        self._settle(Failure(ConnectionLostError("connection attempt abandoned")))
+
+    def _settle(self, result):
+        if self._result is not None:
+            return
+        self._result = result
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if isinstance(result, Failure) and self._conn is not None:
+            self._conn.close()
+        self.connector._attempt_done(self, None if isinstance(result, Failure) else result)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(result)

@@ -52,3 +52,11 @@ def failure_of(error):
     @return: a L{Failure} of an exception caught earlier, with its traceback.
     """
     return Failure(error, type(error), error.__traceback__)
+
+
+class ConnectFailedError(ConnectionLostError):
+    """
+    A connection to PostgreSQL could not be made (refused, timed out, wrong
+    password, no such database, no primary among the hosts ...).  The
+    message is libpq's, first line only, with the DSN's secrets removed.
+    """
