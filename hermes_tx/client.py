@@ -3,25 +3,30 @@
 L{Client}: the Hermes client as a Twisted L{MultiService}.  Its listener and
 processor are child services, started only while the server is the primary.
 
-What makes the Client check the server's role (C{pg_is_in_recovery()}):
-start-up; a timer every C{role_check_interval} seconds (one query on a kept
-connection); a change of a failover file under C{watch_path}; and a
-connection error reported by the listener.
+What makes the Client check the server's role (C{pg_is_in_recovery()}, on
+every host of the DSN at once): start-up; a timer (every
+C{role_check_interval} seconds while some host answers, backing off while
+none does); a change of a failover file under C{watch_path}; and a
+component losing its connection.  A L{hermes_tx.monitor.RoleMonitor} owns
+that schedule; each component's L{hermes_tx.supervisor.Supervisor} owns
+its restarts.
 """
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from hermes_tx import dsn as dsnlib
-from hermes_tx import strategies
-from hermes_tx.components import Component
+from hermes_tx.backoff import Backoff, backoff_policy
+from hermes_tx.components import BaseComponent
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import InvalidConfigurationException, one_line
+from hermes_tx.following import FileEventWindow, RoleLog
+from hermes_tx.hosts import HostEntry, join_hosts, split_hosts
+from hermes_tx.monitor import RoleMonitor
 from hermes_tx.queues import EventQueue
-from hermes_tx.roles import PRIMARY, UNKNOWN, ask_role
-from hermes_tx.watchers import DEFAULT_FAILOVER_FILES, FailoverFileWatcher
-
+from hermes_tx.roles import PRIMARY, UNKNOWN, HostProbe, check_roles
+from hermes_tx.watchers import DEFAULT_FAILOVER_FILES, RECREATED, FailoverFileWatcher
 
 
 class Client(service.MultiService):
@@ -29,12 +34,18 @@ class Client(service.MultiService):
     Keeps one listener and one processor running while the server is the
     primary, and stopped while it is a standby or cannot be reached.
 
+    With a multi-host DSN the Client asks every host and follows the one
+    that is the primary: components connect to that host, and a Client
+    whose hosts are all standbys keeps looking until one is promoted.
+
     The Client wires the listener's queue to the processor's pipe and both
     components to its error queue (unless they were given their own).  Put
     it in any L{service.MultiService} with C{setServiceParent}.
 
     @ivar role: C{"primary"}, C{"standby"} or C{"unknown"} (not yet known, or
-        the server cannot be reached).
+        no host can be reached).
+    @ivar primary_host: the L{hermes_tx.hosts.HostEntry} found to be the
+        primary, or C{None}.
     @ivar notification_queue: the queue between listener and processor.
     @ivar error_queue: where components report L{ComponentError}s.
     @ivar listener: the listener component, or C{None}.
@@ -49,36 +60,43 @@ class Client(service.MultiService):
         watch_path=None,
         failover_files=None,
         role_check_interval=1.0,
-        max_backoff=32.0,
+        max_backoff=2.0,
         role_check_timeout=5.0,
         clock=None,
         connector=None,
         queue_size=10000,
+        connector_factory=None,
     ):
         """
         @param dsn: the server's DSN (dict, C{key=value} string or URI),
             multi-host ones included.
         @param watch_path: C{None}, or the server's data directory, watched
-            (not recursively) for changes of failover files.
+            (not recursively) for changes of failover files, and re-armed
+            when the directory is deleted and made again.
         @param failover_files: file names under C{watch_path} whose changes
             mean a role change; C{None} means C{recovery.conf},
             C{recovery.done}, C{standby.signal}, C{recovery.signal},
             C{promote}.
-        @param role_check_interval: seconds between periodic role checks.
+        @param role_check_interval: seconds between role checks while some
+            host answers.
         @param max_backoff: the longest wait, in seconds, between role
-            checks while the server cannot be reached (1, 2, 4 ... with
-            jitter).
+            checks while no host answers (0.1, 0.15, 0.225 ... with jitter).
         @param role_check_timeout: seconds a role check may take before the
             connection is declared dead.
         @param clock: an C{IReactorTime}; C{None} means the reactor.
-        @param connector: the L{PostgresConnector} for role checks; C{None}
-            makes one from C{dsn} (application_name C{hermes-role}).
+        @param connector: C{None}, or one connector (anything with
+            C{is_server_master()}, C{is_connected} and C{disconnect()}) to
+            ask the role through, whatever the DSN's hosts.
         @param queue_size: how many events may wait for the processor before
             the listener stops reading (back-pressure; C{None}: no bound).
+        @param connector_factory: C{None}, or a callable taking the libpq
+            keywords of one host (a dict) and returning the connector that
+            asks that host its role (default: a L{PostgresConnector} with
+            application_name C{hermes-role}).
         @raise InvalidConfigurationException: the DSN does not parse.
         """
         service.MultiService.__init__(self)
-        dsnlib.parse(dsn)
+        params = dsnlib.parse(dsn)
         if clock is None:
             from twisted.internet import reactor as clock
         self.dsn = dsn
@@ -88,20 +106,40 @@ class Client(service.MultiService):
         self.max_backoff = max_backoff
         self.role_check_timeout = role_check_timeout
         self.clock = clock
-        self.connector = connector or PostgresConnector(dsn, application_name="hermes-role")
+        # With one connector given, libpq picks the host: which one is the
+        # primary is not known, so components are not pinned to it.
+        self._pins_hosts = connector is None
+        self.probes = self._make_probes(params, connector, connector_factory)
         self.notification_queue = EventQueue(maxsize=queue_size)
         self.error_queue = defer.DeferredQueue()
         self.listener = None
         self.processor = None
         self.role = UNKNOWN
-        self._backoff = strategies.backoff_policy(initial=1.0, factor=2.0, max_delay=max_backoff)
-        self._failed_checks = 0
-        self._checking = None  # the role check in progress
-        self._again = False  # another check was asked for during one
-        self._timer = None
+        self.primary_host = None
+        self.monitor = RoleMonitor(
+            clock, self._check_roles, self._apply, role_check_interval,
+            Backoff(backoff_policy(initial=0.1, factor=1.5, max_delay=max_backoff)),
+            log=self.log,
+        )
+        self._role_log = RoleLog(self.log, clock, multi_host=len(self.probes) > 1)
+        self._window = None
         self._watcher = None
         self._error_wait = None
-        self._pauses = set()  # failover-file bursts pausing between checks
+        self._failure_observers = []
+
+    def _make_probes(self, params, connector, factory):
+        if connector is not None:
+            entry = (getattr(connector, "hosts", None) or [HostEntry("", "", "")])[0]
+            return [HostProbe(entry, connector, self.clock, self.role_check_timeout)]
+        if factory is None:
+            def factory(host_params):
+                return PostgresConnector(host_params, application_name="hermes-role")
+        probes = []
+        for entry in split_hosts(params):
+            host_params = join_hosts(params, [entry])
+            host_params.pop("target_session_attrs", None)
+            probes.append(HostProbe(entry, factory(host_params), self.clock, self.role_check_timeout))
+        return probes
 
     def __repr__(self):
         return f"<Client {dsnlib.redact(self.dsn)!r} role={self.role}>"
@@ -110,10 +148,10 @@ class Client(service.MultiService):
 
     def add_listener(self, listener):
         """
-        Add the listener (a L{Component} with a C{notif_queue}, normally a
+        Add the listener (a component with a C{notif_queue}, normally a
         L{hermes_tx.listeners.PostgresNotificationListener}).
 
-        @raise InvalidConfigurationException: not a Component, or a listener
+        @raise InvalidConfigurationException: not a component, or a listener
             was already added.
         """
         self._check(listener, "listener", self.listener)
@@ -124,30 +162,28 @@ class Client(service.MultiService):
             self.notification_queue = listener.notif_queue
             if self.processor is not None and self.processor._wired_pipe:
                 self.processor.notification_pipe = self.notification_queue
-        if hasattr(listener, "on_trouble"):
-            listener.on_trouble = self._component_trouble
-        self._wire_errors(listener)
+        self._wire(listener)
         self.listener = listener
         listener.setServiceParent(self)
 
     def add_processor(self, processor):
         """
-        Add the processor (a L{Component} whose C{execute} handles each
-        event).
+        Add the processor (a L{hermes_tx.components.Component} whose
+        C{execute} handles each event).
 
-        @raise InvalidConfigurationException: not a Component, or a processor
+        @raise InvalidConfigurationException: not a component, or a processor
             was already added.
         """
         self._check(processor, "processor", self.processor)
-        processor._wired_pipe = processor.notification_pipe is None
+        processor._wired_pipe = getattr(processor, "notification_pipe", None) is None
         if processor._wired_pipe:
             processor.notification_pipe = self.notification_queue
-        self._wire_errors(processor)
+        self._wire(processor)
         self.processor = processor
         processor.setServiceParent(self)
 
     def _check(self, component, role, existing):
-        if not isinstance(component, Component):
+        if not isinstance(component, BaseComponent):
             raise InvalidConfigurationException(
                 f"{role} must be a hermes_tx.components.Component, "
                 f"not {type(component).__name__}"
@@ -155,9 +191,36 @@ class Client(service.MultiService):
         if existing is not None:
             raise InvalidConfigurationException(f"this Client already has a {role}")
 
-    def _wire_errors(self, component):
+    def _wire(self, component):
         if component.error_queue is None:
             component.error_queue = self.error_queue
+        component.supervisor.add_observer(self)
+        if self.primary_host is not None and self._pins_hosts:
+            self._follow(component, self.primary_host)
+
+    def addService(self, child):
+        """
+        Add a child service.  Unlike L{service.MultiService.addService}, a
+        child added to a running Client starts only if the server is the
+        primary (it is started with the others when it becomes one).
+        """
+        if child.name is not None:
+            if child.name in self.namedServices:
+                raise RuntimeError(f"cannot have two services with same name {child.name!r}")
+            self.namedServices[child.name] = child
+        self.services.append(child)
+        if self.running and self.role == PRIMARY and not child.running:
+            child.privilegedStartService()
+            child.startService()
+
+    def watch_failures(self, callback):
+        """
+        Call C{callback(report)} with the L{ComponentError} of every
+        component that terminates (its error strategy said so, or its
+        C{set_up} failed).  C{twistd hermes} stops with a non-zero status
+        on the first one.
+        """
+        self._failure_observers.append(callback)
 
     # -- IService -----------------------------------------------------------
 
@@ -171,7 +234,7 @@ class Client(service.MultiService):
                 self.watch_path, self._failover_file_changed, self.failover_files
             )
             self._watcher.start()
-        self.execute_role_based_procedure()
+        self.monitor.start()
 
     def stopService(self):
         """
@@ -182,15 +245,19 @@ class Client(service.MultiService):
         service.Service.stopService(self)
         if self._error_wait is not None:
             self._error_wait.cancel()
-        self._cancel_timer()
-        for pause in list(self._pauses):
-            pause.cancel()
+        self.monitor.stop()
+        if self._window is not None:
+            self._window.close()
+            self._window = None
         waits = [self._stop_components()]
         if self._watcher is not None:
             waits.append(self._watcher.stop())
             self._watcher = None
-        self.connector.disconnect()
+        for probe in self.probes:
+            probe.close()
         self.role = UNKNOWN  # nobody is looking any more
+        self.primary_host = None
+        self._role_log.reset()
         return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
 
     # -- role checks --------------------------------------------------------
@@ -203,102 +270,53 @@ class Client(service.MultiService):
         @return: a Deferred firing with the role found (C{"primary"},
             C{"standby"} or C{"unknown"}) once components are started or
             stopped accordingly.  Checks do not overlap: asking during a
-            check makes one more check follow it.
+            check makes one more check follow it, and the answer is that
+            follow-up check's.
         """
-        if self._checking is not None:
-            self._again = True
-            done = defer.Deferred()
-            self._checking.addBoth(lambda r: (done.callback(self.role), r)[1])
-            return done
-        self._cancel_timer()
-        self._checking = d = self._check_role()
-        d.addBoth(self._check_done)
-        return d
+        return self.monitor.check_now().addCallback(lambda result: result.role)
 
-    def _check_role(self):
-        def unreachable(failure):
-            if not self.running:
-                return UNKNOWN  # stopping closed the connection: not news
-            self._failed_checks += 1
-            if strategies.is_connection_error(failure.value):
-                self.log.warn("role check failed: {error}", error=one_line(failure.value))
-            else:
-                self.log.failure("role check failed", failure)
-            return UNKNOWN
+    def _check_roles(self):
+        return check_roles(self.probes, prefer=self.primary_host)
 
-        d = ask_role(self.connector, self.clock, self.role_check_timeout, lambda: self.running)
-        return d.addErrback(unreachable).addCallback(self._apply_role)
-
-    @defer.inlineCallbacks
-    def _apply_role(self, role):
+    def _apply(self, result):
         if not self.running:
-            return role
-        if role != self.role:
-            self.log.info("role: {old} -> {new}", old=self.role, new=role)
-            self.role = role
-        if role == PRIMARY:
-            self._failed_checks = 0
+            return
+        old = self.role
+        self._role_log.record(old, result)
+        self.role = result.role
+        if result.role == PRIMARY:
+            if self._pins_hosts and result.primary != self.primary_host:
+                self.primary_host = result.primary
+                for component in self:
+                    self._follow(component, result.primary)
             self._start_components()
         else:
-            yield self._stop_components()
-        return role
+            self._stop_components()
 
-    def _check_done(self, role):
-        self._checking = None
-        if not self.running:
-            return role
-        if self._again:
-            self._again = False
-            self.execute_role_based_procedure()
-        elif role == UNKNOWN:
-            self._schedule(self._backoff(self._failed_checks - 1))
-        else:
-            self._schedule(self.role_check_interval)
-        return role
-
-    def _schedule(self, delay):
-        self._cancel_timer()
-        self._timer = self.clock.callLater(delay, self.execute_role_based_procedure)
-
-    def _cancel_timer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _component_trouble(self, error):
-        # The listener lost its connection: the server may have gone, or
-        # changed role.  Check now.
-        if self.running:
-            self.execute_role_based_procedure()
+    def _follow(self, component, entry):
+        follow = getattr(component, "follow_primary", None)
+        if follow is not None:
+            follow(entry)
 
     # -- failover files -----------------------------------------------------
 
-    @defer.inlineCallbacks
-    def _failover_file_changed(self, event_type, name, window=1.0, interval=0.01):
+    def _failover_file_changed(self, event_type, name):
         """
-        A failover file changed: check the role now, and keep checking every
-        C{interval} seconds for up to C{window} seconds until it differs
-        from what it was, because PostgreSQL deletes C{standby.signal} a few
-        milliseconds before it leaves recovery.
+        A failover file changed (or the watched directory was made again):
+        check the role now and, for a moment, again and again until it
+        changes (L{FileEventWindow}).
         """
         if not self.running:
             return
-        self.log.info("failover file {name} {event}", name=name, event=event_type)
-        before = self.role
-        deadline = self.clock.seconds() + window
-        while True:
-            role = yield self.execute_role_based_procedure()
-            if not self.running or role != before or self.clock.seconds() >= deadline:
-                return
-            # stopService cancels the pause, so no timer outlives the Client.
-            pause = task.deferLater(self.clock, interval, lambda: None)
-            self._pauses.add(pause)
-            try:
-                yield pause
-            except defer.CancelledError:
-                return
-            finally:
-                self._pauses.discard(pause)
+        if self._window is not None and self._window.open:
+            self._window.extend()
+            return
+        if event_type == RECREATED:
+            self.log.info("data directory {name} made again", name=name)
+        else:
+            self.log.info("failover file {name} {event}", name=name, event=event_type)
+        self._window = FileEventWindow(self.clock, self.monitor.check_now, self.role)
+        self._window.start()
 
     # -- components ---------------------------------------------------------
 
@@ -313,6 +331,20 @@ class Client(service.MultiService):
             consumeErrors=True,
         )
 
+    def run_lost(self, component, error, delay):
+        # A component lost its connection: the server may have gone, or
+        # changed role.  Check now.
+        if self.running:
+            self.monitor.check_now()
+
+    def run_terminated(self, component, error):
+        report = component.supervisor.last_outcome.report
+        for callback in list(self._failure_observers):
+            try:
+                callback(report)
+            except Exception:
+                self.log.failure("failure observer failed")
+
     def _watch_errors(self):
         self._error_wait = self.error_queue.get()
         self._error_wait.addCallbacks(self._component_failed, lambda f: f.trap(defer.CancelledError))
@@ -326,4 +358,3 @@ class Client(service.MultiService):
         )
         if self.running:
             self._watch_errors()
-

@@ -1,139 +1,94 @@
 # -*- test-case-name: tests.test_components -*-
 """
-L{Component}: the base of listeners and processors, as a Twisted service.
+Components as Twisted services.
 
-A component takes items from its C{notification_pipe} one at a time and runs
-C{pre_execute()}, C{execute(pre_exec_value)} and C{post_execute(exec_value)}
-for each, between C{set_up()} at start and C{tear_down()} at stop.  Each of
-those may return a plain value or a L{Deferred}.  Exceptions go to the error
-strategy, which says whether to go on, back off or terminate.
+  - L{BaseComponent}: the lifecycle every component shares.  Each start
+    begins a I{run} (C{set_up}, the work, C{tear_down}); a
+    L{hermes_tx.supervisor.Supervisor} owns the runs, restarts lost ones
+    after a backoff, and reports terminated ones on the error queue.
+  - L{Component}: the seed's component, a queue consumer: it takes items
+    from its C{notification_pipe} and runs C{pre_execute()},
+    C{execute(pre_exec_value)} and C{post_execute(exec_value)} for each, in
+    a L{hermes_tx.runloop.ConsumerLoop}.  Processors subclass it.
+
+Each step may return a plain value or a L{Deferred}.  Exceptions go to the
+error strategy, which says whether to go on, back off or terminate;
+L{hermes_tx.outcomes} lets a processor say more (try again, never).
 """
 
-from collections import namedtuple
-
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from hermes_tx import strategies
-from hermes_tx.exceptions import failure_of, one_line
+from hermes_tx.backoff import Backoff, backoff_policy
 from hermes_tx.queues import EventQueue
-from hermes_tx.runloop import run_items
+from hermes_tx.runloop import ConsumerLoop
+from hermes_tx.supervisor import (  # noqa: F401 (ComponentError: the seed's name, here)
+    LOST,
+    STOPPED,
+    TERMINATED,
+    ComponentError,
+    Outcome,
+    Supervisor,
+)
 
-#: What a component puts on its error queue when it terminates: the seed's
-#: C{(expected, action)} pair, plus the component and the error itself.
-ComponentError = namedtuple("ComponentError", "expected action component error")
 
-
-class Component(service.Service):
+class BaseComponent(service.Service):
     """
-    A listener or processor: a L{twisted.application.service.IService}.
+    The lifecycle of a listener or processor: an
+    L{twisted.application.service.IService} whose runs a
+    L{hermes_tx.supervisor.Supervisor} owns.
 
-    Subclasses override L{execute} (and may override L{pre_execute},
-    L{post_execute}, L{set_up}, L{tear_down}).  The seed's process methods
-    become: L{ident} (the service name), L{is_alive} (running and not
-    terminated) and L{join} (a Deferred that fires when the run ends).
+    Subclasses implement L{_new_run} and may override L{set_up} and
+    L{tear_down} (called at the start and end of every run).
 
-    @ivar current_item: the item being processed, or C{None} between items.
+    @ivar supervisor: the L{hermes_tx.supervisor.Supervisor} of its runs.
     @ivar backoff_limit: the longest backoff in seconds.
     """
 
     log = Logger()
-    _wired_pipe = False  # True when a Client supplied notification_pipe
-    #: C{None}, or the largest batch in batch mode (see C{__init__})
-    max_batch = None
 
-    def __init__(
-        self,
-        notification_pipe=None,
-        error_strategy=None,
-        error_queue=None,
-        backoff_limit=16,
-        clock=None,
-        shutdown_timeout=10.0,
-        max_batch=None,
-    ):
+    def __init__(self, error_strategy=None, error_queue=None, backoff_limit=16, clock=None):
         """
-        @param notification_pipe: where items come from: a
-            L{defer.DeferredQueue} or anything whose C{get()} returns a
-            Deferred.  C{None} lets a L{hermes_tx.client.Client} wire it (or,
-            at start, makes a fresh queue).
         @param error_strategy: an L{strategies.AbstractErrorStrategy};
             C{None} means L{strategies.CommonErrorStrategy}.
         @param error_queue: where a terminating component reports a
             L{ComponentError}; C{None} lets the Client wire it.
-        @param backoff_limit: the longest backoff, in seconds: backoffs wait
-            1, 2, 4 ... up to this, and start again at 1 after a success.
+        @param backoff_limit: the longest backoff, in seconds.
         @param clock: an L{twisted.internet.interfaces.IReactorTime} for every
             delay; C{None} means the global reactor.
-        @param shutdown_timeout: seconds C{stopService} waits for the item in
-            progress before it gives up on it (C{None}: wait for ever).
-        @param max_batch: C{None} for one item at a time, or a number: batch
-            mode, where each item handed to the pre/execute/post chain is a
-            list of up to C{max_batch} items, all that were queued at once
-            (a sink with a bulk API then makes one request per batch).  A
-            subclass may set it as a class attribute instead.
         """
-        self.notification_pipe = notification_pipe
         self.error_strategy = error_strategy or strategies.CommonErrorStrategy()
         self.error_queue = error_queue
         self.backoff_limit = backoff_limit
-        self.shutdown_timeout = shutdown_timeout
-        if max_batch is not None:
-            self.max_batch = max_batch
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
-        self.current_item = None
-        #: notifications processed without error, by channel (for metrics)
-        self.processed = {}
-        #: exceptions raised while processing (for metrics)
-        self.failures = 0
-        self._backoff_attempts = 0
-        self._stopping = False
-        self._terminated = False
-        self._waiting = None  # the pipe's get() Deferred while idle
-        self._sleeping = None  # the backoff delay while backing off
-        self._run_done = None  # fires when the current run has ended
-        # Each start begins a new run; a loop from an older run (one a
-        # shutdown timeout gave up on) must leave the new one alone.
-        self._generation = 0
-        self._tearing_down = None  # the generation whose tear_down runs
+        self.supervisor = Supervisor(self, clock, Backoff(self._restart_delay), log=self.log)
+        self.supervisor.add_observer(_ReportTermination())
+
+    def _restart_delay(self, attempt):
+        # Read backoff_limit now: twistd sets it after construction.
+        return backoff_policy(initial=0.1, factor=2.0, max_delay=self.backoff_limit)(attempt)
 
     # -- the seed's extension points ----------------------------------------
 
     def set_up(self):
         """
-        Called once when the component starts, before any item.  May return a
-        Deferred.
+        Called when a run starts, before any work.  May return a Deferred.
         """
 
     def tear_down(self):
         """
-        Called once when the component stops, after the last item.  May return
-        a Deferred.
+        Called when a run ends, after the last work.  May return a Deferred.
         """
 
-    def pre_execute(self):
+    def _new_run(self):
         """
-        Called first for each item.  Its value is passed to L{execute}; by
-        default that is the item itself (also in L{current_item}).
+        @return: a new run object (see L{hermes_tx.supervisor.Supervisor}).
         """
-        return self.current_item
-
-    def execute(self, pre_exec_value):
-        """
-        Process one item.  Subclasses must override this.
-
-        @param pre_exec_value: what L{pre_execute} returned.
-        @return: a value or a Deferred; passed to L{post_execute}.
-        """
-        raise NotImplementedError("Subclasses MUST override the 'execute' method")
-
-    def post_execute(self, exec_value):
-        """
-        Called last for each item with what L{execute} returned.
-        """
+        raise NotImplementedError
 
     # -- the seed's process methods, honestly -------------------------------
 
@@ -150,164 +105,343 @@ class Component(service.Service):
         @return: True while the service runs and has not terminated on an
             error.
         """
-        return bool(self.running) and not self._terminated
+        return bool(self.running) and self.supervisor.state != "terminated"
+
+    @property
+    def terminated(self):
+        """
+        The L{ComponentError} that terminated the last run, while the
+        component is terminated; else C{None}.
+        """
+        if self.supervisor.state != "terminated":
+            return None
+        return self.supervisor.last_outcome.report
 
     def join(self):
         """
         @return: a Deferred that fires when the current run has ended (after
-            L{tear_down}); already fired when the component is not running.
-            Never blocks.
+            L{tear_down}); already fired when no run is in progress.  Never
+            blocks.
         """
-        if self._run_done is None or self._run_done.called:
+        run = self.supervisor.run
+        if run is None:
             return defer.succeed(None)
-        d = defer.Deferred()
-        self._run_done.addBoth(lambda r: (d.callback(None), r)[1])
-        return d
+        return run.when_ended()
 
     # -- IService -----------------------------------------------------------
 
     def startService(self):
         service.Service.startService(self)
-        if self.notification_pipe is None:
-            self.notification_pipe = EventQueue()
-        generation = self._begin_run()
-        d = defer.maybeDeferred(self.set_up)
-        d.addCallback(lambda _: self._run(generation))
-        d.addErrback(self._run_failed)
-        d.addBoth(self._finish_run, generation)
-
-    def _begin_run(self):
-        """
-        Reset the state of one run (start to stop).
-
-        @return: the new run's number.
-        """
-        self._stopping = False
-        self._terminated = False
-        self._backoff_attempts = 0
-        self._run_done = defer.Deferred()
-        self._generation += 1
-        return self._generation
+        self.supervisor.start()
 
     def stopService(self):
         """
-        Stop taking items, let the item in progress finish (for at most
-        C{shutdown_timeout} seconds), then C{tear_down()}.  Items still
-        queued stay in the pipe.
+        End the current run (see the subclass for how) and stop restarting.
 
         @return: a Deferred that fires when the run has ended.
         """
         service.Service.stopService(self)
-        self._stopping = True
-        for d in (self._waiting, self._sleeping):
-            if d is not None and not d.called:
-                d.cancel()
-        done = self.join()
-        if not done.called and self.shutdown_timeout is not None:
-            timer = self.clock.callLater(self.shutdown_timeout, self._give_up_on_item)
-            done.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
-        return done
+        return self.supervisor.stop()
 
-    def _give_up_on_item(self):
-        self.log.warn(
-            "{ident}: the item in progress did not finish within {t:g} s; stopping anyway",
-            ident=self.ident, t=self.shutdown_timeout,
-        )
-        self._finish_run(None, self._generation)
+    #: seconds a stop may take (see L{Run.stop}); C{None}: no limit
+    shutdown_timeout = None
 
-    # -- the run loop -------------------------------------------------------
-
-    def _run(self, generation):
-        return run_items(self, generation, Component.pre_execute, Component.post_execute)
-
-    @defer.inlineCallbacks
-    def _handle_error(self, error, item=None):
+    def terminate(self, report):
         """
-        Apply the error strategy to C{error}.
-
-        @return: a Deferred firing True to go on, False when terminated.
+        End the current run for good and put C{report} (a L{ComponentError})
+        on the error queue, so the Client learns of it.
         """
-        self.failures += 1
-        expected, action = self.error_strategy.handle_exception(error)
-        channel = getattr(item, "channel", None)
-        where = f" (channel {channel!r})" if channel is not None else ""
-        if action == strategies.CONTINUE:
-            self.log.warn(
-                "{ident}: skipped an item after {error!r}{where}",
-                ident=self.ident, error=error, where=where,
-            )
-            return True
-        if action == strategies.BACKOFF:
-            delay = self.backoff_delay()
-            if expected:
-                self.log.warn(
-                    "{ident}: {error}{where}; backing off {delay:g} s",
-                    ident=self.ident, error=one_line(error), where=where, delay=delay,
-                )
-            else:
-                self.log.failure(
-                    "{ident}: unexpected error{where}; backing off {delay:g} s",
-                    failure=failure_of(error), ident=self.ident, where=where, delay=delay,
-                )
-            self._sleeping = task.deferLater(self.clock, delay, lambda: None)
-            try:
-                yield self._sleeping
-            except defer.CancelledError:
-                return False
-            finally:
-                self._sleeping = None
-            return True
-        if action == strategies.TERMINATE:
-            self.log.warn(
-                "{ident}: terminated by {error}{where}",
-                ident=self.ident, error=one_line(error), where=where,
-            )
-        else:
-            self.log.failure(
-                "{ident}: error strategy returned unknown action {action!r}",
-                failure=failure_of(error), ident=self.ident, action=action,
-            )
-        self.terminate(ComponentError(expected, action, self, error))
-        return False
+        run = self.supervisor.run
+        if run is not None:
+            run.terminate(report)
 
     def backoff_delay(self):
         """
         @return: the seconds to wait for this backoff (1, 2, 4 ... up to
             C{backoff_limit}), counting it as one more attempt.
         """
-        policy = strategies.backoff_policy(
-            initial=1.0, factor=2.0, max_delay=self.backoff_limit, jitter=None
-        )
+        policy = backoff_policy(initial=1.0, factor=2.0, max_delay=self.backoff_limit, jitter=None)
         delay = policy(self._backoff_attempts)
         self._backoff_attempts += 1
         return delay
 
+    _backoff_attempts = 0
+
+
+class _ReportTermination:
+    """
+    The component's own observer: a terminated run is reported on the
+    error queue, as in the seed.
+    """
+
+    def run_terminated(self, component, error):
+        report = component.supervisor.last_outcome.report
+        if component.error_queue is not None and report is not None:
+            component.error_queue.put(report)
+
+
+class Run:
+    """
+    One run: C{set_up}, the work, C{tear_down}, then C{on_end(outcome)}.
+    Subclasses implement L{_work} and L{_end_work}.
+
+    @ivar on_ready: set by the supervisor; call once the work is under way.
+    @ivar on_end: set by the supervisor; called once with the L{Outcome}.
+    """
+
+    def __init__(self, component):
+        self.component = component
+        self.on_ready = lambda: None
+        self.on_end = lambda outcome: None
+        self._ended = defer.Deferred()
+        self._setting_up = True
+        self._stop_requested = False
+        self._early_end = None  # an Outcome decided while set_up ran
+        self._tearing_down = False
+
+    def when_ended(self):
+        d = defer.Deferred()
+        self._ended.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def start(self):
+        d = defer.maybeDeferred(self.component.set_up)
+        d.addCallbacks(self._set_up_done, self._set_up_failed)
+
+    def _set_up_done(self, _):
+        self._setting_up = False
+        if self._early_end is not None:
+            self.end(self._early_end)
+        elif self._stop_requested:
+            self.end(Outcome(STOPPED))
+        else:
+            self._work()
+
+    def _set_up_failed(self, failure):
+        # set_up raised: that ends this run; reported like a TERMINATE.
+        self._setting_up = False
+        component = self.component
+        component.log.failure("{ident}: set_up failed", failure=failure, ident=component.ident)
+        report = ComponentError(False, strategies.TERMINATE, component, failure.value)
+        self.end(Outcome(TERMINATED, failure.value, report), tear_down=False)
+
+    def stop(self):
+        """
+        End the run on request (the subclass decides how fast), within the
+        component's C{shutdown_timeout} if it has one: past it, the run is
+        over whatever is still pending (the item in progress, a slow
+        C{tear_down}), and nothing pending can touch a later run.
+        """
+        self._stop_requested = True
+        timeout = getattr(self.component, "shutdown_timeout", None)
+        if timeout is not None and not self._ended.called:
+            timer = self.component.clock.callLater(timeout, self._give_up)
+            self._ended.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        if not self._setting_up and not self._tearing_down:
+            self._end_work()
+
+    def _give_up(self):
+        component = self.component
+        if not self._tearing_down:
+            component.log.warn(
+                "{ident}: the item in progress did not finish within {t:g} s; stopping anyway",
+                ident=component.ident, t=component.shutdown_timeout,
+            )
+            self.end(Outcome(STOPPED))
+        if not self._ended.called:
+            component.log.warn(
+                "{ident}: tear_down did not finish within {t:g} s; stopped anyway",
+                ident=component.ident, t=component.shutdown_timeout,
+            )
+            self._report(Outcome(STOPPED))
+
     def terminate(self, report):
         """
-        Stop processing and put C{report} (a L{ComponentError}) on the error
-        queue, so the Client learns of it.
+        End the run for good with C{report}.
         """
-        self._terminated = True
-        self._stopping = True
-        if self.error_queue is not None:
-            self.error_queue.put(report)
+        if self._setting_up:
+            self._early_end = Outcome(TERMINATED, report.error, report)
+        elif not self._tearing_down:
+            self._terminate_work(report)
 
-    def _run_failed(self, failure):
-        # set_up raised: that ends this run; report it like a TERMINATE.
-        self.log.failure("{ident}: set_up failed", failure=failure, ident=self.ident)
-        self.terminate(ComponentError(False, strategies.TERMINATE, self, failure.value))
+    def _work(self):
+        raise NotImplementedError
 
-    def _finish_run(self, _, generation=None):
-        if generation is not None and generation != self._generation:
-            return  # an older run, given up on: the current one is not ours
-        run_done = self._run_done
-        if run_done is None or run_done.called or self._tearing_down == self._generation:
-            return  # already ending (a shutdown timeout gave up on the item)
-        # Remember which run is tearing down, and fire that run's Deferred:
-        # a slow tear_down must not end a run started after it.
-        self._tearing_down = self._generation
-        d = defer.maybeDeferred(self.tear_down)
+    def _end_work(self):
+        raise NotImplementedError
+
+    def _terminate_work(self, report):
+        self.end(Outcome(TERMINATED, report.error, report))
+
+    def end(self, outcome, tear_down=True):
+        """
+        Finish the run: C{tear_down}, then report C{outcome}.  Only the
+        first call counts.
+        """
+        if self._tearing_down:
+            return
+        self._tearing_down = True
+        component = self.component
+        d = defer.maybeDeferred(component.tear_down) if tear_down else defer.succeed(None)
         d.addErrback(
-            lambda f: self.log.failure("{ident}: tear_down failed", failure=f, ident=self.ident)
+            lambda f: component.log.failure(
+                "{ident}: tear_down failed", failure=f, ident=component.ident
+            )
         )
-        d.addBoth(lambda _: run_done.called or run_done.callback(None))
+        d.addBoth(lambda _: self._report(outcome))
+
+    def _report(self, outcome):
+        if self._ended.called:
+            return  # given up on already: this end is nobody's news
+        self._ended.callback(outcome)
+        self.on_end(outcome)
+
+
+class ConsumerRun(Run):
+    """
+    A run of a L{Component}: its L{ConsumerLoop} until stopped (the item in
+    progress may take up to C{shutdown_timeout} seconds) or terminated.
+    """
+
+    loop = None
+
+    def _work(self):
+        component = self.component
+        self.loop = ConsumerLoop(component, component.clock)
+        self.on_ready()
+        d = self.loop.run(Component.pre_execute, Component.post_execute)
+        d.addErrback(
+            lambda f: component.log.failure("{ident}: consumer loop failed", failure=f,
+                                            ident=component.ident)
+        )
+        d.addBoth(lambda _: self._loop_ended())
+
+    def _loop_ended(self):
+        report = self.loop.report
+        if report is not None:
+            self.end(Outcome(TERMINATED, report.error, report))
+        else:
+            self.end(Outcome(STOPPED))
+
+    def _end_work(self):
+        self.loop.stop()
+
+    def _terminate_work(self, report):
+        self.loop.terminate(report)
+
+
+class Component(BaseComponent):
+    """
+    A listener-fed processor (the seed's Component): a queue consumer.
+
+    Subclasses override L{execute} (and may override L{pre_execute},
+    L{post_execute}, L{set_up}, L{tear_down}).  The seed's process methods
+    become: L{ident} (the service name), L{is_alive} (running and not
+    terminated) and L{join} (a Deferred that fires when the run ends).
+
+    @ivar current_item: the item being processed, or C{None} between items.
+    @ivar processed: notifications processed without error, by channel.
+    @ivar failures: exceptions and undelivered outcomes so far.
+    """
+
+    _wired_pipe = False  # True when a Client supplied notification_pipe
+    #: C{None}, or the largest batch in batch mode (see C{__init__})
+    max_batch = None
+    #: C{None}, or seconds an C{execute} Deferred may take (see C{__init__})
+    execute_timeout = None
+
+    def __init__(
+        self,
+        notification_pipe=None,
+        error_strategy=None,
+        error_queue=None,
+        backoff_limit=16,
+        clock=None,
+        shutdown_timeout=10.0,
+        max_batch=None,
+        execute_timeout=None,
+    ):
+        """
+        @param notification_pipe: where items come from: an
+            L{hermes_tx.queues.EventQueue}, a L{defer.DeferredQueue} or
+            anything whose C{get()} returns a Deferred.  C{None} lets a
+            L{hermes_tx.client.Client} wire it (or, at start, makes a fresh
+            queue).
+        @param error_strategy: an L{strategies.AbstractErrorStrategy};
+            C{None} means L{strategies.CommonErrorStrategy}.
+        @param error_queue: where a terminating component reports a
+            L{ComponentError}; C{None} lets the Client wire it.
+        @param backoff_limit: the longest backoff, in seconds: backoffs wait
+            1, 2, 4 ... up to this, and start again at 1 after a success.
+        @param clock: an L{twisted.internet.interfaces.IReactorTime} for every
+            delay; C{None} means the global reactor.
+        @param shutdown_timeout: seconds C{stopService} waits for the item in
+            progress before it gives up on it (C{None}: wait for ever).
+        @param max_batch: C{None} for one item at a time, or a number: batch
+            mode, where each item handed to the pre/execute/post chain is a
+            list of up to C{max_batch} items, all that were queued at once
+            (a sink with a bulk API then makes one request per batch).  A
+            subclass may set it as a class attribute instead.
+        @param execute_timeout: C{None}, or seconds an C{execute} that
+            returned a Deferred may take; it is then cancelled and handled
+            by the error strategy as an
+            L{hermes_tx.runloop.ExecuteTimeout}.  A subclass may set it as
+            a class attribute instead.
+        """
+        BaseComponent.__init__(
+            self, error_strategy=error_strategy, error_queue=error_queue,
+            backoff_limit=backoff_limit, clock=clock,
+        )
+        self.notification_pipe = notification_pipe
+        self.shutdown_timeout = shutdown_timeout
+        if max_batch is not None:
+            self.max_batch = max_batch
+        if execute_timeout is not None:
+            self.execute_timeout = execute_timeout
+        self.current_item = None
+        self.processed = {}
+        self.failures = 0
+
+    # -- the seed's extension points ----------------------------------------
+
+    def pre_execute(self):
+        """
+        Called first for each item.  Its value is passed to L{execute}; by
+        default that is the item itself (also in L{current_item}).
+        """
+        return self.current_item
+
+    def execute(self, pre_exec_value):
+        """
+        Process one item.  Subclasses must override this.
+
+        @param pre_exec_value: what L{pre_execute} returned.
+        @return: a value or a Deferred; passed to L{post_execute}.  A
+            L{hermes_tx.outcomes.BatchOutcome} says what became of each
+            event of a batch; raising L{hermes_tx.outcomes.Retry} or
+            L{hermes_tx.outcomes.Reject} says it for all of them.
+        """
+        raise NotImplementedError("Subclasses MUST override the 'execute' method")
+
+    def post_execute(self, exec_value):
+        """
+        Called last for each item with what L{execute} returned.
+        """
+
+    # -- runs -----------------------------------------------------------------
+
+    def _new_run(self):
+        if self.notification_pipe is None:
+            self.notification_pipe = EventQueue()
+        return ConsumerRun(self)
+
+    @property
+    def busy_since(self):
+        """
+        Clock time at which the item in progress was taken, or C{None}.
+        """
+        run = self.supervisor.run
+        loop = getattr(run, "loop", None)
+        if loop is None or loop.current is None:
+            return None
+        return loop.started_at

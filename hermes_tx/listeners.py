@@ -2,19 +2,23 @@
 """
 L{PostgresNotificationListener}: LISTEN on PostgreSQL channels and queue
 every notification as an L{Event} (see L{hermes_tx.events} for the start,
-notification and resync kinds), reconnecting when the connection is lost.
+notification and resync kinds).
+
+Each connection is one run (L{_ListenRun}): connect, check on that very
+connection that the server is not a standby, LISTEN, deliver, until the
+connection is lost or the listener stops.  The listener's
+L{hermes_tx.supervisor.Supervisor} starts the next run after its backoff,
+which starts again from the shortest delay once a run was LISTENing.
 """
 
 from collections import Counter
 from operator import attrgetter
 
-from twisted.application import service
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from hermes_tx import strategies
 from hermes_tx.channels import listen_statement, validate_channels
-from hermes_tx.components import Component, ComponentError
+from hermes_tx.components import LOST, STOPPED, TERMINATED, BaseComponent, ComponentError, Outcome, Run
 from hermes_tx.events import PAYLOAD_FORMATS, Event, decode_json_payload
 from hermes_tx.exceptions import (
     ConnectionLostError,
@@ -25,25 +29,27 @@ from hermes_tx.exceptions import (
 from hermes_tx.liveness import LivenessProbe
 from hermes_tx.queues import EventQueue
 
-STOPPED, CONNECTING, LISTENING, WAITING = "stopped", "connecting", "listening", "waiting"
+#: The listener's states besides C{STOPPED} (which is also the outcome of a
+#: run stopped on request: the same word).
+CONNECTING, LISTENING, WAITING = "connecting", "listening", "waiting"
 
 _channel_of = attrgetter("channel")
 
 
-class PostgresNotificationListener(Component):
+class PostgresNotificationListener(BaseComponent):
     """
     A component that LISTENs and queues L{Event}s.  It owns its connector's
     connection: do not share the connector.
 
-    When the connection is lost it reconnects (first retry within 0.1 s,
-    doubling up to C{backoff_limit} seconds, with jitter; the count resets
-    once a connection has lasted C{stable_after} seconds), LISTENs again and
-    queues a C{"resync"} event.  A liveness probe (C{SELECT 1} every
+    When the connection is lost the run ends and another begins after a
+    backoff (0.1 s, doubling up to C{backoff_limit} seconds, with jitter;
+    a run that was LISTENing resets it), which LISTENs again and queues a
+    C{"resync"} event.  A liveness probe (C{SELECT 1} every
     C{liveness_interval} seconds) declares a connection dead that does not
     answer within C{liveness_timeout} seconds.
 
-    @ivar state: C{"stopped"}, C{"connecting"}, C{"listening"} or
-        C{"waiting"} (for a reconnect).
+    @ivar state: C{"stopped"}, C{"connecting"}, C{"listening"},
+        C{"waiting"} (for the next run) or C{"stopping"}.
     """
 
     log = Logger()
@@ -58,7 +64,6 @@ class PostgresNotificationListener(Component):
         fire_on_start=True,
         backoff_limit=16,
         clock=None,
-        stable_after=10.0,
         liveness_timeout=10.0,
         liveness_interval=1.0,
         payload_format="text",
@@ -77,8 +82,6 @@ class PostgresNotificationListener(Component):
             begins.
         @param backoff_limit: the longest wait between reconnects, seconds.
         @param clock: an C{IReactorTime}; C{None} means the reactor.
-        @param stable_after: seconds a connection must last before the
-            reconnect backoff starts again from the shortest delay.
         @param liveness_timeout: seconds a liveness probe may go unanswered
             before the connection is declared dead (C{None}: no probe).
         @param liveness_interval: seconds between liveness probes.
@@ -88,18 +91,14 @@ class PostgresNotificationListener(Component):
         @raise InvalidConfigurationException: a channel name or the payload
             format is invalid.
         """
-        Component.__init__(
-            self,
-            error_strategy=error_strategy,
-            error_queue=error_queue,
-            backoff_limit=backoff_limit,
-            clock=clock,
+        BaseComponent.__init__(
+            self, error_strategy=error_strategy, error_queue=error_queue,
+            backoff_limit=backoff_limit, clock=clock,
         )
         self.pg_connector = pg_connector
         self.channels = validate_channels(notif_channel)
         self.notif_queue = notif_queue
         self.fire_on_start = fire_on_start
-        self.stable_after = stable_after
         self.liveness_timeout = liveness_timeout
         self.liveness_interval = liveness_interval
         if payload_format not in PAYLOAD_FORMATS:
@@ -107,120 +106,71 @@ class PostgresNotificationListener(Component):
                 f"payload format must be 'text' or 'json', not {payload_format!r}"
             )
         self.payload_format = payload_format
-        self.state = STOPPED
-        self._probe = None
-        #: C{None}, or a callable given each connection error as it happens
-        #: (a L{hermes_tx.client.Client} sets it to check the server's role).
-        self.on_trouble = None
         self._listened_before = False
-        self._listening_since = None
-        self._retry = None
         #: notifications received, by channel (for metrics)
         self.received = Counter()
-        #: reconnect attempts and resync events so far (for metrics)
+        #: lost connections so far (for metrics)
         self.reconnects = 0
+        #: resync events queued so far (for metrics)
         self.resyncs = 0
         #: times reading paused because the queue was full (back-pressure)
         self.pauses = 0
         #: when the last notification arrived (clock seconds), or None
         self.last_notification_at = None
+        self.supervisor.add_observer(self)
+
+    @property
+    def state(self):
+        supervised = self.supervisor.state
+        if supervised == "running":
+            run = self.supervisor.run
+            return run.state if run is not None else CONNECTING
+        if supervised in ("idle", "terminated"):
+            return STOPPED
+        return supervised  # "waiting" or "stopping"
 
     @property
     def is_listening(self):
         return self.state == LISTENING
 
-    def reconnect_delay(self):
-        """
-        @return: seconds to wait before the next reconnect, counting it.
-        """
-        policy = strategies.backoff_policy(initial=0.1, factor=2.0, max_delay=self.backoff_limit)
-        delay = policy(self._backoff_attempts)
-        self._backoff_attempts += 1
-        return delay
-
-    # -- IService -----------------------------------------------------------
-
     def startService(self):
-        service.Service.startService(self)
         if self.notif_queue is None:
             self.notif_queue = EventQueue()
-        self._begin_run()
-        d = defer.maybeDeferred(self.set_up)
-        d.addCallbacks(lambda _: self._listen(), self._run_failed)
+        BaseComponent.startService(self)
 
-    def stopService(self):
+    def _new_run(self):
+        return _ListenRun(self)
+
+    def follow_primary(self, entry):
         """
-        Stop listening: close the connection and C{tear_down()}.
-
-        @return: a Deferred that fires when done.
+        The Client found the primary at C{entry} (a
+        L{hermes_tx.hosts.HostEntry} of a multi-host DSN): connect there
+        from now on, moving a connection that is elsewhere.
         """
-        service.Service.stopService(self)
-        self._stopping = True
-        self._drop_connection(STOPPED)
-        if self._run_done is not None and not self._run_done.called:
-            self._finish_run(None)
-        return self.join()
-
-    def terminate(self, report):
-        Component.terminate(self, report)
-        self._drop_connection(STOPPED)
-
-    def _drop_connection(self, state):
-        # One place that ends a connection's life: its timers and itself.
-        self.state = state
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._probe is not None:
-            self._probe.stop()
-            self._probe = None
-        self.pg_connector.disconnect()
-
-    # -- connecting and listening -------------------------------------------
-
-    def _listen(self):
-        self._retry = None
-        if self._stopping:
+        before = self.pg_connector.pinned
+        follow = getattr(self.pg_connector, "pin", None)
+        if follow is None or not follow(entry) or self.pg_connector.pinned == before:
             return
-        self.state = CONNECTING
-        d = self.pg_connector.connect()
-        d.addCallback(self._issue_listen)
-        d.addCallbacks(self._listening, self._listen_failed)
+        if before is not None and self.supervisor.state in ("running", "waiting"):
+            # A new run on the new host; its LISTEN queues the resync.
+            self.supervisor.stop()
+            self.supervisor.start()
 
-    def _issue_listen(self, conn):
-        if self._stopping:
-            self.pg_connector.disconnect()
-            return None
-        # Set the sink before LISTEN so nothing that arrives with its reply
-        # is missed.
-        conn.notify_sink = self._on_notifies
-        conn.notify_on_lost(self._connection_lost)
-        # A standby answers LISTEN with an error every time (SQLSTATE 25006):
-        # ask its role first, on the same connection, and never LISTEN there.
-        d = conn.runQuery("SELECT pg_is_in_recovery()")
+    # -- what the supervisor tells us -----------------------------------------
 
-        def listen(rows):
-            if rows[0][0]:
-                raise StandbyServerError("the server is a standby; not listening there")
-            return conn.runOperation(listen_statement(self.channels))
+    def run_lost(self, component, error, delay):
+        self.reconnects += 1
+        self.log.warn(
+            "{ident}: {error}; reconnecting in {delay:.2f} s",
+            ident=self.ident, error=one_line(error), delay=delay,
+        )
 
-        return d.addCallback(listen).addCallback(lambda _: conn)
+    def run_terminated(self, component, error):
+        self.log.warn("{ident}: terminated by {error}", ident=self.ident, error=one_line(error))
 
-    def _listening(self, conn):
-        if self._stopping or conn is None or self.state != CONNECTING:
-            return
-        self.state = LISTENING
-        self._listening_since = self.clock.seconds()
-        if self.liveness_timeout is not None:
-            self._probe = LivenessProbe(
-                self.clock,
-                lambda: conn.runQuery("SELECT 1"),
-                self._probe_unanswered,
-                interval=self.liveness_interval,
-                timeout=self.liveness_timeout,
-                activity=lambda: self.last_notification_at,
-            )
-            self._probe.start()
+    # -- events ---------------------------------------------------------------
+
+    def _began_listening(self, when):
         first = not self._listened_before
         self._listened_before = True
         self.log.info(
@@ -229,49 +179,18 @@ class PostgresNotificationListener(Component):
         )
         if not first:
             self.resyncs += 1
-            self.notif_queue.put(Event("resync", received_at=self._listening_since))
+            self.notif_queue.put(Event("resync", received_at=when))
         elif self.fire_on_start:
-            self.notif_queue.put(Event("start", received_at=self._listening_since))
-
-    def _listen_failed(self, failure):
-        if not self._stopping and self.state == CONNECTING:
-            self._handle_loss(failure.value)
-
-    def _connection_lost(self, reason):
-        if not self._stopping and self.state in (CONNECTING, LISTENING):
-            self._handle_loss(reason.value)
-
-    def _probe_unanswered(self):
-        if not self._stopping and self.state == LISTENING:
-            self._handle_loss(ConnectionLostError(
-                f"no answer to the liveness probe within {self.liveness_timeout:g} s"
-            ))
-
-    def _handle_loss(self, error):
-        if self.state == LISTENING and (
-            self.clock.seconds() - self._listening_since >= self.stable_after
-        ):
-            self._backoff_attempts = 0
-        self._drop_connection(WAITING)
-        if self.on_trouble is not None:
-            self.on_trouble(error)
-        expected, action = self.error_strategy.handle_exception(error)
-        if action in (strategies.BACKOFF, strategies.CONTINUE):
-            delay = self.reconnect_delay()
-            self.log.warn(
-                "{ident}: {error}; reconnecting in {delay:.2f} s",
-                ident=self.ident, error=one_line(error), delay=delay,
-            )
-            self.reconnects += 1
-            self._retry = self.clock.callLater(delay, self._listen)
-        else:
-            self.log.warn("{ident}: terminated by {error}", ident=self.ident, error=one_line(error))
-            self.terminate(ComponentError(expected, action, self, error))
+            self.notif_queue.put(Event("start", received_at=when))
 
     def _on_notifies(self, batch):
-        # The hot path, once per socket read: one clock read, one Event per
-        # notification (a comprehension), counting in C (Counter.update),
-        # one hand-over to the queue.
+        """
+        The hot path, once per socket read: one clock read, one Event per
+        notification (a comprehension), counting in C (Counter.update), one
+        hand-over to the queue.
+
+        @return: True when the queue is full now (the caller pauses).
+        """
         now = self.last_notification_at = self.clock.seconds()
         events = [Event("notification", n.channel, n.payload, n.pid, now) for n in batch]
         if len(self.channels) == 1:
@@ -283,11 +202,10 @@ class PostgresNotificationListener(Component):
         queue = self.notif_queue
         if hasattr(queue, "put_many"):
             queue.put_many(events)
-            if queue.is_full and self.state == LISTENING:
-                self._pause()
-        else:
-            for event in events:
-                queue.put(event)
+            return queue.is_full
+        for event in events:
+            queue.put(event)
+        return False
 
     def _decode(self, events):
         for event in events:
@@ -298,21 +216,128 @@ class PostgresNotificationListener(Component):
                     ident=self.ident, channel=event.channel, error=event.decode_error,
                 )
 
+
+class _ListenRun(Run):
+    """
+    One connection's life: connecting, listening, ended.  It owns the
+    connection, its liveness probe and its back-pressure pause.
+
+    @ivar state: C{"connecting"}, C{"listening"} or C{"ended"}.
+    """
+
+    def __init__(self, listener):
+        Run.__init__(self, listener)
+        self.listener = listener
+        self.connector = listener.pg_connector
+        self.state = CONNECTING
+        self.conn = None
+        self._probe = None
+        self._paused = False
+
+    def _work(self):
+        d = self.connector.connect()
+        d.addCallback(self._issue_listen)
+        d.addCallbacks(self._listening, self._failed)
+
+    def _issue_listen(self, conn):
+        if self.state != CONNECTING:
+            return None
+        self.conn = conn
+        # Set the sink before LISTEN so nothing that arrives with its reply
+        # is missed.
+        conn.notify_sink = self._notifies
+        conn.notify_on_lost(self._lost)
+        # A standby answers LISTEN with an error every time (SQLSTATE 25006):
+        # ask its role first, on the same connection, and never LISTEN there.
+        d = conn.runQuery("SELECT pg_is_in_recovery()")
+
+        def listen(rows):
+            if rows[0][0]:
+                raise StandbyServerError("the server is a standby; not listening there")
+            return conn.runOperation(listen_statement(self.listener.channels))
+
+        return d.addCallback(listen).addCallback(lambda _: conn)
+
+    def _listening(self, conn):
+        if conn is None or self.state != CONNECTING:
+            return
+        self.state = LISTENING
+        listener = self.listener
+        if listener.liveness_timeout is not None:
+            self._probe = LivenessProbe(
+                listener.clock,
+                lambda: conn.runQuery("SELECT 1"),
+                self._probe_unanswered,
+                interval=listener.liveness_interval,
+                timeout=listener.liveness_timeout,
+                activity=lambda: listener.last_notification_at,
+            )
+            self._probe.start()
+        listener._began_listening(listener.clock.seconds())
+        self.on_ready()
+
+    def _failed(self, failure):
+        if self.state == CONNECTING:
+            self._loss(failure.value)
+
+    def _lost(self, reason):
+        if self.state in (CONNECTING, LISTENING):
+            self._loss(reason.value)
+
+    def _probe_unanswered(self):
+        if self.state == LISTENING:
+            self._loss(ConnectionLostError(
+                f"no answer to the liveness probe within {self.listener.liveness_timeout:g} s"
+            ))
+
+    def _loss(self, error):
+        self._close()
+        listener = self.listener
+        expected, action = listener.error_strategy.handle_exception(error)
+        if action in (strategies.BACKOFF, strategies.CONTINUE):
+            self.end(Outcome(LOST, error))
+        else:
+            self.end(Outcome(TERMINATED, error, ComponentError(expected, action, listener, error)))
+
+    def _close(self):
+        # One place that ends the connection's life: its timers and itself.
+        self.state = "ended"
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
+        self.connector.disconnect()
+
+    def _end_work(self):
+        self._close()
+        self.end(Outcome(STOPPED))
+
+    def _terminate_work(self, report):
+        self._close()
+        self.end(Outcome(TERMINATED, report.error, report))
+
+    # -- notifications and back-pressure --------------------------------------
+
+    def _notifies(self, batch):
+        if self.listener._on_notifies(batch) and self.state == LISTENING:
+            self._pause()
+
     def _pause(self):
         # Back-pressure: the processor is behind.  Stop reading; the server
         # keeps the notifications, so nothing is lost and no resync is due.
-        conn = self.pg_connector.connection
-        if conn is None or conn._paused:
+        conn = self.conn
+        if conn is None or self._paused:
             return
+        self._paused = True
         conn.pause_reading()
-        self.pauses += 1
+        self.listener.pauses += 1
         if self._probe is not None:
             self._probe.stop()  # a probe's reply would read the whole backlog
-        self.notif_queue.on_space(lambda: self._resume(conn))
+        self.listener.notif_queue.on_space(self._resume)
 
-    def _resume(self, conn):
-        if conn is not self.pg_connector.connection or self.state != LISTENING:
+    def _resume(self):
+        if self.state != LISTENING or not self._paused:
             return
+        self._paused = False
         if self._probe is not None:
             self._probe.start()
-        conn.resume_reading()
+        self.conn.resume_reading()

@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application import service
 from twisted.web import resource, server
 
+from hermes_tx.exceptions import one_line
 from hermes_tx.roles import PRIMARY, ROLES
 
 
@@ -85,16 +86,40 @@ class ClientCollector:
 def readiness(client):
     """
     @return: C{(ready, details)}: ready is True when the server is the
-        primary and the listener is listening; details is a dict for humans.
+        primary, the listener is listening and the processor is working (not
+        terminated, not stuck on one event for longer than its
+        C{execute_timeout}); details is a dict for humans.
     """
     listener = client.listener
+    processor = client.processor
     listening = bool(getattr(listener, "is_listening", False))
     details = {"role": client.role, "listening": listening}
     if client.role != PRIMARY:
         details["reason"] = f"server role is {client.role}"
-    elif not listening:
+    elif listener is not None and not listening:
         details["reason"] = f"listener is {getattr(listener, 'state', 'missing')}"
+    elif processor is not None and getattr(processor, "terminated", None) is not None:
+        details["reason"] = "processor terminated: " + one_line(processor.terminated.error)
+    elif processor is not None and not processor.running:
+        details["reason"] = "processor is stopped"
+    else:
+        stuck = _stuck_for(client, processor)
+        if stuck is not None:
+            details["reason"] = f"processor busy with one event for {stuck:.0f} s"
     return "reason" not in details, details
+
+
+def _stuck_for(client, processor):
+    """
+    @return: seconds the processor has spent on its current event when that
+        exceeds its C{execute_timeout}, else C{None}.
+    """
+    timeout = getattr(processor, "execute_timeout", None)
+    since = getattr(processor, "busy_since", None)
+    if not timeout or since is None:
+        return None
+    age = client.clock.seconds() - since
+    return age if age > timeout else None
 
 
 class _JsonResource(resource.Resource):

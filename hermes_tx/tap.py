@@ -91,7 +91,7 @@ class Options(usage.Options):
         ["backoff-limit", None, 16, "longest backoff in seconds", _typed("backoff-limit", int)],
         ["watch-path", None, None, "the server's data directory, watched for failover files"],
         ["role-check-interval", None, 1.0, "seconds between role checks", _typed("role-check-interval", float)],
-        ["max-backoff", None, 32.0, "longest wait between role checks while unreachable", _typed("max-backoff", float)],
+        ["max-backoff", None, 2.0, "longest wait between role checks while no host answers", _typed("max-backoff", float)],
         ["liveness-timeout", None, 10.0,
          "seconds a liveness probe may go unanswered before reconnecting", _typed("liveness-timeout", float)],
         ["shutdown-timeout", None, 10.0,
@@ -144,8 +144,8 @@ class Options(usage.Options):
             raise usage.UsageError("--backoff-limit must be at least 1")
         if not self["role-check-interval"] > 0:
             raise usage.UsageError("--role-check-interval must be more than 0")
-        if not self["max-backoff"] >= 1:
-            raise usage.UsageError("--max-backoff must be at least 1")
+        if not self["max-backoff"] >= 0.1:
+            raise usage.UsageError("--max-backoff must be at least 0.1")
         for name in ("liveness-timeout", "shutdown-timeout"):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be more than 0")

@@ -274,44 +274,43 @@ class UnreachableServerTests(unittest.TestCase):
     def test_backoff_on_a_clock(self):
         """
         Connection refused (on the real reactor): role checks are retried
-        after 1, 2, 4 ... 32, 32 seconds on the Client's clock, less up to a
-        tenth of jitter; one warning per attempt, no traceback, components
-        never started.
+        after 0.1, 0.15, 0.225 ... seconds (x1.5) up to max_backoff on the
+        Client's clock, less up to a tenth of jitter; one warning for all of
+        them, no traceback, components never started.
         """
         events = capture_log(self)
         clock = task.Clock()
         dsn = "host=127.0.0.1 port=1 user=postgres"
-        client = Client(dsn, clock=clock, max_backoff=32)
+        client = Client(dsn, clock=clock, max_backoff=2)
         collector = Collector()
         client.add_listener(PostgresNotificationListener(PostgresConnector(dsn), CHANNEL))
         client.add_processor(collector)
         client.startService()
         self.addCleanup(client.stopService)
-
-        def retry_timers():
-            return [c for c in clock.getDelayedCalls() if c.func == client.execute_role_based_procedure]
+        probe = client.probes[0]
 
         delays = []
-        for attempt in range(7):
-            yield wait_until(retry_timers, timeout=5, what=f"retry timer {attempt + 1}")
-            # The check's timeout timer was cancelled when it failed: the
-            # retry is the only pending call.
+        for attempt in range(10):
+            # The check's timeout timer is cancelled when it fails: the next
+            # check is then the only pending call.
+            yield wait_until(lambda: not probe._waiters and len(clock.getDelayedCalls()) == 1,
+                             timeout=5, what=f"retry timer {attempt + 1}")
             (call,) = clock.getDelayedCalls()
             delays.append(call.getTime() - clock.seconds())
-            warnings = hermes_events(events)
-            self.assertEqual(len(warnings), attempt + 1, [formatEvent(e) for e in warnings])
             self.assertEqual(client.role, "unknown")
             self.assertFalse(collector.running)
             self.assertFalse(client.listener.running)
             clock.advance(delays[-1])
-        exact = [1, 2, 4, 8, 16, 32, 32]
+        exact = [min(0.1 * 1.5 ** i, 2) for i in range(10)]
         for got, want in zip(delays, exact):
-            self.assertTrue(0.9 * want <= got <= want, (delays, exact))
-        for e in hermes_events(events):
-            self.assertIsNone(e.get("log_failure"))
-            self.assertEqual(e["log_level"].name, "warn")
-            self.assertTrue(formatEvent(e).startswith("role check failed: "), formatEvent(e))
-            self.assertIn("Connection refused", e["error"])
+            self.assertTrue(0.9 * want - 1e-9 <= got <= want + 1e-9, (delays, exact))
+        warnings = hermes_events(events)
+        self.assertEqual(len(warnings), 1, [formatEvent(e) for e in warnings])
+        (e,) = warnings
+        self.assertIsNone(e.get("log_failure"))
+        self.assertEqual(e["log_level"].name, "warn")
+        self.assertTrue(formatEvent(e).startswith("role check failed: "), formatEvent(e))
+        self.assertIn("Connection refused", e["error"])
         self.assertEqual(collector.events, [])
         self.assertEqual(self.flushLoggedErrors(), [])
 
@@ -379,8 +378,9 @@ class ConcurrentRoleCheckTests(unittest.TestCase, _ClientHelpers):
     def test_checks_do_not_overlap(self):
         """
         Asking for a role check during one does not start a second query:
-        the later callers' Deferreds fire with the role after the check in
-        progress, and exactly one more check follows it.
+        exactly one more check follows it, and the callers who asked during
+        the check get that follow-up check's role (it began after they
+        asked), the first caller the role of the check it began.
         """
         cluster = shared_primary()
         connector = CountingConnector(cluster.dsn(), application_name="hermes-role")
@@ -402,9 +402,9 @@ class ConcurrentRoleCheckTests(unittest.TestCase, _ClientHelpers):
         self.assertEqual((connector.checks, connector.in_flight), (2, 1))
         roles = yield defer.gatherResults(checks)
         self.assertEqual(roles, ["primary"] * 3)
-        # All three fire, in call order, once the first check has finished
-        # and the one follow-up check has begun.
-        self.assertEqual(order, [(0, 3), (1, 3), (2, 3)])
+        # The first fires when its check has finished (before the follow-up
+        # began); the other two once the follow-up has finished.
+        self.assertEqual(order, [(0, 2), (1, 3), (2, 3)])
         yield wait_until(lambda: connector.in_flight == 0, what="follow-up check")
         self.assertEqual(connector.checks, 3)
         self.assertEqual(connector.max_in_flight, 1)
