@@ -276,7 +276,12 @@ class Client(service.MultiService):
         return self.monitor.check_now().addCallback(lambda result: result.role)
 
     def _check_roles(self):
-        return check_roles(self.probes, prefer=self.primary_host)
+        return check_roles(self.probes, prefer=self.primary_host,
+                           on_status=self._host_status)
+
+    def _host_status(self, status):
+        if self.running:
+            self._role_log.host_status(status)
 
     def _apply(self, result):
         if not self.running:

@@ -16,7 +16,8 @@ REMINDER_EVERY = 60.0
 class RoleLog:
     """
     Logs what changed from one role check to the next: the role, and each
-    host becoming unreachable (with why) or answering again.
+    host becoming unreachable (with why) or answering again, as the
+    answers arrive.
     """
 
     def __init__(self, log, clock, multi_host):
@@ -33,23 +34,29 @@ class RoleLog:
         self._unknown_since = self._reminded_at = None
         self._failed_checks = 0
 
+    def host_status(self, status):
+        """
+        Log a host that stopped answering (with why) or answers again; a
+        L{hermes_tx.roles.HostStatus} that changed nothing logs nothing.
+        """
+        seen = (status.role, status.error)
+        before = self._hosts.get(status.entry)
+        if before == seen:
+            return
+        self._hosts[status.entry] = seen
+        if status.error is not None:
+            if before is not None and before[1] is not None and not self.multi_host:
+                return  # one host, still down: the reminder covers it
+            where = f"{status.entry.label}: " if self.multi_host else ""
+            self.log.warn("role check failed: {where}{error}", where=where, error=status.error)
+        elif before is not None and before[1] is not None and self.multi_host:
+            self.log.info("{host} answers again ({role})", host=status.entry.label, role=status.role)
+
     def record(self, old_role, result):
         """
-        Log the lines C{result} (a L{hermes_tx.roles.RoleResult}) calls for.
+        Log the role change C{result} (a L{hermes_tx.roles.RoleResult})
+        makes, if any.
         """
-        for status in result.hosts:
-            if status.role is None:
-                continue  # not answered in time for this check
-            seen = (status.role, status.error)
-            if self._hosts.get(status.entry) == seen:
-                continue
-            before = self._hosts.get(status.entry)
-            self._hosts[status.entry] = seen
-            if status.error is not None:
-                where = f"{status.entry.label}: " if self.multi_host else ""
-                self.log.warn("role check failed: {where}{error}", where=where, error=status.error)
-            elif before is not None and before[1] is not None and self.multi_host:
-                self.log.info("{host} answers again ({role})", host=status.entry.label, role=status.role)
         if result.role != old_role:
             where = ""
             if result.role == PRIMARY and self.multi_host and result.primary is not None:

@@ -14,6 +14,7 @@ choice to C{target_session_attrs}.
 from collections import namedtuple
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from hermes_tx import strategies
 from hermes_tx.exceptions import ConnectionLostError, one_line
@@ -104,8 +105,8 @@ class HostProbe:
         def done(result):
             if timer.active():
                 timer.cancel()
-            if timed_out and isinstance(result, defer.failure.Failure):
-                return defer.failure.Failure(
+            if timed_out and isinstance(result, Failure):
+                return Failure(
                     ConnectionLostError(f"no answer within {self.timeout:g} s")
                 )
             return result
@@ -118,7 +119,7 @@ class HostProbe:
         self.connector.disconnect()
 
 
-def check_roles(probes, prefer=None):
+def check_roles(probes, prefer=None, on_status=None):
     """
     Ask every host at once.
 
@@ -127,6 +128,8 @@ def check_roles(probes, prefer=None):
         the primary: while it has not answered, another host's claim to be
         the primary waits for it (two primaries at once, as in a split
         brain, must not make the Client hop between them).
+    @param on_status: C{None}, or called with each host's L{HostStatus} as
+        it arrives, also after the result is decided.
     @return: a Deferred firing with a L{RoleResult} as soon as the primary
         is known, or once every host has answered or failed.  It never
         fails.
@@ -152,6 +155,8 @@ def check_roles(probes, prefer=None):
 
     def settle(index, status):
         statuses[index] = status
+        if on_status is not None:
+            on_status(status)
         decide()
 
     for index, probe in enumerate(probes):

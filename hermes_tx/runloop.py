@@ -17,6 +17,7 @@ What happens to an item after C{execute} is in L{hermes_tx.settle}.
 """
 
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
 from hermes_tx.events import Event
 from hermes_tx.outcomes import BatchOutcome
@@ -238,8 +239,8 @@ class ConsumerLoop:
         def finished(result):
             if timer.active():
                 timer.cancel()
-            elif isinstance(result, defer.failure.Failure) and result.check(defer.CancelledError):
-                return defer.failure.Failure(ExecuteTimeout(
+            elif isinstance(result, Failure) and result.check(defer.CancelledError):
+                return Failure(ExecuteTimeout(
                     f"execute did not finish within {timeout:g} s; cancelled"
                 ))
             return result

@@ -1,0 +1,180 @@
+"""
+In-memory stand-ins for PostgreSQL connections, for tests of the Client and
+listener driven by a L{twisted.internet.task.Clock}: every answer is a
+Deferred the test fires (or an immediate one), every loss is a call.
+"""
+
+from collections import namedtuple
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from hermes_tx.exceptions import ConnectionLostError
+from hermes_tx.hosts import HostEntry
+
+Notify = namedtuple("Notify", "channel payload pid")
+
+
+class FakeConnection:
+    """
+    What a listener run uses of a L{hermes_tx.connection.HermesConnection}.
+
+    @ivar in_recovery: what C{pg_is_in_recovery()} answers.
+    @ivar hung: when true, C{SELECT 1} (the liveness probe) never answers.
+    """
+
+    def __init__(self, host=None, in_recovery=False):
+        self.host = host
+        self.in_recovery = in_recovery
+        self.hung = False
+        self.queries = []
+        self.notify_sink = None
+        self.paused = False
+        self.is_open = True
+        self._lost_observers = []
+
+    def notify_on_lost(self, observer):
+        self._lost_observers.append(observer)
+
+    def runQuery(self, query, params=None):
+        self.queries.append(str(query))
+        if "pg_is_in_recovery" in str(query):
+            return defer.succeed([[self.in_recovery]])
+        if self.hung:
+            return defer.Deferred()
+        return defer.succeed([[1]])
+
+    def runOperation(self, query, params=None):
+        self.queries.append(str(query))
+        return defer.succeed(None)
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+
+    def deliver(self, *payloads, channel="c"):
+        self.notify_sink([Notify(channel, p, 42) for p in payloads])
+
+    def lose(self, error=None):
+        """
+        The server went away: observers are told, as a real connection does.
+        """
+        self.is_open = False
+        reason = Failure(error or ConnectionLostError("server closed the connection unexpectedly"))
+        for observer in self._lost_observers:
+            observer(reason)
+
+    def close(self):
+        self.is_open = False
+
+
+class FakeListenConnector:
+    """
+    A listener's connector.  Each C{connect()} makes a L{FakeConnection}
+    (kept in C{connections}) at once, or fails with C{refuse} when set, or
+    waits when C{hold} is true (C{pending} holds the Deferreds).
+    """
+
+    def __init__(self, hosts=None):
+        self.hosts = list(hosts or [HostEntry("", "", "")])
+        self.pinned = None
+        self.refuse = None
+        self.hold = False
+        self.in_recovery = False
+        self.connections = []
+        self.pending = []
+        self.connection = None
+        self.disconnects = 0
+
+    def pin(self, entry):
+        self.pinned = entry if entry in self.hosts and len(self.hosts) > 1 else None
+        return self.pinned is not None
+
+    def connect(self):
+        if self.refuse is not None:
+            return defer.fail(self.refuse)
+        if self.hold:
+            d = defer.Deferred()
+            self.pending.append(d)
+            return d
+        return defer.succeed(self._open())
+
+    def _open(self):
+        conn = FakeConnection(host=self.pinned, in_recovery=self.in_recovery)
+        self.connections.append(conn)
+        self.connection = conn
+        return conn
+
+    def release(self):
+        """
+        Fire the oldest held connect() with a new connection.
+        """
+        self.pending.pop(0).callback(self._open())
+
+    @property
+    def current(self):
+        return self.connections[-1] if self.connections else None
+
+    def disconnect(self):
+        self.disconnects += 1
+        if self.connection is not None:
+            self.connection.close()
+        self.connection = None
+        return defer.succeed(None)
+
+
+class FakeRoleConnector:
+    """
+    A role-check connector for one host: C{answer} is C{"primary"},
+    C{"standby"}, an exception (unreachable) or C{None} (the check waits;
+    C{pending} holds it).
+    """
+
+    def __init__(self, answer="primary"):
+        self.answer = answer
+        self.checks = 0
+        self.pending = []
+        self.is_connected = False
+        self.disconnects = 0
+
+    def is_server_master(self):
+        self.checks += 1
+        if isinstance(self.answer, BaseException):
+            self.is_connected = False
+            return defer.fail(self.answer)
+        if self.answer is None:
+            d = defer.Deferred()
+            self.pending.append(d)
+            return d
+        self.is_connected = True
+        return defer.succeed(self.answer == "primary")
+
+    def disconnect(self):
+        self.disconnects += 1
+        self.is_connected = False
+        pending, self.pending = self.pending, []
+        for d in pending:
+            d.errback(ConnectionLostError("closed"))
+        return defer.succeed(None)
+
+
+class FakeHosts:
+    """
+    A C{connector_factory} for L{hermes_tx.client.Client} making one
+    L{FakeRoleConnector} per host, kept by port (C{self[port]}).
+    """
+
+    def __init__(self, **answers):
+        self.answers = answers
+        self.connectors = {}
+
+    def __call__(self, params):
+        port = params.get("port", "")
+        connector = FakeRoleConnector(self.answers.get(f"p{port}", "primary"))
+        self.connectors[port] = connector
+        return connector
+
+    def __getitem__(self, port):
+        return self.connectors[str(port)]
