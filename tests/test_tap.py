@@ -62,8 +62,8 @@ class OptionsTests(unittest.TestCase):
                               "needs --watch-path")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--role-check-interval", "0"],
                               "more than 0")
-        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--max-backoff", "0.5"],
-                              "at least 1")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--max-backoff", "0.05"],
+                              "at least 0.1")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--liveness-timeout", "0"],
                               "more than 0")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--shutdown-timeout", "-1"],
@@ -122,7 +122,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual([s.name for s in top], ["client"])
         self.assertEqual(client.listener.channels, ["x", "Y"])
         self.assertIs(client.listener.notif_queue, client.processor.notification_pipe)
-        self.assertEqual((client.role_check_interval, client.max_backoff), (1.0, 32.0))
+        self.assertEqual((client.role_check_interval, client.max_backoff), (1.0, 2.0))
         self.assertIsNone(client.watch_path)
         self.assertIn("standby.signal", client.failover_files)
 
