@@ -49,6 +49,7 @@ class Client(service.MultiService):
     @ivar notification_queue: the queue between listener and processor.
     @ivar error_queue: where components report L{ComponentError}s.
     @ivar listener: the listener component, or C{None}.
+    @ivar outbox: the outbox consumer component, or C{None}.
     @ivar processor: the processor component, or C{None}.
     """
 
@@ -113,6 +114,7 @@ class Client(service.MultiService):
         self.notification_queue = EventQueue(maxsize=queue_size)
         self.error_queue = defer.DeferredQueue()
         self.listener = None
+        self.outbox = None
         self.processor = None
         self.role = UNKNOWN
         self.primary_host = None
@@ -155,16 +157,32 @@ class Client(service.MultiService):
             was already added.
         """
         self._check(listener, "listener", self.listener)
-        if getattr(listener, "notif_queue", None) is None:
-            listener.notif_queue = self.notification_queue
+        self._add_source(listener)
+        self.listener = listener
+
+    def add_outbox(self, consumer):
+        """
+        Add the outbox consumer (a
+        L{hermes_tx.outbox.consumer.OutboxConsumer}): its changes go to the
+        same processor as the listener's notifications.
+
+        @raise InvalidConfigurationException: not a component, or an outbox
+            consumer was already added.
+        """
+        self._check(consumer, "outbox consumer", self.outbox)
+        self._add_source(consumer)
+        self.outbox = consumer
+
+    def _add_source(self, source):
+        if getattr(source, "notif_queue", None) is None:
+            source.notif_queue = self.notification_queue
         else:
             # The user brought a queue: the processor reads that one.
-            self.notification_queue = listener.notif_queue
+            self.notification_queue = source.notif_queue
             if self.processor is not None and self.processor._wired_pipe:
                 self.processor.notification_pipe = self.notification_queue
-        self._wire(listener)
-        self.listener = listener
-        listener.setServiceParent(self)
+        self._wire(source)
+        source.setServiceParent(self)
 
     def add_processor(self, processor):
         """
@@ -331,10 +349,20 @@ class Client(service.MultiService):
                 component.startService()
 
     def _stop_components(self):
-        return defer.gatherResults(
-            [defer.maybeDeferred(c.stopService) for c in reversed(list(self)) if c.running],
-            consumeErrors=True,
-        )
+        """
+        Stop the processor first (its last event's outcome is written by
+        the outbox consumer, which is still connected), then the others.
+        """
+        first = [c for c in self if c is self.processor and c.running]
+        d = defer.gatherResults([defer.maybeDeferred(c.stopService) for c in first], consumeErrors=True)
+
+        def the_others(_):
+            return defer.gatherResults(
+                [defer.maybeDeferred(c.stopService) for c in reversed(list(self)) if c.running],
+                consumeErrors=True,
+            )
+
+        return d.addBoth(the_others)
 
     def run_lost(self, component, error, delay):
         # A component lost its connection: the server may have gone, or

@@ -168,6 +168,31 @@ class BaseComponent(service.Service):
     _backoff_attempts = 0
 
 
+class ConnectedComponent(BaseComponent):
+    """
+    A component that owns a connector (C{pg_connector}) and so must follow
+    the primary when a multi-host DSN's primary moves: the listener and the
+    outbox consumer.
+    """
+
+    pg_connector = None
+
+    def follow_primary(self, entry):
+        """
+        The Client found the primary at C{entry} (a
+        L{hermes_tx.hosts.HostEntry} of a multi-host DSN): connect there
+        from now on, moving a connection that is elsewhere (a new run).
+        """
+        connector = self.pg_connector
+        before = getattr(connector, "pinned", None)
+        pin = getattr(connector, "pin", None)
+        if pin is None or not pin(entry) or connector.pinned == before:
+            return
+        if before is not None and self.supervisor.state in ("running", "waiting"):
+            self.supervisor.stop()
+            self.supervisor.start()
+
+
 class _ReportTermination:
     """
     The component's own observer: a terminated run is reported on the

@@ -18,7 +18,16 @@ from twisted.logger import Logger
 
 from hermes_tx import strategies
 from hermes_tx.channels import listen_statement, validate_channels
-from hermes_tx.components import LOST, STOPPED, TERMINATED, BaseComponent, ComponentError, Outcome, Run
+from hermes_tx.components import (
+    LOST,
+    STOPPED,
+    TERMINATED,
+    BaseComponent,
+    ComponentError,
+    ConnectedComponent,
+    Outcome,
+    Run,
+)
 from hermes_tx.events import PAYLOAD_FORMATS, Event, decode_json_payload
 from hermes_tx.exceptions import (
     ConnectionLostError,
@@ -36,7 +45,7 @@ CONNECTING, LISTENING, WAITING = "connecting", "listening", "waiting"
 _channel_of = attrgetter("channel")
 
 
-class PostgresNotificationListener(BaseComponent):
+class PostgresNotificationListener(ConnectedComponent):
     """
     A component that LISTENs and queues L{Event}s.  It owns its connector's
     connection: do not share the connector.
@@ -140,21 +149,6 @@ class PostgresNotificationListener(BaseComponent):
 
     def _new_run(self):
         return _ListenRun(self)
-
-    def follow_primary(self, entry):
-        """
-        The Client found the primary at C{entry} (a
-        L{hermes_tx.hosts.HostEntry} of a multi-host DSN): connect there
-        from now on, moving a connection that is elsewhere.
-        """
-        before = self.pg_connector.pinned
-        follow = getattr(self.pg_connector, "pin", None)
-        if follow is None or not follow(entry) or self.pg_connector.pinned == before:
-            return
-        if before is not None and self.supervisor.state in ("running", "waiting"):
-            # A new run on the new host; its LISTEN queues the resync.
-            self.supervisor.stop()
-            self.supervisor.start()
 
     # -- what the supervisor tells us -----------------------------------------
 

@@ -75,6 +75,17 @@ class ClientCollector:
             "hermes_queue_depth", "Events queued for the processor",
             value=len(getattr(client.notification_queue, "pending", ())),
         )
+        since = getattr(processor, "busy_since", None)
+        yield GaugeMetricFamily(
+            "hermes_processor_busy_seconds",
+            "Seconds the processor has spent on the event in progress (0 when idle)",
+            value=0.0 if since is None else max(0.0, client.clock.seconds() - since),
+        )
+        yield GaugeMetricFamily(
+            "hermes_processor_terminated", "1 once the processor was terminated by its error strategy",
+            value=1 if getattr(processor, "terminated", None) is not None else 0,
+        )
+        yield from _outbox_metrics(client.outbox)
         last = getattr(listener, "last_notification_at", None)
         yield GaugeMetricFamily(
             "hermes_seconds_since_last_notification",
@@ -83,12 +94,51 @@ class ClientCollector:
         )
 
 
+def _outbox_metrics(consumer):
+    """
+    The outbox consumer's counters, and the per-topic figures it last read
+    from the outbox (depth, lag, dead letters).
+    """
+    if consumer is None:
+        return
+    claimed = CounterMetricFamily("hermes_outbox_claimed", "Outbox changes claimed, by topic",
+                                  labels=["topic"])
+    for topic, count in sorted(consumer.claimed.items()):
+        claimed.add_metric([topic], count)
+    yield claimed
+    counts = consumer.ledger.counts
+    for name, key, text in (
+        ("hermes_outbox_acked", "acked", "Outbox changes acknowledged (processed)"),
+        ("hermes_outbox_retried", "released", "Outbox changes released for a retry"),
+        ("hermes_outbox_dead_lettered", "dead", "Outbox changes moved to the dead letters"),
+        ("hermes_outbox_claims_lost", "lost", "Claims that expired before their change was settled"),
+    ):
+        yield CounterMetricFamily(name, text, value=counts[key])
+    yield GaugeMetricFamily("hermes_outbox_in_flight_here", "Changes this consumer holds",
+                            value=len(consumer.ledger.in_flight))
+    gauges = [
+        GaugeMetricFamily("hermes_outbox_pending", "Outbox changes waiting, by topic", labels=["topic"]),
+        GaugeMetricFamily("hermes_outbox_in_flight", "Outbox changes claimed by any consumer",
+                          labels=["topic"]),
+        GaugeMetricFamily("hermes_outbox_oldest_age_seconds",
+                          "Age of the oldest change still in the outbox (the lag)", labels=["topic"]),
+        GaugeMetricFamily("hermes_outbox_dead_letters", "Dead letters in the outbox, by topic",
+                          labels=["topic"]),
+    ]
+    for topic in sorted(set(consumer.topics) | set(consumer.stats)):
+        figures = consumer.stats.get(topic, (0, 0, None, 0))
+        for gauge, value in zip(gauges, figures):
+            gauge.add_metric([topic], 0.0 if value is None else float(value))
+    yield from gauges
+
+
 def readiness(client):
     """
     @return: C{(ready, details)}: ready is True when the server is the
-        primary, the listener is listening and the processor is working (not
-        terminated, not stuck on one event for longer than its
-        C{execute_timeout}); details is a dict for humans.
+        primary, the listener is listening, the outbox consumer (if any) is
+        consuming and the processor is working (not terminated, not stuck on
+        one event for longer than its C{execute_timeout}); details is a dict
+        for humans.
     """
     listener = client.listener
     processor = client.processor
@@ -98,6 +148,8 @@ def readiness(client):
         details["reason"] = f"server role is {client.role}"
     elif listener is not None and not listening:
         details["reason"] = f"listener is {getattr(listener, 'state', 'missing')}"
+    elif client.outbox is not None and not client.outbox.is_consuming:
+        details["reason"] = f"outbox consumer is {client.outbox.state}"
     elif processor is not None and getattr(processor, "terminated", None) is not None:
         details["reason"] = "processor terminated: " + one_line(processor.terminated.error)
     elif processor is not None and not processor.running:
