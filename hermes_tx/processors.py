@@ -107,6 +107,7 @@ class JsonLinesProcessor(Component):
         self._buffer = bytearray()  # whole lines, or the rest of one, to write
         self._lines = 0  # lines in _buffer (or handed to a text file, unflushed)
         self._partial = None  # the event whose line is partly written
+        self._mid_line = False  # the buffer starts with the rest of a line
         self._drained = 0
 
     def _open(self):
@@ -171,6 +172,7 @@ class JsonLinesProcessor(Component):
             if not count:
                 raise BlockingIOError(11, "the output accepts nothing right now")
             lines = buffer.count(b"\n", 0, count)
+            self._mid_line = buffer[count - 1] != 10  # ended inside a line
             del buffer[:count]
             self._drained += count
             self.lines_written += lines
@@ -182,20 +184,28 @@ class JsonLinesProcessor(Component):
     def reopen(self):
         """
         Close the output file and open its path again (after a log rotation
-        tool moved it away); lines still buffered go to the new file if the
-        old one will not take them.  Nothing to do unless C{output} is a
-        path and the processor runs.
+        tool moved it away).  Whole lines still buffered go to the new file
+        if the old one will not take them; the rest of a line the old file
+        took only part of is dropped, and its event, when executed again,
+        writes its whole line to the new file.  Nothing to do unless
+        C{output} is a path and the processor runs.
 
         @return: True when a file was reopened.
         @raise OSError: the path cannot be opened (the old file stays).
         """
         if not (self._owns_file and self.output != "-"):
             return False
+        new = self._open()
         try:
             self._drain()
         except OSError:
-            pass  # kept for the new file
-        new = self._open()
+            if self._mid_line:
+                del self._buffer[: self._buffer.index(b"\n") + 1]
+                self._lines -= 1
+                self._partial = None
+                self._mid_line = False
+                self.log.warn("{where}: the rest of a partly written line was dropped "
+                              "on reopening", where=self._where())
         old, self._file = self._file, new
         old.close()
         return True

@@ -212,10 +212,10 @@ class Options(usage.Options):
                 "daemon mode needs --output FILE (a daemon's standard output is /dev/null); "
                 "or run in the foreground with twistd -n"
             )
-        if parent.get("logger") or parent.get("syslog"):
-            return
         logfile = parent.get("logfile")
-        if daemon or (logfile and logfile != "-"):
+        if parent.get("logger") or parent.get("syslog") or logfile == "-":
+            return  # the operator's choice (twistd refuses "-" for daemons)
+        if daemon or logfile:
             # A log file: ours, so SIGHUP can reopen it.
             operations.log_to_file(logfile or "twistd.log")
             parent["logger"] = "hermes_tx.operations.twistd_log_observer"

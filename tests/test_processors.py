@@ -339,6 +339,30 @@ class ReopenTests(unittest.TestCase):
             with open(name, encoding="utf-8") as f:
                 self.assertEqual([strict_loads(x)["payload"] for x in f], [payload])
 
+    def test_reopen_while_a_line_is_half_written(self):
+        """
+        When the old file took part of a line and takes nothing more, the
+        rest is dropped on reopening and the event, executed again, writes
+        its whole line to the new file.
+        """
+        path = self.mktemp()
+        p = JsonLinesProcessor(output=path, clock=task.Clock())
+        p.notification_pipe = defer.DeferredQueue()
+        p.set_up()
+        p._file.close()
+        p._file = old = FakeRawFile(5, full(), full())
+        e = Event("notification", "c", "half", 1, 1.0)
+        self.assertRaises(Retry, p.execute, e)
+        events = capture_log(self)
+        self.assertTrue(p.reopen())
+        self.assertIn("partly written line was dropped", formatEvent(events[-1]))
+        p.execute(e)
+        p.tear_down()
+        self.assertEqual(len(old.data), 5)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual([strict_loads(x)["payload"] for x in f], ["half"])
+        self.assertEqual(p.lines_written, 1)
+
     def test_nothing_to_reopen(self):
         p = JsonLinesProcessor(output=io.StringIO(), clock=task.Clock())
         p.startService()

@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from hermes_tx.client import Client
+from hermes_tx import operations
 from hermes_tx.operations import ProcessService
 from hermes_tx.processors import JsonLinesProcessor
 from hermes_tx.tap import (
@@ -270,3 +271,46 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(e.code, EXIT_START_FAILED)
         self.assertEqual(stderr.getvalue(), f"twistd hermes: error: --status-port {port} on "
                                             "127.0.0.1: Address already in use\n")
+
+
+class TwistdParentTests(unittest.TestCase):
+    """
+    What twistd's own options change: where logs go, daemon mode's need
+    for an output file.
+    """
+
+    def setUp(self):
+        saved = dict(operations._twistd_log)
+        self.addCleanup(operations._twistd_log.update, saved)
+        self.patch(sys, "stderr", io.StringIO())
+
+    def parse(self, parent, *args):
+        options = Options()
+        options.parent = dict({"nodaemon": False, "logfile": None, "logger": None,
+                               "syslog": False}, **parent)
+        options.parseOptions(["--dsn", "dbname=x", "-c", "x"] + list(args))
+        return options.parent
+
+    def test_foreground_stdout_logs_to_stderr(self):
+        self.assertEqual(self.parse({"nodaemon": True})["logger"],
+                         "hermes_tx.tap.stderr_log_observer")
+        self.assertIsNone(self.parse({"nodaemon": True}, "-o", "out.jsonl")["logger"])
+
+    def test_log_files_are_reopenable(self):
+        for parent, path in (({"nodaemon": True, "logfile": "h.log"}, "h.log"),
+                             ({}, "twistd.log"), ({"logfile": "d.log"}, "d.log")):
+            self.assertEqual(self.parse(parent, "-o", "out.jsonl")["logger"],
+                             "hermes_tx.operations.twistd_log_observer")
+            self.assertEqual(operations._twistd_log["path"], os.path.abspath(path))
+
+    def test_operator_choices_stand(self):
+        for parent in ({"syslog": True}, {"logger": "my.observer"}, {"logfile": "-"}):
+            self.assertEqual(self.parse(parent, "-o", "out.jsonl")["logger"],
+                             parent.get("logger"))
+
+    def test_daemon_needs_output(self):
+        e = self.assertRaises(SystemExit, self.parse, {})
+        self.assertEqual(e.code, 2)
+        self.assertIn("daemon mode needs --output FILE", sys.stderr.getvalue())
+        # A processor that takes no output has no use for it.
+        self.parse({}, "--processor", "examples.printer:Printer")
