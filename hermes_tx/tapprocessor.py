@@ -10,6 +10,7 @@ import inspect
 from twisted.python import usage
 
 from hermes_tx.components import Component
+from hermes_tx.exceptions import one_line
 
 
 def load_processor_class(spec):
@@ -26,7 +27,7 @@ def load_processor_class(spec):
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except Exception as e:
-        raise usage.UsageError(f"cannot import processor {spec!r}: {type(e).__name__}: {e}")
+        raise usage.UsageError(f"cannot import processor {spec!r}: {one_line(e)}")
     if not (inspect.isclass(obj) and issubclass(obj, Component)):
         raise usage.UsageError(f"processor {spec!r} is not a hermes_tx.components.Component subclass")
     return obj
