@@ -29,6 +29,8 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger, textFileLogObserver
 from twisted.python.logfile import LogFile
 
+from hermes_tx.exceptions import one_line
+
 #: the log file of this twistd process, when twistd hermes writes one:
 #: C{{"path": ..., "file": LogFile or None}}.  twistd's C{--logger} option
 #: takes a factory without arguments, hence module state.
@@ -58,13 +60,14 @@ def reopen_log_file():
     """
     Reopen twistd's log file, if this process writes one.
 
-    @return: its path, or C{None} when there is none.
+    @return: True when it was reopened.
+    @raise OSError: it cannot be opened again.
     """
     log_file = _twistd_log["file"]
     if log_file is None:
-        return None
+        return False
     log_file.reopen()
-    return log_file.path
+    return True
 
 
 def rotate_log_file():
@@ -83,8 +86,8 @@ class ProcessService(service.MultiService):
     and puts back the ones it replaced once every child has stopped.
 
     @ivar reopeners: a list of C{(name, callable)}: on SIGHUP each callable
-        is called (it returns True when it reopened something, or raises
-        C{OSError}); C{name} says what in the log line.
+        is called (it returns True when it reopened something; what it
+        raises is logged in one line); C{name} says what in the log line.
     """
 
     log = Logger()
@@ -167,15 +170,15 @@ class ProcessService(service.MultiService):
         line saying what was reopened (and one per failure).
         """
         done = []
-        path = reopen_log_file()
-        if path is not None:
-            done.append(f"log file {path}")
-        for name, reopen in self.reopeners:
+        reopeners = list(self.reopeners)
+        if _twistd_log["file"] is not None:
+            reopeners.insert(0, (f"log file {_twistd_log['file'].path}", reopen_log_file))
+        for name, reopen in reopeners:
             try:
                 if reopen():
                     done.append(name)
-            except OSError as e:
+            except Exception as e:
                 self.log.warn("Received {signal}: could not reopen {name}: {error}",
-                              signal=why, name=name, error=e)
+                              signal=why, name=name, error=one_line(e))
         self.log.info("Received {signal}: reopened {what}.", signal=why,
                       what=", ".join(done) if done else "nothing (no file to reopen)")

@@ -110,7 +110,8 @@ class ProcessServiceTests(unittest.TestCase):
         os.kill(os.getpid(), signal.SIGHUP)
         self.assertEqual(calls, [1])
         self.assertEqual(messages(self.log), [
-            "Received SIGHUP: could not reopen broken: [Errno 13] Permission denied",
+            "Received SIGHUP: could not reopen broken: PermissionError: [Errno 13] "
+            "Permission denied",
             "Received SIGHUP: reopened output file.",
         ])
         self.assertEqual(self.reactor.stops, 0)
