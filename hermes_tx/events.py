@@ -16,6 +16,8 @@ L{Event}: what a listener queues.  C{kind} is:
 """
 
 import json
+import math
+import re
 
 #: what a listener may do with payloads: keep the text, or decode JSON too
 PAYLOAD_FORMATS = ("text", "json")
@@ -39,7 +41,8 @@ class Event:
         (from the listener's clock).
     @ivar data: only with C{payload_format="json"}: the decoded payload.
     @ivar decode_error: only with C{payload_format="json"}, when the payload
-        is not JSON: why (and C{data} is not set).
+        is not strict JSON (L{strict_json_loads}): why (and C{data} is not
+        set).
     """
 
     __slots__ = FIELDS + ("data", "decode_error")
@@ -67,16 +70,81 @@ class Event:
         return f"<Event {self.kind} {self.channel!r} {self.payload!r} pid={self.pid}>"
 
 
+#: the deepest nesting of arrays and objects a JSON payload may have; deeper
+#: ones get C{decode_error} (Python's decoder and encoder recurse once per
+#: level, so a few thousand levels would end in C{RecursionError})
+MAX_JSON_DEPTH = 128
+
+# A JSON string (skipped whole) or one bracket.
+_STRUCTURE = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"number out of range: {shown}")
+    return value
+
+
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def json_depth_exceeds(text, limit=MAX_JSON_DEPTH):
+    """
+    @return: True when the arrays and objects in C{text} nest deeper than
+        C{limit} (brackets inside strings do not count).
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for match in _STRUCTURE.finditer(text):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def strict_json_loads(text):
+    """
+    Decode JSON as RFC 8259 defines it.
+
+    Unlike C{json.loads}, refuses C{NaN}, C{Infinity} and C{-Infinity},
+    numbers too large for a finite float (C{1e999999}), and nesting deeper
+    than L{MAX_JSON_DEPTH}.
+
+    @param text: the JSON text (a C{str}).
+    @return: the decoded value.
+    @raise ValueError: C{text} is not such JSON (C{json.JSONDecodeError} for
+        syntax errors; integers over Python's 4300-digit limit too).
+    """
+    if json_depth_exceeds(text):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return _STRICT.decode(text)
+
+
 def decode_json_payload(event):
     """
-    Set C{event.data} to the JSON-decoded payload, or C{event.decode_error}
-    when it does not decode.
+    Set C{event.data} to the payload decoded as strict JSON
+    (L{strict_json_loads}), or C{event.decode_error} when it does not decode.
+
+    Never raises: whatever goes wrong while decoding (a too deep payload
+    included) becomes C{decode_error}, a one-line C{"Class: message"} that
+    does not quote the payload.
 
     @return: True when it decoded.
     """
     try:
-        event.data = json.loads(event.payload)
-    except ValueError as e:
+        event.data = strict_json_loads(event.payload)
+    except Exception as e:
         event.decode_error = f"{type(e).__name__}: {e}"
         return False
     return True

@@ -38,13 +38,20 @@ class StandbyServerError(HermesException):
     """
 
 
-def one_line(error):
+def one_line(error, secrets=()):
     """
+    @param secrets: strings that must not show (L{hermes_tx.dsn.secrets} of
+        the DSN the error is about): each is scrubbed from the line.
     @return: C{error} as a single line for a log: its class and the first
         line of its message (libpq messages run over several lines).
     """
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    if secrets:
+        from hermes_tx.dsn import scrub  # hermes_tx.dsn imports this module
+
+        line = scrub(line, secrets)
+    return line
 
 
 def failure_of(error):

@@ -13,6 +13,7 @@ Client and a parent service.  Nothing here prints the DSN.
 
 import json
 import math
+import socket
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -204,8 +205,16 @@ class _MetricsResource(resource.Resource):
         return generate_latest(self.registry)
 
 
-def make_site(client):
+class _QuietSite(server.Site):
+    # A probe every few seconds is not news: no access log line per request.
+    def log(self, request):
+        pass
+
+
+def make_site(client, access_log=False):
     """
+    @param access_log: True to log a line per request (Twisted's access
+        log); by default nothing is logged per request.
     @return: a L{server.Site} serving /health, /ready and /metrics for
         C{client}.
     """
@@ -224,9 +233,25 @@ def make_site(client):
     root.putChild(b"health", _JsonResource(health))
     root.putChild(b"ready", _JsonResource(ready))
     root.putChild(b"metrics", _MetricsResource(registry))
-    site = server.Site(root)
+    site = (server.Site if access_log else _QuietSite)(root)
     site.noisy = False
     return site
+
+
+def check_listen(port, interface="127.0.0.1"):
+    """
+    Bind (and let go of) the address the status port is to listen on, so
+    that a port already taken is found before anything starts.
+
+    @param port: the TCP port number.
+    @param interface: an IPv4 or IPv6 address.
+    @raise OSError: it cannot be bound (C{EADDRINUSE}, C{EADDRNOTAVAIL},
+        C{EACCES} ...).
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does
+        sock.bind((interface, port))
 
 
 class StatusService(service.Service):
@@ -237,12 +262,13 @@ class StatusService(service.Service):
         0 was asked for), or C{None} while stopped.
     """
 
-    def __init__(self, client, port, interface="127.0.0.1", reactor=None):
+    def __init__(self, client, port, interface="127.0.0.1", reactor=None, access_log=False):
         """
         @param client: the L{hermes_tx.client.Client} to report on.
         @param port: the TCP port number (0 picks a free one).
         @param interface: the address to listen on (default loopback only).
         @param reactor: an C{IReactorTCP}; C{None} means the reactor.
+        @param access_log: True to log a line per request.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -250,12 +276,13 @@ class StatusService(service.Service):
         self.port_number = port
         self.interface = interface
         self.reactor = reactor
+        self.access_log = access_log
         self.port = None
 
     def startService(self):
         service.Service.startService(self)
         self.port = self.reactor.listenTCP(
-            self.port_number, make_site(self.client), interface=self.interface
+            self.port_number, make_site(self.client, self.access_log), interface=self.interface
         )
 
     def stopService(self):

@@ -2,36 +2,57 @@
 """
 C{twistd hermes}: command-line options and the service they make.
 
-    twistd [-n] hermes --dsn DSN --channel NAME [--channel NAME ...]
+    twistd [-n] hermes [--dsn DSN | --dsn-file PATH] --channel NAME [--channel NAME ...]
         [--processor module:Class] [--output PATH|-] [--backoff-limit N]
         [--watch-path DIR] [--failover-file NAME ...]
         [--role-check-interval SECONDS] [--max-backoff SECONDS]
         [--liveness-timeout SECONDS] [--shutdown-timeout SECONDS]
         [--payload-format text|json] [--queue-size N]
         [--status-port PORT [--status-interface ADDRESS]]
+
+Mistakes print one line on standard error and exit: status 2 for what the
+options say (checked before anything starts), 1 when starting fails.
 """
 
-import importlib
-import inspect
+import ipaddress
+import math
 import os
-import signal
 import sys
 
-from twisted.application import service
 from twisted.logger import textFileLogObserver
 from twisted.python import usage
 
 from hermes_tx import dsn as dsnlib
-from hermes_tx.client import Client
-from hermes_tx.components import Component
-from hermes_tx.connectors import PostgresConnector
-from hermes_tx.events import PAYLOAD_FORMATS
-from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx import operations
 from hermes_tx.channels import validate_channels
+from hermes_tx.client import Client
+from hermes_tx.connectors import PostgresConnector
+from hermes_tx.dsncheck import check_options
+from hermes_tx.events import PAYLOAD_FORMATS
+from hermes_tx.exceptions import InvalidConfigurationException, one_line
 from hermes_tx.listeners import PostgresNotificationListener
-from hermes_tx.status import StatusService
+from hermes_tx.status import StatusService, check_listen
+from hermes_tx.tapprocessor import load_processor_class, make_processor, processor_kwargs
 
 DEFAULT_PROCESSOR = "hermes_tx.processors:JsonLinesProcessor"
+
+#: exit status for a usage or configuration error found before starting
+EXIT_USAGE = 2
+#: exit status when starting fails (the processor's constructor raised, the
+#: status port cannot be had)
+EXIT_START_FAILED = 1
+
+#: the sane range of each numeric option: (least, most, unit)
+BOUNDS = {
+    "backoff-limit": (1, 86400, "seconds"),
+    "role-check-interval": (0.05, 86400, "seconds"),
+    "max-backoff": (0.1, 86400, "seconds"),
+    "liveness-timeout": (0.5, 86400, "seconds"),
+    "shutdown-timeout": (0.1, 86400, "seconds"),
+    "execute-timeout": (0, 86400, "seconds"),
+    "queue-size": (1, 1000000, "events"),
+    "status-port": (0, 65535, ""),
+}
 
 
 def stderr_log_observer():
@@ -42,50 +63,48 @@ def stderr_log_observer():
     return textFileLogObserver(sys.stderr)
 
 
-def load_processor_class(spec):
+def fail(message, status):
     """
-    @param spec: C{"module:Class"} (or C{"module.Class"}).
-    @return: the class, which is a L{Component} subclass.
-    @raise usage.UsageError: it cannot be imported or is not a Component.
+    Print C{message} as C{twistd hermes}' one error line and exit.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep:
-        module_name, _, attr = spec.rpartition(".")
-    if not module_name or not attr:
-        raise usage.UsageError(f"--processor must look like module:Class, not {spec!r}")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except Exception as e:
-        raise usage.UsageError(f"cannot import processor {spec!r}: {type(e).__name__}: {e}")
-    if not (inspect.isclass(obj) and issubclass(obj, Component)):
-        raise usage.UsageError(f"processor {spec!r} is not a hermes_tx.components.Component subclass")
-    return obj
+    sys.stderr.write(f"twistd hermes: error: {message}\n")
+    raise SystemExit(status)
 
 
 def _typed(name, kind):
     """
-    @return: a coercer for option C{--name} whose error names the option.
+    @return: a coercer for option C{--name} whose error names the option;
+        infinities and NaN are refused.
     """
-    noun = "a whole number" if kind is int else "a number"
+    noun = "a whole number" if kind is int else "a finite number"
 
     def coerce(value):
         try:
-            return kind(value)
+            number = kind(value)
         except ValueError:
-            raise ValueError(f"--{name} must be {noun}, not {value!r}") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"--{name} must be {noun}, not {value!r}")
+        return number
 
     return coerce
 
 
+def _shown(number):
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
 class Options(usage.Options):
-    synopsis = "--dsn DSN --channel NAME [--channel NAME ...] [options]"
+    synopsis = "[--dsn DSN | --dsn-file PATH] --channel NAME [--channel NAME ...] [options]"
     longdesc = (
         "LISTEN on PostgreSQL channels and run a processor for every event. "
-        "The DSN may also come from HERMES_DSN; libpq's PG* variables and "
-        "password file work as usual, so no password need sit on the command line."
+        "The DSN comes from --dsn, --dsn-file or HERMES_DSN; with none of them libpq's "
+        "defaults apply (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGPASSFILE ...), "
+        "so no password need sit on the command line."
     )
     optParameters = [
         ["dsn", "d", None, "libpq connection string or postgresql:// URI (default: $HERMES_DSN)"],
+        ["dsn-file", None, None, "read the DSN from this file (keeps a password out of ps)"],
         ["processor", "p", DEFAULT_PROCESSOR, "the processor class, module:Class"],
         ["output", "o", "-", "where the processor writes, for processors that take it (- for stdout)"],
         ["backoff-limit", None, 16, "longest backoff in seconds", _typed("backoff-limit", int)],
@@ -96,11 +115,13 @@ class Options(usage.Options):
          "seconds a liveness probe may go unanswered before reconnecting", _typed("liveness-timeout", float)],
         ["shutdown-timeout", None, 10.0,
          "seconds a stop waits for the event in progress", _typed("shutdown-timeout", float)],
+        ["execute-timeout", None, 60.0,
+         "seconds an execute may take before it is cancelled (0: no limit)", _typed("execute-timeout", float)],
         ["payload-format", None, "text", "text, or json to decode payloads for processors"],
         ["queue-size", None, 10000,
          "events waiting for the processor before reading pauses", _typed("queue-size", int)],
         ["status-port", None, None, "serve /health, /ready and /metrics on this TCP port", _typed("status-port", int)],
-        ["status-interface", None, "127.0.0.1", "the address the status port listens on"],
+        ["status-interface", None, "127.0.0.1", "the IP address the status port listens on"],
     ]
 
     def __init__(self):
@@ -130,111 +151,108 @@ class Options(usage.Options):
         try:
             return usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
-            sys.stderr.write(f"twistd hermes: error: {e}\n")
-            raise SystemExit(2)
+            fail(str(e).removeprefix("Parameter type enforcement failed: "), EXIT_USAGE)
 
     def postOptions(self):
-        if self["dsn"] is None:
-            self["dsn"] = os.environ.get("HERMES_DSN")
-        if not self["dsn"]:
-            raise usage.UsageError("no DSN: pass --dsn or set HERMES_DSN")
+        self["dsn"] = self._dsn()
         if not self["channels"]:
             raise usage.UsageError("no channel: pass --channel NAME at least once")
-        if self["backoff-limit"] < 1:
-            raise usage.UsageError("--backoff-limit must be at least 1")
-        if not self["role-check-interval"] > 0:
-            raise usage.UsageError("--role-check-interval must be more than 0")
-        if not self["max-backoff"] >= 0.1:
-            raise usage.UsageError("--max-backoff must be at least 0.1")
-        for name in ("liveness-timeout", "shutdown-timeout"):
-            if not self[name] > 0:
-                raise usage.UsageError(f"--{name} must be more than 0")
-        if self["queue-size"] < 1:
-            raise usage.UsageError("--queue-size must be at least 1")
+        for name, (least, most, unit) in BOUNDS.items():
+            value = self[name]
+            if value is not None and not least <= value <= most:
+                raise usage.UsageError(
+                    f"--{name} must be between {_shown(least)} and {_shown(most)} {unit}".rstrip()
+                    + f", not {_shown(value)}"
+                )
         if self["payload-format"] not in PAYLOAD_FORMATS:
             raise usage.UsageError("--payload-format must be text or json")
-        port = self["status-port"]
-        if port is not None and not 0 <= port <= 65535:
-            raise usage.UsageError("--status-port must be a TCP port number")
+        try:
+            ipaddress.ip_address(self["status-interface"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--status-interface must be an IP address, not {self['status-interface']!r}"
+            ) from None
         path = self["watch-path"]
         if path is not None and not os.path.isdir(path):
             raise usage.UsageError(f"--watch-path {path!r} is not a directory")
         if self["failover-files"] and path is None:
             raise usage.UsageError("--failover-file needs --watch-path")
         try:
-            dsnlib.parse(self["dsn"])
+            check_options(self["dsn"])
             self["channels"] = validate_channels(self["channels"])
         except InvalidConfigurationException as e:
             raise usage.UsageError(str(e))
         self["processor_class"] = load_processor_class(self["processor"])
+        self._for_twistd()
+
+    def _dsn(self):
+        """
+        @return: the DSN from --dsn, --dsn-file or HERMES_DSN, else C{""}
+            (libpq's defaults).
+        """
+        if self["dsn"] is not None and self["dsn-file"] is not None:
+            raise usage.UsageError("pass --dsn or --dsn-file, not both")
+        if self["dsn-file"] is not None:
+            try:
+                return dsnlib.read_file(self["dsn-file"])
+            except InvalidConfigurationException as e:
+                raise usage.UsageError(str(e))
+        if self["dsn"] is not None:
+            return self["dsn"]
+        return os.environ.get("HERMES_DSN", "")
+
+    def _for_twistd(self):
+        # What depends on twistd's own options: where output and logs go.
         parent = self.parent
-        if (
-            parent is not None
-            and self["output"] == "-"
-            and parent.get("nodaemon")
-            and not parent.get("logfile")
-            and not parent.get("logger")
-        ):
+        if parent is None:
+            return
+        daemon = not (parent.get("nodaemon") or parent.get("debug"))
+        to_stdout = self["output"] == "-" and "output" in processor_kwargs(
+            self["processor_class"], self
+        )
+        if daemon and to_stdout:
+            raise usage.UsageError(
+                "daemon mode needs --output FILE (a daemon's standard output is /dev/null); "
+                "or run in the foreground with twistd -n"
+            )
+        logfile = parent.get("logfile")
+        if parent.get("logger") or parent.get("syslog") or logfile == "-":
+            return  # the operator's choice (twistd refuses "-" for daemons)
+        if daemon or logfile:
+            # A log file: ours, so SIGHUP can reopen it.
+            operations.log_to_file(logfile or "twistd.log")
+            parent["logger"] = "hermes_tx.operations.twistd_log_observer"
+        elif to_stdout:
             # twistd -n logs to stdout by default; our data goes there.
             parent["logger"] = "hermes_tx.tap.stderr_log_observer"
 
 
-def make_processor(cls, options):
-    """
-    Instantiate the processor class, giving it C{output} and
-    C{backoff_limit} when its constructor takes them (the seed's
-    zero-argument processors included); C{backoff_limit} and
-    C{shutdown_timeout} are set on it in any case.
-    """
-    params = inspect.signature(cls).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = {}
-    if takes_any or "output" in params:
-        kwargs["output"] = options["output"]
-    if takes_any or "backoff_limit" in params:
-        kwargs["backoff_limit"] = options["backoff-limit"]
-    processor = cls(**kwargs)
-    processor.backoff_limit = options["backoff-limit"]
-    processor.shutdown_timeout = options["shutdown-timeout"]
-    return processor
-
-
-def exit_cleanly_on_signals(reactor):
-    """
-    Make SIGTERM and SIGINT stop the reactor without twistd re-raising the
-    signal at exit.
-
-    twistd remembers the signal that stopped it and kills itself with it
-    after shutdown (exit status 143 for SIGTERM).  For a service, a requested
-    stop that completed cleanly is success: exit 0.  Call once the reactor
-    runs (after Twisted has installed its own handlers).
-    """
-
-    def stop(number, frame):
-        name = signal.Signals(number).name
-        reactor.callFromThread(_log_and_stop, reactor, name)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
-def _log_and_stop(reactor, name):
-    from twisted.logger import Logger
-
-    Logger().info("Received {signal}, stopping cleanly.", signal=name)
-    if reactor.running:
-        reactor.stop()
-
-
 def makeService(options):
     """
-    @return: a L{service.MultiService} holding the L{Client} (named
-        C{"client"}, with a listener on the channels and the processor) and,
-        with C{--status-port}, the L{StatusService} (named C{"status"}).
+    @return: a L{operations.ProcessService} (the top, which handles signals
+        while it runs) holding the L{Client} (named C{"client"}, with a
+        listener on the channels and the processor) and, with
+        C{--status-port}, the L{StatusService} (named C{"status"}).
+        Starting it cannot fail for a status port already taken: that, and
+        a processor whose constructor raises, print one line and exit 1
+        here.
     """
-    from twisted.internet import reactor
-
-    reactor.callWhenRunning(exit_cleanly_on_signals, reactor)
+    cls = options["processor_class"]
+    try:
+        processor = make_processor(cls, options)
+    except Exception as e:
+        fail(f"processor {cls.__module__}.{cls.__qualname__} failed to start: {one_line(e)}",
+             EXIT_START_FAILED)
+    port, interface = options["status-port"], options["status-interface"]
+    if port is not None:
+        try:
+            check_listen(port, interface)
+        except OSError as e:
+            fail(f"--status-port {port} on {interface}: {e.strerror or e}", EXIT_START_FAILED)
+    reopeners = [("output file", processor.reopen)] if hasattr(processor, "reopen") else []
+    top = operations.ProcessService(
+        reopeners=reopeners, shutdown_timeout=options["shutdown-timeout"]
+    )
     client = Client(
         options["dsn"],
         watch_path=options["watch-path"],
@@ -244,6 +262,9 @@ def makeService(options):
         queue_size=options["queue-size"],
     )
     client.setName("client")
+    client.watch_failures(
+        lambda report: top.fail(f"{report.component.ident} terminated: {one_line(report.error)}")
+    )
     listener = PostgresNotificationListener(
         PostgresConnector(options["dsn"]),
         options["channels"],
@@ -253,13 +274,11 @@ def makeService(options):
     )
     listener.setName("listener")
     client.add_listener(listener)
-    processor = make_processor(options["processor_class"], options)
     processor.setName("processor")
     client.add_processor(processor)
-    top = service.MultiService()
     client.setServiceParent(top)
-    if options["status-port"] is not None:
-        status = StatusService(client, options["status-port"], options["status-interface"])
+    if port is not None:
+        status = StatusService(client, port, interface)
         status.setName("status")
         status.setServiceParent(top)
     return top

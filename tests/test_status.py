@@ -6,6 +6,7 @@ server, fetched over real HTTP.
 import json
 
 from twisted.internet import defer, reactor
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
@@ -14,7 +15,7 @@ from hermes_tx.components import Component
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.listeners import PostgresNotificationListener
 from hermes_tx.status import StatusService
-from tests.support.shared import shared_primary, wait_until
+from tests.support.shared import capture_log, shared_primary, wait_until
 
 SECRET = "s3cr3t-status"
 
@@ -107,3 +108,28 @@ class StatusServiceTests(unittest.TestCase):
                  if line.startswith("hermes_seconds_since_last_notification ")]
         self.assertEqual(len(since), 1)
         self.assertTrue(0 <= float(since[0].split()[1]) < 30, since)
+
+
+class AccessLogTests(unittest.TestCase):
+    """
+    A request writes no log line unless access_log=True.
+    """
+
+    @defer.inlineCallbacks
+    def fetch_logging(self, access_log):
+        events = capture_log(self)
+        status = StatusService(Client("dbname=x"), 0, access_log=access_log)
+        status.startService()
+        self.addCleanup(status.stopService)
+        url = f"http://127.0.0.1:{status.port.getHost().port}/health".encode()
+        response = yield Agent(reactor).request(b"GET", url)
+        yield readBody(response)
+        return [formatEvent(e) for e in events if "GET /health" in formatEvent(e)]
+
+    @defer.inlineCallbacks
+    def test_quiet_by_default(self):
+        self.assertEqual((yield self.fetch_logging(False)), [])
+
+    @defer.inlineCallbacks
+    def test_access_log_when_asked(self):
+        self.assertEqual(len((yield self.fetch_logging(True))), 1)

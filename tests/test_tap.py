@@ -3,14 +3,27 @@ Tests for L{hermes_tx.tap}: the options of C{twistd hermes}.  The real
 process is run in tests.test_twistd.
 """
 
+import io
 import os
+import signal
+import socket
+import sys
 
 from twisted.python import usage
 from twisted.trial import unittest
 
 from hermes_tx.client import Client
+from hermes_tx import operations
+from hermes_tx.operations import ProcessService
 from hermes_tx.processors import JsonLinesProcessor
-from hermes_tx.tap import Options, make_processor, makeService
+from hermes_tx.tap import (
+    EXIT_START_FAILED,
+    Options,
+    load_processor_class,
+    make_processor,
+    makeService,
+    processor_kwargs,
+)
 
 
 class OptionsTests(unittest.TestCase):
@@ -43,7 +56,6 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(self.parse("-c", "x", "--dsn", "dbname=flag")["dsn"], "dbname=flag")
 
     def test_usage_errors(self):
-        self.assertUsageError(["-c", "x"], "no DSN")
         self.assertUsageError(["--dsn", "dbname=x"], "no channel")
         self.assertUsageError(["--dsn", "dbname=x oops", "-c", "x"], "invalid DSN")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "a" * 64], "64 bytes")
@@ -52,32 +64,83 @@ class OptionsTests(unittest.TestCase):
                               "cannot import")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--processor", "os:path"],
                               "not a hermes_tx.components.Component")
-        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--backoff-limit", "0"],
-                              "at least 1")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--watch-path", "/no/such/dir"],
                               "not a directory")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--watch-path", __file__],
                               "not a directory")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--failover-file", "promote"],
                               "needs --watch-path")
-        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--role-check-interval", "0"],
-                              "more than 0")
-        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--max-backoff", "0.05"],
-                              "at least 0.1")
-        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--liveness-timeout", "0"],
-                              "more than 0")
-        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--shutdown-timeout", "-1"],
-                              "more than 0")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--payload-format", "xml"],
                               "text or json")
-        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--queue-size", "0"],
-                              "at least 1")
-        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--status-port", "70000"],
-                              "TCP port")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--status-port", "http"],
                               "--status-port must be a whole number, not 'http'")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--liveness-timeout", "soon"],
-                              "--liveness-timeout must be a number")
+                              "--liveness-timeout must be a finite number")
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--status-interface", "not-an-ip"],
+                              "--status-interface must be an IP address, not 'not-an-ip'")
+
+    def test_bounds(self):
+        """
+        Numbers must be finite and within sane bounds; the error says the
+        bounds.
+        """
+        for option, value, message in [
+            ("--liveness-timeout", "inf", "--liveness-timeout must be a finite number, not 'inf'"),
+            ("--liveness-timeout", "nan", "must be a finite number, not 'nan'"),
+            ("--role-check-interval", "-inf", "must be a finite number"),
+            ("--liveness-timeout", "0.0001",
+             "--liveness-timeout must be between 0.5 and 86400 seconds, not 0.0001"),
+            ("--role-check-interval", "0.0001",
+             "--role-check-interval must be between 0.05 and 86400 seconds, not 0.0001"),
+            ("--role-check-interval", "0", "between 0.05 and 86400 seconds"),
+            ("--shutdown-timeout", "-1", "--shutdown-timeout must be between 0.1 and 86400"),
+            ("--max-backoff", "0.05", "--max-backoff must be between 0.1 and 86400 seconds"),
+            ("--max-backoff", "1e9", "not 1000000000"),
+            ("--backoff-limit", "0", "--backoff-limit must be between 1 and 86400 seconds, not 0"),
+            ("--queue-size", "0", "--queue-size must be between 1 and 1000000 events, not 0"),
+            ("--queue-size", "10000001", "between 1 and 1000000 events"),
+            ("--status-port", "70000", "--status-port must be between 0 and 65535, not 70000"),
+        ]:
+            self.assertUsageError(["--dsn", "dbname=x", "-c", "x", option, value], message)
+        o = self.parse("--dsn", "dbname=x", "-c", "x", "--role-check-interval", "0.05",
+                       "--liveness-timeout", "0.5", "--queue-size", "1000000")
+        self.assertEqual((o["role-check-interval"], o["liveness-timeout"]), (0.05, 0.5))
+
+    def test_empty_dsn_means_libpq_defaults(self):
+        """
+        No --dsn, no --dsn-file, no HERMES_DSN: the empty DSN, which libpq
+        fills from PGHOST, PGPORT, PGUSER... as psql does.
+        """
+        self.assertEqual(self.parse("-c", "x")["dsn"], "")
+
+    def test_dsn_file(self):
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("host=db password='s3cret wörd'\n")
+        self.assertEqual(self.parse("--dsn-file", path, "-c", "x")["dsn"],
+                         "host=db password='s3cret wörd'")
+        os.environ["HERMES_DSN"] = "dbname=fromenv"
+        self.addCleanup(os.environ.pop, "HERMES_DSN")
+        self.assertEqual(self.parse("--dsn-file", path, "-c", "x")["dsn"],
+                         "host=db password='s3cret wörd'")
+        self.assertUsageError(["--dsn-file", path + ".missing", "-c", "x"],
+                              "cannot read DSN file")
+        self.assertUsageError(["--dsn-file", path, "--dsn", "dbname=x", "-c", "x"],
+                              "--dsn or --dsn-file, not both")
+
+    def test_dsn_options_checked(self):
+        """
+        Options libpq calls wrong are usage errors, scrubbed of secrets.
+        """
+        for dsn, fragment in (("port=notaport", 'invalid integer value "notaport"'),
+                              ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+                              ("port=99999999", "invalid port number"),
+                              ("target_session_attrs=bogus", "invalid target_session_attrs")):
+            self.assertUsageError(["--dsn", dsn, "-c", "x"], fragment)
+        e = self.assertUsageError(
+            ["--dsn", "postgresql://u:Wr@ngPass@h:notaport/db", "-c", "x"], "notaport"
+        )
+        self.assertNotIn("ngPass", str(e))
 
     def test_resilience_options(self):
         o = self.parse("--dsn", "dbname=x", "-c", "x", "--liveness-timeout", "3",
@@ -96,7 +159,8 @@ class OptionsTests(unittest.TestCase):
 
     def test_password_not_in_errors(self):
         e = self.assertUsageError(["--dsn", "password=hunter2 x", "-c", "c"], "invalid DSN")
-        self.assertNotIn("hunter2", str(e))
+        self.assertEqual(str(e), 'invalid DSN syntax: missing "=" after "***" in connection '
+                                 "info string")
 
     def test_seed_style_processor(self):
         """
@@ -108,6 +172,31 @@ class OptionsTests(unittest.TestCase):
         p = make_processor(o["processor_class"], o)
         self.assertEqual(type(p).__name__, "Printer")
         self.assertEqual(p.backoff_limit, 4)
+
+    def test_constructor_arguments(self):
+        """
+        Which arguments a processor class gets: what it names, what a class
+        between it and Component names when it takes **kwargs, what
+        Component itself takes.
+        """
+        o = self.parse("--dsn", "dbname=x", "-c", "x", "--output", "out.jsonl",
+                       "--backoff-limit", "5")
+        cases = {
+            "tests.support.processors:PassThrough": {"output": "out.jsonl", "backoff_limit": 5},
+            "tests.support.processors:BareKwargs": {"backoff_limit": 5},
+            "tests.support.processors:Explicit": {"output": "out.jsonl"},
+            "examples.printer:Printer": {},
+            "hermes_tx.processors:JsonLinesProcessor": {"output": "out.jsonl", "backoff_limit": 5},
+        }
+        for spec, expected in cases.items():
+            cls = load_processor_class(spec)
+            self.assertEqual(processor_kwargs(cls, o), expected, spec)
+            p = make_processor(cls, o)
+            self.assertEqual((p.backoff_limit, p.shutdown_timeout), (5, 10.0))
+        p = make_processor(load_processor_class("tests.support.processors:PassThrough"), o)
+        self.assertEqual(p.output, "out.jsonl")
+        p = make_processor(load_processor_class("tests.support.processors:BareKwargs"), o)
+        self.assertEqual(p.given, {"backoff_limit": 5})
 
     def test_output_goes_to_processors_that_take_it(self):
         o = self.parse("--dsn", "dbname=x", "-c", "x", "--output", "out.jsonl")
@@ -135,3 +224,93 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(client.watch_path, here)
         self.assertEqual(client.failover_files, ("promote", "standby.signal"))
         self.assertEqual((client.role_check_interval, client.max_backoff), (0.25, 8.0))
+
+
+class MakeServiceTests(unittest.TestCase):
+    """
+    What makeService does (and does not do) to the process.
+    """
+
+    def parse(self, *args):
+        options = Options()
+        options.parseOptions(["--dsn", "dbname=x", "-c", "x"] + list(args))
+        return options
+
+    def test_no_signal_handlers_at_construction(self):
+        """
+        Making the service touches no process-wide signal handler; the
+        top service installs them only while it runs, and puts back the old
+        ones when it stops.
+        """
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        before = [signal.getsignal(n) for n in watched]
+        top = makeService(self.parse())
+        self.assertIsInstance(top, ProcessService)
+        self.assertEqual([signal.getsignal(n) for n in watched], before)
+        self.assertEqual(top.reopeners[0][0], "output file")
+
+    def test_processor_constructor_error_is_one_line(self):
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        e = self.assertRaises(SystemExit, makeService,
+                              self.parse("--processor", "tests.support.processors:FailingInit"))
+        self.assertEqual(e.code, EXIT_START_FAILED)
+        self.assertEqual(stderr.getvalue(),
+                         "twistd hermes: error: processor tests.support.processors.FailingInit "
+                         "failed to start: RuntimeError: cannot open the widget\n")
+
+    def test_status_port_taken_is_one_line(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        e = self.assertRaises(SystemExit, makeService, self.parse("--status-port", str(port)))
+        self.assertEqual(e.code, EXIT_START_FAILED)
+        self.assertEqual(stderr.getvalue(), f"twistd hermes: error: --status-port {port} on "
+                                            "127.0.0.1: Address already in use\n")
+
+
+class TwistdParentTests(unittest.TestCase):
+    """
+    What twistd's own options change: where logs go, daemon mode's need
+    for an output file.
+    """
+
+    def setUp(self):
+        saved = dict(operations._twistd_log)
+        self.addCleanup(operations._twistd_log.update, saved)
+        self.patch(sys, "stderr", io.StringIO())
+
+    def parse(self, parent, *args):
+        options = Options()
+        options.parent = dict({"nodaemon": False, "logfile": None, "logger": None,
+                               "syslog": False}, **parent)
+        options.parseOptions(["--dsn", "dbname=x", "-c", "x"] + list(args))
+        return options.parent
+
+    def test_foreground_stdout_logs_to_stderr(self):
+        self.assertEqual(self.parse({"nodaemon": True})["logger"],
+                         "hermes_tx.tap.stderr_log_observer")
+        self.assertIsNone(self.parse({"nodaemon": True}, "-o", "out.jsonl")["logger"])
+
+    def test_log_files_are_reopenable(self):
+        for parent, path in (({"nodaemon": True, "logfile": "h.log"}, "h.log"),
+                             ({}, "twistd.log"), ({"logfile": "d.log"}, "d.log")):
+            self.assertEqual(self.parse(parent, "-o", "out.jsonl")["logger"],
+                             "hermes_tx.operations.twistd_log_observer")
+            self.assertEqual(operations._twistd_log["path"], os.path.abspath(path))
+
+    def test_operator_choices_stand(self):
+        for parent in ({"syslog": True}, {"logger": "my.observer"}, {"logfile": "-"}):
+            self.assertEqual(self.parse(parent, "-o", "out.jsonl")["logger"],
+                             parent.get("logger"))
+
+    def test_daemon_needs_output(self):
+        e = self.assertRaises(SystemExit, self.parse, {})
+        self.assertEqual(e.code, 2)
+        self.assertIn("daemon mode needs --output FILE", sys.stderr.getvalue())
+        # A processor that takes no output has no use for it.
+        self.parse({}, "--processor", "examples.printer:Printer")

@@ -3,62 +3,12 @@ End to end: the real C{twistd -n hermes} process against a real server.
 """
 
 import json
-import os
-import sys
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error
 from twisted.trial import unittest
 
 from tests.support.shared import shared_primary, wait_until
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Twistd(protocol.ProcessProtocol):
-    """
-    Collects a child's output and its exit.
-    """
-
-    def __init__(self):
-        self.out = b""
-        self.err = b""
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.out += data
-
-    def errReceived(self, data):
-        self.err += data
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value)
-
-    def records(self):
-        return [json.loads(line) for line in self.out.decode("utf-8").splitlines()]
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_twistd(args, env_extra=None):
-    """
-    Start C{twistd -n --pidfile= hermes ARGS}.
-
-    @return: the L{Twistd} protocol and the process transport.
-    """
-    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
-    proto = Twistd()
-    transport = reactor.spawnProcess(
-        proto, TWISTD, [TWISTD, "-n", "--pidfile=", "hermes"] + args, env=env, path=ROOT
-    )
-    return proto, transport
-
+from tests.support.twistd import free_port, run_twistd
 
 class TwistdEndToEndTests(unittest.TestCase):
     CHANNELS = ["MyChan", "my-chan", 'Mixed-Case "q"', "ünï ☃"]
@@ -142,30 +92,6 @@ class TwistdEndToEndTests(unittest.TestCase):
         self.assertNotIn("data", records[2])
         for blob in (proto.out, proto.err, ready, metrics):
             self.assertNotIn(b"pw-e2e-secret", blob)
-
-    @defer.inlineCallbacks
-    def test_sigint_exits_zero(self):
-        cluster = shared_primary()
-        proto, transport = run_twistd(["--dsn", cluster.dsn(application_name="hermes-e2e-int"),
-                                       "--channel", "int"])
-        try:
-            yield wait_until(lambda: b'"kind": "start"' in proto.out, timeout=20, what="start")
-        finally:
-            transport.signalProcess("INT")
-        ended = yield proto.ended
-        self.assertIsInstance(ended, error.ProcessDone, proto.err.decode())
-        self.assertIn("Received SIGINT, stopping cleanly", proto.err.decode())
-        self.assertNotIn("Traceback", proto.err.decode())
-
-    @defer.inlineCallbacks
-    def test_usage_error_is_one_line(self):
-        """
-        A user's mistake prints one line on stderr and exits non-zero before
-        anything starts.
-        """
-        proto, _ = run_twistd(["--dsn", "password=hunter2 broken", "--channel", "x"])
-        ended = yield proto.ended
-        self.assertIsInstance(ended, error.ProcessTerminated)
-        self.assertEqual(ended.exitCode, 2)
-        self.assertEqual(proto.err.decode().strip(), "twistd hermes: error: invalid DSN syntax")
-        self.assertEqual(proto.out, b"")
+        # No access-log line per request.
+        self.assertNotIn(b"GET /ready", proto.err)
+        self.assertNotIn(b"GET /metrics", proto.err)
