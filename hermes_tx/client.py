@@ -123,7 +123,9 @@ class Client(service.MultiService):
             Backoff(backoff_policy(initial=0.1, factor=1.5, max_delay=max_backoff)),
             log=self.log,
         )
-        self._role_log = RoleLog(self.log, clock, multi_host=len(self.probes) > 1)
+        secrets = dsnlib.secrets(dsn)
+        self._role_log = RoleLog(self.log, clock, multi_host=len(self.probes) > 1,
+                                 scrub=lambda text: dsnlib.scrub(text, secrets))
         self._window = None
         self._watcher = None
         self._error_wait = None
@@ -384,10 +386,11 @@ class Client(service.MultiService):
 
     def _component_failed(self, report):
         self._error_wait = None
-        self.log.error(
-            "{ident} stopped: {error} (expected={expected}, action={action})",
-            ident=report.component.ident, error=one_line(report.error),
-            expected=report.expected, action=report.action,
-        )
+        if not self._failure_observers:  # else they say it
+            self.log.error(
+                "{ident} stopped: {error} (expected={expected}, action={action})",
+                ident=report.component.ident, error=one_line(report.error),
+                expected=report.expected, action=report.action,
+            )
         if self.running:
             self._watch_errors()

@@ -16,12 +16,14 @@ error strategy, which says whether to go on, back off or terminate;
 L{hermes_tx.outcomes} lets a processor say more (try again, never).
 """
 
+import psycopg2
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from hermes_tx import strategies
 from hermes_tx.backoff import Backoff, backoff_policy
+from hermes_tx.exceptions import HermesException, one_line
 from hermes_tx.queues import EventQueue
 from hermes_tx.runloop import ConsumerLoop
 from hermes_tx.supervisor import (  # noqa: F401 (ComponentError: the seed's name, here)
@@ -243,10 +245,16 @@ class Run:
             self._work()
 
     def _set_up_failed(self, failure):
-        # set_up raised: that ends this run; reported like a TERMINATE.
+        # set_up raised: that ends this run; reported like a TERMINATE.  An
+        # environment's or a database's refusal is one line; a bug gets its
+        # traceback.
         self._setting_up = False
         component = self.component
-        component.log.failure("{ident}: set_up failed", failure=failure, ident=component.ident)
+        if failure.check(OSError, psycopg2.Error, HermesException):
+            component.log.error("{ident}: set_up failed: {error}", ident=component.ident,
+                                error=one_line(failure.value))
+        else:
+            component.log.failure("{ident}: set_up failed", failure=failure, ident=component.ident)
         report = ComponentError(False, strategies.TERMINATE, component, failure.value)
         self.end(Outcome(TERMINATED, failure.value, report), tear_down=False)
 
@@ -459,6 +467,16 @@ class Component(BaseComponent):
         if self.notification_pipe is None:
             self.notification_pipe = EventQueue()
         return ConsumerRun(self)
+
+    @property
+    def failing(self):
+        """
+        C{None}, or C{(reason, since)} while the processor keeps failing to
+        deliver the same events (it raised L{hermes_tx.outcomes.Retry}, for
+        example because its output cannot be written).
+        """
+        loop = getattr(self.supervisor.run, "loop", None)
+        return None if loop is None else loop.failing
 
     @property
     def busy_since(self):

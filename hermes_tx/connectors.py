@@ -73,8 +73,11 @@ class PostgresConnector:
         @raise hermes_tx.exceptions.InvalidConfigurationException: the DSN
             does not parse.
         """
+        # The secrets of the DSN as given: a password libpq splits wrongly
+        # (an "@" in a URI's password) shows up in its messages in pieces.
+        self._secrets = dsnlib.secrets(dsn)
         self.dsn = dsnlib.normalize(dsn, application_name=application_name)
-        self.safe_dsn = dsnlib.redact(self.dsn)
+        self.safe_dsn = self.scrub(self.dsn)
         self.params = dsnlib.parse(self.dsn)
         self.hosts = split_hosts(self.params)
         self.cursor_factory = cursor_factory
@@ -87,7 +90,6 @@ class PostgresConnector:
         self.pinned = None
         self.connection = None
         self._attempt = None  # the _ConnectAttempt in progress
-        self._secrets = [s for s in (self.params.get("password"),) if s]
 
     def __repr__(self):
         return f"<PostgresConnector {self.safe_dsn!r}>"
@@ -100,10 +102,7 @@ class PostgresConnector:
         """
         @return: C{text} (a libpq message, say) without the DSN's secrets.
         """
-        text = dsnlib.redact(str(text))
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return dsnlib.scrub(dsnlib.redact(str(text)), self._secrets)
 
     # -- where to connect ---------------------------------------------------
 
@@ -278,7 +277,9 @@ class _ConnectAttempt:
             # The same class libpq's failure had (its SQLSTATE is None for
             # connection failures), with the secrets taken out.
             error = type(error)(text)
-        elif not isinstance(error, (ConnectFailedError, ConnectionLostError)):
+        elif isinstance(error, ConnectionLostError):
+            error = type(error)(text)
+        else:
             error = ConnectFailedError(text)
         self._settle(Failure(error))
 

@@ -20,7 +20,12 @@ class RoleLog:
     answers arrive.
     """
 
-    def __init__(self, log, clock, multi_host):
+    def __init__(self, log, clock, multi_host, scrub=lambda text: text):
+        """
+        @param scrub: takes a line, returns it without the DSN's secrets (a
+            host name can be a piece of a mistyped password).
+        """
+        self.scrub = scrub
         self.log = log
         self.clock = clock
         self.multi_host = multi_host
@@ -48,9 +53,11 @@ class RoleLog:
             if before is not None and before[1] is not None and not self.multi_host:
                 return  # one host, still down: the reminder covers it
             where = f"{status.entry.label}: " if self.multi_host else ""
-            self.log.warn("role check failed: {where}{error}", where=where, error=status.error)
+            self.log.warn("role check failed: {where}{error}", where=self.scrub(where),
+                          error=self.scrub(status.error))
         elif before is not None and before[1] is not None and self.multi_host:
-            self.log.info("{host} answers again ({role})", host=status.entry.label, role=status.role)
+            self.log.info("{host} answers again ({role})", host=self.scrub(status.entry.label),
+                          role=status.role)
 
     def record(self, old_role, result):
         """
@@ -60,7 +67,7 @@ class RoleLog:
         if result.role != old_role:
             where = ""
             if result.role == PRIMARY and self.multi_host and result.primary is not None:
-                where = f" ({result.primary.label})"
+                where = self.scrub(f" ({result.primary.label})")
             self.log.info("role: {old} -> {new}{where}", old=old_role, new=result.role, where=where)
         self._remind(result)
 

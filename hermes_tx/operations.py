@@ -21,8 +21,10 @@ C{--logger}: the same file, format and size-based rotation, but one this
 module can reopen.
 """
 
+import atexit
 import os
 import signal
+import sys
 
 from twisted.application import service
 from twisted.internet.error import ReactorNotRunning
@@ -79,6 +81,19 @@ def rotate_log_file():
         _twistd_log["file"].rotate()
 
 
+#: the exit status of C{twistd hermes} after a fatal failure while running
+EXIT_FAILED = 1
+
+
+def _exit_now(status):
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(status)
+
+
 class ProcessService(service.MultiService):
     """
     The top of C{twistd hermes}' service tree: installs the signal handlers
@@ -107,6 +122,8 @@ class ProcessService(service.MultiService):
         self.shutdown_timeout = shutdown_timeout
         self._replaced = {}  # signal number -> the handler it had
         self._stopping = False
+        #: C{None}, or the status the process exits with (see L{fail})
+        self.exit_status = None
 
     def startService(self):
         service.MultiService.startService(self)
@@ -157,6 +174,26 @@ class ProcessService(service.MultiService):
                 self.reactor.stop()
             except ReactorNotRunning:
                 self._already_stopping(name)
+
+    def fail(self, line, status=EXIT_FAILED):
+        """
+        Something the service cannot do without has failed for good (a
+        component terminated): log C{line}, stop cleanly, and make the
+        process exit with C{status}, so a supervisor restarts it.
+        """
+        self.log.error("{line}; stopping (exit status {status})", line=line, status=status)
+        if self.exit_status is None:
+            self.exit_status = status
+            # twistd exits 0 after a clean stop; after its own clean-up
+            # (the pid file), exit with our status instead.
+            atexit.register(_exit_now, status)
+        if self._stopping:
+            return
+        self._stopping = True
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
 
     def _already_stopping(self, name):
         wait = "" if self.shutdown_timeout is None else (

@@ -58,6 +58,8 @@ class ConsumerLoop:
     @ivar started_at: clock time at which C{current} was taken.
     @ivar report: the L{hermes_tx.components.ComponentError} that
         terminated the loop, or C{None}.
+    @ivar failing: C{None}, or C{(reason, since)} while events that were not
+        delivered are being tried again (no progress until one succeeds).
     """
 
     #: seconds of uninterrupted work after which the reactor gets a turn
@@ -69,6 +71,7 @@ class ConsumerLoop:
         self.current = None
         self.started_at = None
         self.report = None
+        self.failing = None
         self._stopping = False
         self._waits = set()  # Deferreds to cancel when stopping
 
@@ -206,6 +209,8 @@ class ConsumerLoop:
                 continue
             self.current = component.current_item = None
             component._backoff_attempts = 0
+            if self.failing is not None:
+                self.failing = None
             if outcome is not None:
                 retry = yield settle_outcome(self, item, outcome)
                 continue

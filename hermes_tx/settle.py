@@ -91,6 +91,8 @@ def _retry(loop, events, reason, retry_after):
     others = [e for e in events if type(e) is not Change]
     _release(changes, reason, retry_after)
     delay = max(component.backoff_delay(), retry_after or 0.0)
+    if others:
+        loop.failing = (one_line(reason), loop.clock.seconds())
     component.log.warn(
         "{ident}: {n} event(s) not delivered ({reason}){where}; {what} in {delay:.3g} s",
         ident=component.ident, n=len(events), reason=one_line(reason), where=_where(events),

@@ -155,6 +155,9 @@ def readiness(client):
         details["reason"] = "processor terminated: " + one_line(processor.terminated.error)
     elif processor is not None and not processor.running:
         details["reason"] = "processor is stopped"
+    elif getattr(processor, "failing", None) is not None:
+        reason, since = processor.failing
+        details["reason"] = f"processor failing since {client.clock.seconds() - since:.0f} s: {reason}"
     else:
         stuck = _stuck_for(client, processor)
         if stuck is not None:

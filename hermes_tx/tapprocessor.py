@@ -85,4 +85,5 @@ def make_processor(cls, options):
     processor = cls(**processor_kwargs(cls, options))
     processor.backoff_limit = options["backoff-limit"]
     processor.shutdown_timeout = options["shutdown-timeout"]
+    processor.execute_timeout = options["execute-timeout"] or None
     return processor

@@ -5,6 +5,7 @@ payloads, processors, DSNs, signals, log rotation, start-up mistakes.
 tests.test_operations.)
 """
 
+import json
 import os
 import socket
 
@@ -13,7 +14,7 @@ from twisted.trial import unittest
 
 from hermes_tx.events import MAX_JSON_DEPTH
 from tests.support.shared import shared_primary, sleep, wait_until
-from tests.support.twistd import run_twistd
+from tests.support.twistd import free_port, run_twistd
 
 
 def read(path):
@@ -203,3 +204,70 @@ class HostileTwistdTests(unittest.TestCase):
             self.assertEqual(err.count("\n"), 1, (args, err))
             self.assertEqual(proto.out, b"")
         self.assertFalse(os.path.exists(pidfile))
+
+    @defer.inlineCallbacks
+    def test_mistyped_password_never_reaches_the_log(self):
+        """
+        The issue's DSN, whose password has an "@": libpq reads
+        "ngPassXYZ@127.0.0.1" as the host name, and no part of the password
+        may appear on stderr however many attempts fail (nor in the status
+        page).
+        """
+        proto, transport = run_twistd(
+            ["--dsn", "postgresql://sec:Wr@ngPassXYZ@127.0.0.1:5432/postgres", "-c", "x",
+             "--max-backoff", "0.2"])
+        try:
+            yield wait_until(lambda: proto.err.count(b"\n") >= 2, timeout=20, what="log lines")
+            yield sleep(1.5)  # several more failed role checks
+        finally:
+            transport.signalProcess("TERM")
+            yield proto.ended
+        err = proto.err.decode()
+        self.assertIn("could not translate host name", err)
+        for piece in ("ngPassXYZ", "Wr@ng", "Wr@ngPassXYZ"):
+            self.assertNotIn(piece, err)
+        self.assertNotIn("Traceback", err)
+
+    @defer.inlineCallbacks
+    def test_processor_that_cannot_work(self):
+        """
+        Issue 9 items 10 and 12.  Output into a directory that does not
+        exist: the processor terminates, which is fatal for twistd hermes:
+        one line, a clean stop, exit status 1.  Output to /dev/full: every
+        write fails, the same event is retried (never skipped, never
+        counted), and /ready answers 503 saying why.
+        """
+        from twisted.internet import reactor as r
+        from twisted.web.client import Agent, readBody
+
+        cluster = shared_primary()
+        missing = os.path.join(os.path.abspath(self.mktemp()), "no", "such", "dir", "out.jsonl")
+        dead, _ = run_twistd(["--dsn", cluster.dsn(), "-c", "x", "-o", missing])
+        port = free_port()
+        full, transport = run_twistd(["--dsn", cluster.dsn(), "-c", "x", "-o", "/dev/full",
+                                      "--status-port", str(port), "--backoff-limit", "1"])
+        agent = Agent(r)
+        try:
+            ended = yield dead.ended
+            # With -o a file and -n, twistd logs to standard output.
+            yield wait_until(lambda: b"not delivered" in full.out, timeout=20, what="a retry")
+            cluster.notify("x", "one")
+            yield sleep(1.5)
+            response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/ready".encode())
+            code, ready = response.code, (yield readBody(response))
+            response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/metrics".encode())
+            metrics = yield readBody(response)
+        finally:
+            transport.signalProcess("TERM")
+        yield full.ended
+        err = (dead.out + dead.err).decode()
+        self.assertIsInstance(ended, error.ProcessTerminated, err)
+        self.assertEqual(ended.exitCode, 1, err)
+        self.assertIn("processor terminated: ", err)
+        self.assertIn("stopping (exit status 1)", err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(code, 503)
+        self.assertIn("processor failing", json.loads(ready)["reason"])
+        self.assertIn("No space left on device", json.loads(ready)["reason"])
+        self.assertNotIn(b"hermes_notifications_processed_total{", metrics)
+        self.assertNotIn("Traceback", (full.out + full.err).decode())
