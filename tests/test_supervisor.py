@@ -4,7 +4,7 @@ whose runs the tests end by hand, and a L{task.Clock} for the backoff.
 """
 
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 
 from hermes_tx.backoff import Backoff, backoff_policy
@@ -357,6 +357,9 @@ class SupervisorTests(unittest.TestCase):
         run.finish()
         self.assertEqual(self.sup.state, "idle")
         self.assertIsNone(self.sup.run)
+        [warning] = self.logged
+        self.assertEqual(warning["log_level"].name, "warn")
+        self.assertIn("no stop was asked", formatEvent(warning))
         d = self.sup.stop()
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(run.stops, 0)
