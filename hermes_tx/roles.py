@@ -14,6 +14,7 @@ choice to C{target_session_attrs}.
 from collections import namedtuple
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from hermes_tx import strategies
 from hermes_tx.exceptions import ConnectionLostError, one_line
@@ -104,8 +105,8 @@ class HostProbe:
         def done(result):
             if timer.active():
                 timer.cancel()
-            if timed_out and isinstance(result, defer.failure.Failure):
-                return defer.failure.Failure(
+            if timed_out and isinstance(result, Failure):
+                return Failure(
                     ConnectionLostError(f"no answer within {self.timeout:g} s")
                 )
             return result
