@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_following -*-
 """
 Following a server's role between checks: what is logged of role checks
 (transitions only, so an outage is a few lines, not one per check), and the

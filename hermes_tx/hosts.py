@@ -69,9 +69,11 @@ def split_hosts(params):
     addrs = _split(params.get("hostaddr", os.environ.get("PGHOSTADDR", "")))
     ports = _split(params.get("port", os.environ.get("PGPORT", "")))
     count = max(len(hosts), len(addrs))
-    if len(hosts) == 1:
+    # As libpq: one port serves every host, but a host list and a hostaddr
+    # list given together must match one to one.
+    if hosts == [""]:
         hosts = hosts * count
-    if len(addrs) == 1:
+    if addrs == [""]:
         addrs = addrs * count
     if len(ports) == 1:
         ports = ports * count
@@ -128,6 +130,12 @@ def reactor_resolver(reactor):
     """
 
     def resolve(name):
+        try:
+            name.encode("idna")
+        except UnicodeError:
+            # getaddrinfo would raise this in the resolver's thread, which
+            # Twisted's resolver lets escape: the lookup would never end.
+            return defer.succeed([])
         receiver = _Addresses()
         reactor.nameResolver.resolveHostName(receiver, name, 0)
         return receiver.done
@@ -147,9 +155,10 @@ def resolve_entries(entries, resolve):
         (libpq tries them in turn, as it does for a name), and the names
         that did not resolve (left out).
     """
-    lookups = {
-        e.host: resolve(e.host) for e in entries if e.needs_resolving
-    }
+    lookups = {}
+    for entry in entries:
+        if entry.needs_resolving and entry.host not in lookups:
+            lookups[entry.host] = defer.maybeDeferred(resolve, entry.host)
     found = {}
     for name, lookup in lookups.items():
         try:

@@ -73,7 +73,26 @@ class _Core:
 
         check.addErrback(failed).addCallback(done)
 
+    def count(self, result):
+        """
+        Count C{result} toward the backoff: an answer resets it; a
+        scheduled check nobody answered advances it, whether or not a
+        follow-up was asked for meanwhile.
+
+        @return: the seconds until the next scheduled check.
+        """
+        if result.role != UNKNOWN:
+            self.backoff.reset()
+            return self.interval
+        if self.scheduled:
+            return self.backoff.next_delay()
+        return self.backoff.policy(self.backoff.attempts)
+
     def finish(self, result):
+        """
+        @return: the seconds until the next scheduled check (see L{count}).
+        """
+        delay = self.count(result)
         self.last = result
         try:
             self.apply(result)
@@ -82,16 +101,9 @@ class _Core:
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             waiter.callback(result)
+        return delay
 
-    def schedule(self, machine, result):
-        if result.role == UNKNOWN:
-            if self.scheduled:
-                delay = self.backoff.next_delay()
-            else:
-                delay = self.backoff.policy(self.backoff.attempts)
-        else:
-            self.backoff.reset()
-            delay = self.interval
+    def schedule(self, machine, delay):
         self.timer = self.clock.callLater(delay, machine.tick)
 
     def cancel_timer(self):
@@ -136,8 +148,7 @@ def _build():
 
     @checking.upon(_Inputs.check_done).to(waiting)
     def checked(inputs, core, result):
-        core.finish(result)
-        core.schedule(inputs, result)
+        core.schedule(inputs, core.finish(result))
 
     @checking_again.upon(_Inputs.check_done).to(checking)
     def checked_then_again(inputs, core, result):

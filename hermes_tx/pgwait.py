@@ -155,8 +155,16 @@ class StepWaiter:
         if fd is None or fd < 0:
             self._finish(Failure(error.ConnectionLost("libpq has no socket to wait on")))
             return
-        self._watch = _OneShot(self.reactor, fd, direction, self._advance)
-        self._watch.register()
+        watch = _OneShot(self.reactor, fd, direction, self._advance)
+        try:
+            watch.register()
+        except Exception:
+            # The reactor refused the descriptor (epoll: EBADF): end here,
+            # rather than let the error escape from doRead into the reactor
+            # and leave done waiting for ever.
+            self._finish(Failure())
+            return
+        self._watch = watch
 
     def _finish(self, result):
         if self._finished:

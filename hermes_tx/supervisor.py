@@ -7,8 +7,10 @@ listener, one connection from connect to loss; for a processor, from start
 to stop.  A run ends in one of three ways (L{Outcome}): stopped on request,
 lost (its connection went away: start another after a backoff) or
 terminated (its error strategy said so: start no other until started
-again).  The supervisor is an Automat state machine in the manner of
-Twisted's C{ClientService}: each state owns its run or its timer.
+again).  A run that reports stopped though nobody asked leaves the
+supervisor idle (with a warning), not restarted.  The supervisor is an
+Automat state machine in the manner of Twisted's C{ClientService}: each
+state owns its run or its timer.
 
 Its L{Backoff} resets when a run becomes ready (a listener LISTENing): a
 connection that was established and working is a success, so the next loss
@@ -196,6 +198,15 @@ def _build():
             core.finish_stopping()
             core.begin_run(inputs)
 
+    @running.upon(_Inputs.run_finished).to(idle)
+    def ended_unasked(inputs, core, run, outcome):
+        # Nobody asked this run to stop (a consumer loop that failed ends
+        # so): it is over all the same.  Keeping it as the current run
+        # would make the next stop() wait for an end that already came.
+        core.log.warn("{ident}: a run ended though no stop was asked",
+                      ident=getattr(core.component, "ident", repr(core.component)))
+        core.finish_stopping()
+
     stopping.upon(_Inputs.start).to(restarting).returns(None)
     restarting.upon(_Inputs.start).loop().returns(None)
     for state in (running, backing_off):
@@ -207,7 +218,6 @@ def _build():
     for end in ends:
         for state in (idle, backing_off, terminated):
             state.upon(end).loop().returns(None)
-    running.upon(_Inputs.run_finished).loop().returns(None)
     for state in (idle, running, stopping, restarting, terminated):
         state.upon(_Inputs.retry).loop().returns(None)
     return builder.build()

@@ -114,12 +114,22 @@ class FailoverFileWatcher:
         self.reactor.callFromThread(self._callback, event_type, name)
 
     def start(self):
+        """
+        Start watching.  A directory that does not exist yet (a standby
+        still being cloned) is watched once it is made, with a warning now.
+        """
+        # Start the observer first: watchdog starts the watches scheduled
+        # before Observer.start() inside it and re-raises their errors
+        # (FileNotFoundError for a missing directory); scheduled on a
+        # running observer, each watch fails on its own.
         self._observer = Observer()
-        parent = os.path.dirname(self.path)
-        if os.path.isdir(parent):
-            self._observer.schedule(_ParentHandler(self.path, self._appeared), parent, recursive=False)
-        self._arm()
         self._observer.start()
+        parent = os.path.dirname(self.path)
+        try:
+            self._observer.schedule(_ParentHandler(self.path, self._appeared), parent, recursive=False)
+        except OSError as e:
+            self.log.warn("cannot watch {path}: {error}", path=parent, error=e)
+        self._arm()
 
     def _arm(self):
         """

@@ -2,8 +2,8 @@
 Tests for the L{hermes_tx.client.Client}'s role-based behaviour on real
 primary/standby pairs: components run only on a primary, promotion starts
 them (with and without a watched data directory), a multi-host DSN follows a
-failover and a demotion, an unreachable server is retried with backoff, and
-the failover-file watcher hands watchdog's events to the reactor thread.
+failover and a demotion, an unreachable server is retried with backoff (the
+failover-file watcher's own tests are in tests.test_watchers).
 
 Each class that promotes or stops a server has its own pair (made once per
 class, about 2 s).  Servers are stopped and promoted from a worker thread,
@@ -15,18 +15,15 @@ starting with C{hermes_tx failover timing:}.
 
 import os
 import sys
-import threading
 import time
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.logger import Logger, formatEvent
-from twisted.python import threadable
 from twisted.trial import unittest
 
 from hermes_tx.client import Client
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.listeners import PostgresNotificationListener
-from hermes_tx.watchers import FailoverFileWatcher
 from tests.support.fixtures import PrimaryStandbyFixtures
 from tests.support.shared import Collector, capture_log, shared_primary, sleep, wait_until
 
@@ -313,64 +310,6 @@ class UnreachableServerTests(unittest.TestCase):
         self.assertIn("Connection refused", e["error"])
         self.assertEqual(collector.events, [])
         self.assertEqual(self.flushLoggedErrors(), [])
-
-
-class FailoverFileWatcherTests(unittest.TestCase):
-    @defer.inlineCallbacks
-    def test_events_from_another_thread(self):
-        """
-        Changes made from another thread reach the callback in the reactor
-        thread, for failover files only; stop() returns a Deferred that
-        fires, after which nothing is delivered.
-        """
-        path = os.path.abspath(self.mktemp())
-        os.makedirs(path)
-        seen = []
-
-        def callback(event_type, name):
-            seen.append((event_type, name, threadable.isInIOThread()))
-
-        watcher = FailoverFileWatcher(path, callback)
-        watcher.start()
-        self.addCleanup(watcher.stop)
-
-        def change_files():
-            with open(os.path.join(path, "other.txt"), "w") as f:
-                f.write("unrelated")
-            with open(os.path.join(path, "standby.signal"), "w"):
-                pass
-            os.remove(os.path.join(path, "standby.signal"))
-            os.remove(os.path.join(path, "other.txt"))
-
-        writer = threading.Thread(target=change_files)
-        writer.start()
-        yield wait_until(
-            lambda: ("deleted", "standby.signal", True) in seen, timeout=5, what="deleted event"
-        )
-        writer.join()
-        self.assertIn(("created", "standby.signal", True), seen)
-        self.assertLess(
-            seen.index(("created", "standby.signal", True)),
-            seen.index(("deleted", "standby.signal", True)),
-        )
-        self.assertEqual({name for _, name, _ in seen}, {"standby.signal"})
-        self.assertEqual({in_reactor for _, _, in_reactor in seen}, {True})
-        # Opening and closing a file are not changes (watchdog reports both).
-        self.assertLessEqual({kind for kind, _, _ in seen}, {"created", "modified", "deleted"})
-
-        stopping = watcher.stop()
-        self.assertIsInstance(stopping, defer.Deferred)
-        fired = []
-        stopping.addCallback(fired.append)
-        yield stopping
-        self.assertEqual(fired, [None])
-        count = len(seen)
-        with open(os.path.join(path, "standby.signal"), "w"):
-            pass
-        yield sleep(0.3)
-        self.assertEqual(len(seen), count)
-        # Stopping again is harmless.
-        self.assertEqual((yield watcher.stop()), None)
 
 
 class ConcurrentRoleCheckTests(unittest.TestCase, _ClientHelpers):

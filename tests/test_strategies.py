@@ -69,24 +69,3 @@ class CommonErrorStrategyTests(unittest.TestCase):
         self.assertRaises(
             NotImplementedError, strategies.AbstractErrorStrategy().handle_exception, ValueError()
         )
-
-
-class BackoffPolicyTests(unittest.TestCase):
-    def test_exact_sequence_capped(self):
-        policy = strategies.backoff_policy(initial=1, factor=2, max_delay=32, jitter=None)
-        self.assertEqual([policy(n) for n in range(8)], [1, 2, 4, 8, 16, 32, 32, 32])
-
-    def test_huge_attempt_counts(self):
-        policy = strategies.backoff_policy(initial=0.1, max_delay=16, jitter=None)
-        self.assertEqual(policy(10**6), 16)
-
-    def test_default_jitter_stays_under_cap(self):
-        """
-        The default jitter takes off at most a tenth, so the cap holds.
-        """
-        policy = strategies.backoff_policy(initial=0.1, factor=2, max_delay=16)
-        for attempt in range(20):
-            exact = min(0.1 * 2**attempt, 16)
-            for _ in range(20):
-                delay = policy(attempt)
-                self.assertTrue(exact * 0.9 <= delay <= exact, (attempt, delay))
