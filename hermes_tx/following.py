@@ -50,8 +50,6 @@ class RoleLog:
             return
         self._hosts[status.entry] = seen
         if status.error is not None:
-            if before is not None and before[1] is not None and not self.multi_host:
-                return  # one host, still down: the reminder covers it
             where = f"{status.entry.label}: " if self.multi_host else ""
             self.log.warn("role check failed: {where}{error}", where=self.scrub(where),
                           error=self.scrub(status.error))

@@ -43,10 +43,14 @@ class RoleLogTests(unittest.TestCase):
 
     def record(self, log, r):
         """
-        Record C{r} as the Client does (the old role is the last result's)
-        and return the lines it logged, as C{(level, text)}.
+        Record C{r} as the Client does (each host's answer as it arrives,
+        then the result; the old role is the last result's) and return the
+        lines it logged, as C{(level, text)}.
         """
         start = len(self.events)
+        for status in r.hosts:
+            if status.role is not None:
+                log.host_status(status)
         log.record(self.role, r)
         self.role = r.role
         return [(e["log_level"].name, formatEvent(e)) for e in self.events[start:]]
