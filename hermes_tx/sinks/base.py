@@ -197,3 +197,18 @@ def merge(into, outcome):
         into.retry.extend(outcome.retry)
         into.rejected.extend(outcome.rejected)
     return into
+
+
+def within(d, seconds, clock):
+    """
+    Cancel C{d} after C{seconds} on C{clock}; it then fails with
+    C{defer.TimeoutError} whatever the cancelled work ended with (a
+    request's C{ResponseNeverReceived}, a pipeline's partial answers).
+
+    @return: C{d}.
+    """
+    return d.addTimeout(seconds, clock, onTimeoutCancel=_timed_out)
+
+
+def _timed_out(result, timeout):
+    raise defer.TimeoutError(timeout, "deadline")

@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 
 from hermes_tx.exceptions import one_line
 from hermes_tx.outcomes import BatchOutcome, Reject, Retry
-from hermes_tx.sinks.base import merge, whole
+from hermes_tx.sinks.base import merge, whole, within
 
 #: the longest C{Retry-After} honoured, in seconds, unless a sink says else
 MAX_RETRY_AFTER = 300.0
@@ -138,7 +138,7 @@ def post(sink, client, url, body, headers):
                        allow_redirects=False)
     d.addCallback(lambda response: read_body(response).addCallback(
         lambda content: (response.code, response.headers, content)))
-    d.addTimeout(sink.timeout, clock, onTimeoutCancel=_timed_out)
+    within(d, sink.timeout, clock)
     try:
         status, answer_headers, content = yield d
     except Exception as e:
@@ -150,12 +150,6 @@ def post(sink, client, url, body, headers):
         raise Retry(f"request failed: {_reason(e)}") from None
     sink.metrics.observe(clock.seconds() - started, failed=not 200 <= status < 300)
     return status, answer_headers, content
-
-
-def _timed_out(result, timeout):
-    # Whatever the cancelled request failed with (ResponseNeverReceived
-    # wrapping CancelledError, say), the cause is the deadline.
-    raise defer.TimeoutError(timeout, "deadline")
 
 
 def _reason(error):

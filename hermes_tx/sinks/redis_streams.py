@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_sink_redis -*-
+"""
+L{RedisStreamSink}: one C{XADD} per event to a Redis stream, pipelined per
+batch, with txredisapi.
+"""
+
+import txredisapi
+from twisted.internet import defer, endpoints
+
+from hermes_tx.exceptions import one_line
+from hermes_tx.outcomes import BatchOutcome, Retry
+from hermes_tx.sinks.base import Sink, Unsendable, within
+from hermes_tx.sinks.connecting import OnDemand
+from hermes_tx.sinks.records import id_of, topic_of
+from hermes_tx.sinks.urls import SinkURL, SinkURLError, Secrets, read_secret
+
+#: query parameters of the sink URL that are not secret
+URL_PARAMS = ("stream", "maxlen")
+
+
+def fields(event):
+    """
+    The stream entry's fields for C{event}, in order: for a change
+    C{topic}, C{key}, C{id} (the outbox id) and C{payload} (the JSON text
+    as stored); for a notification C{topic} (the channel), C{payload} (the
+    text as sent) and C{pid}.
+
+    @return: a flat list C{[name, value, name, value, ...]} of bytes.
+    @raise Unsendable: a value is not encodable as UTF-8.
+    """
+    if event.kind == "change":
+        pairs = ("topic", event.topic, "key", event.key, "id", id_of(event),
+                 "payload", event.payload)
+    else:
+        pairs = ("topic", topic_of(event), "payload", event.payload, "pid", str(event.pid))
+    try:
+        return [str(v).encode("utf-8") for v in pairs]
+    except UnicodeEncodeError as e:
+        raise Unsendable(f"not encodable as UTF-8: {e.reason}") from None
+
+
+class RedisStreamSink(Sink):
+    """
+    Appends each event to a Redis stream with C{XADD} (see L{fields}), one
+    pipeline per batch, C{MAXLEN ~ N} when given.  An event is done once
+    its C{XADD} was answered with an entry id.
+
+    Outcomes: a batch that finds no connection, or whose connection is
+    lost, retries the events not yet answered (an entry may then be added
+    twice: consumers can tell by the C{id} field); a Redis error reply
+    (C{OOM}, C{READONLY}, C{LOADING}, C{WRONGTYPE} ...) retries that event
+    (the condition is the server's, not the event's).  Events are never
+    rejected except one that cannot be encoded.  There is no reconnecting in
+    the background: the next batch connects again.
+    """
+
+    kind = "redis"
+    default_max_batch = 500
+
+    def __init__(self, url, secret_file=None, password=None, timeout=30.0, reactor=None,
+                 **sink_kwargs):
+        """
+        @param url: C{redis://[[user]:password@]host[:port][/DB]?stream=NAME[&maxlen=N]}.
+        @param secret_file: a file holding the password.
+        @param password: the password (instead of the URL's or the file's).
+        @param timeout: seconds for connecting, and for a whole batch to be
+            answered; then the connection is dropped and the unanswered
+            events retried.
+        @param reactor: the reactor for connections (default: the global
+            one).
+        @param sink_kwargs: passed to L{Sink}.
+        """
+        parsed = SinkURL(url, safe_params=URL_PARAMS)
+        if parsed.scheme != "redis":
+            raise SinkURLError(f"sink URL {parsed.redacted}: expected redis://")
+        self.stream = parsed.params.get("stream")
+        if not self.stream:
+            raise SinkURLError(f"sink URL {parsed.redacted} names no stream (?stream=NAME)")
+        self.maxlen = parsed.int_param("maxlen", minimum=1)
+        try:
+            self.db = int(parsed.path or 0)
+        except ValueError:
+            raise SinkURLError(f"sink URL {parsed.redacted}: the path must be a database number") \
+                from None
+        if secret_file is not None:
+            password = read_secret(secret_file)
+        elif password is None:
+            password = parsed.password
+        Sink.__init__(self, parsed.redacted, Secrets(password), timeout=timeout, **sink_kwargs)
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._host = parsed.host or "127.0.0.1"
+        self._port = parsed.port or 6379
+        self._username = parsed.username or None
+        self._password = password
+        self._head = [b"XADD", self.stream.encode("utf-8")]
+        if self.maxlen is not None:
+            self._head += [b"MAXLEN", b"~", str(self.maxlen).encode()]
+        self._head.append(b"*")
+        self.connection = OnDemand(self._connect, _alive, _abort, self.clock, self.timeout,
+                                   parsed.redacted)
+
+    def _connect(self):
+        factory = txredisapi.RedisFactory(
+            f"{self._host}:{self._port}", self.db, 1, isLazy=False,
+            handler=txredisapi.ConnectionHandler, charset=None, password=self._password,
+            replyTimeout=None, convertNumbers=False, username=self._username)
+        factory.reconnect = False
+        factory.startConnecting(endpoints.HostnameEndpoint(
+            self._reactor, self._host, self._port, timeout=self.timeout))
+        d = defer.Deferred(lambda _: factory.disconnect())
+        factory.deferred.chainDeferred(d)
+        return d
+
+    def prepare(self, event):
+        return self._head + fields(event)
+
+    @defer.inlineCallbacks
+    def send(self, events, prepared):
+        started = self.clock.seconds()
+        answers = {}
+        try:
+            handler = yield self.connection.get()
+            yield within(self._pipeline(handler, events, prepared, answers), self.timeout,
+                         self.clock)
+        except Exception as e:
+            self.metrics.observe(self.clock.seconds() - started, failed=True)
+            if isinstance(e, defer.TimeoutError):
+                self.connection.drop()
+                why = f"no answer within {self.timeout:g} s"
+            else:
+                why = str(e) if isinstance(e, Retry) else one_line(e)
+            if not answers:
+                raise Retry(why) from None
+            return self._outcome(events, answers, why)
+        self.metrics.observe(self.clock.seconds() - started, failed=len(answers) < len(events))
+        return self._outcome(events, answers, "the connection was lost before Redis answered")
+
+    @defer.inlineCallbacks
+    def _pipeline(self, handler, events, prepared, answers):
+        protocol = yield handler.pipeline()
+        try:
+            for e in events:
+                reply = protocol.execute_command(*prepared[id(e)])
+                reply.addBoth(_answer, answers, id(e))
+        finally:
+            yield protocol.execute_pipeline()
+
+    @staticmethod
+    def _outcome(events, answers, why):
+        outcome = BatchOutcome()
+        for e in events:
+            answer = answers.get(id(e))
+            if answer is None:
+                outcome.retry_event(e, why)
+            elif isinstance(answer, Exception):
+                outcome.retry_event(e, f"Redis answered {one_line(answer)}")
+        return outcome if outcome.retry else None
+
+    def tear_down(self):
+        return self.connection.close()
+
+
+def _answer(reply, answers, key):
+    if isinstance(reply, defer.Failure):
+        reply = reply.value
+        if isinstance(reply, (txredisapi.ConnectionError, defer.CancelledError)):
+            return None  # not answered: retried with the batch's reason
+    answers[key] = reply
+    return None
+
+
+def _alive(handler):
+    return any(p.connected for p in handler._factory.pool)
+
+
+def _abort(handler):
+    return handler.disconnect()
