@@ -8,9 +8,8 @@ import txredisapi
 from twisted.internet import defer, endpoints
 
 from hermes_tx.exceptions import one_line
-from hermes_tx.outcomes import BatchOutcome, Retry
-from hermes_tx.sinks.base import Sink, Unsendable, within
-from hermes_tx.sinks.connecting import OnDemand
+from hermes_tx.sinks.base import Unsendable
+from hermes_tx.sinks.brokersink import BrokerSink
 from hermes_tx.sinks.records import id_of, topic_of
 from hermes_tx.sinks.urls import SinkURL, SinkURLError, Secrets, read_secret
 
@@ -39,7 +38,7 @@ def fields(event):
         raise Unsendable(f"not encodable as UTF-8: {e.reason}") from None
 
 
-class RedisStreamSink(Sink):
+class RedisStreamSink(BrokerSink):
     """
     Appends each event to a Redis stream with C{XADD} (see L{fields}), one
     pipeline per batch, C{MAXLEN ~ N} when given.  An event is done once
@@ -56,6 +55,8 @@ class RedisStreamSink(Sink):
 
     kind = "redis"
     default_max_batch = 500
+    lost_reason = "the connection was lost before Redis answered"
+    unanswered = (defer.CancelledError, txredisapi.ConnectionError)
 
     def __init__(self, url, secret_file=None, password=None, timeout=30.0, reactor=None,
                  **sink_kwargs):
@@ -86,7 +87,8 @@ class RedisStreamSink(Sink):
             password = read_secret(secret_file)
         elif password is None:
             password = parsed.password
-        Sink.__init__(self, parsed.redacted, Secrets(password), timeout=timeout, **sink_kwargs)
+        BrokerSink.__init__(self, parsed.redacted, Secrets(password), _alive, _abort,
+                            timeout=timeout, **sink_kwargs)
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -98,8 +100,6 @@ class RedisStreamSink(Sink):
         if self.maxlen is not None:
             self._head += [b"MAXLEN", b"~", str(self.maxlen).encode()]
         self._head.append(b"*")
-        self.connection = OnDemand(self._connect, _alive, _abort, self.clock, self.timeout,
-                                   parsed.redacted)
 
     def _connect(self):
         factory = txredisapi.RedisFactory(
@@ -117,58 +117,17 @@ class RedisStreamSink(Sink):
         return self._head + fields(event)
 
     @defer.inlineCallbacks
-    def send(self, events, prepared):
-        started = self.clock.seconds()
-        answers = {}
-        try:
-            handler = yield self.connection.get()
-            yield within(self._pipeline(handler, events, prepared, answers), self.timeout,
-                         self.clock)
-        except Exception as e:
-            self.metrics.observe(self.clock.seconds() - started, failed=True)
-            if isinstance(e, defer.TimeoutError):
-                self.connection.drop()
-                why = f"no answer within {self.timeout:g} s"
-            else:
-                why = str(e) if isinstance(e, Retry) else one_line(e)
-            if not answers:
-                raise Retry(why) from None
-            return self._outcome(events, answers, why)
-        self.metrics.observe(self.clock.seconds() - started, failed=len(answers) < len(events))
-        return self._outcome(events, answers, "the connection was lost before Redis answered")
-
-    @defer.inlineCallbacks
-    def _pipeline(self, handler, events, prepared, answers):
+    def publish(self, handler, events, prepared, answers):
         protocol = yield handler.pipeline()
         try:
             for e in events:
                 reply = protocol.execute_command(*prepared[id(e)])
-                reply.addBoth(_answer, answers, id(e))
+                reply.addBoth(self.record, answers, e)
         finally:
             yield protocol.execute_pipeline()
 
-    @staticmethod
-    def _outcome(events, answers, why):
-        outcome = BatchOutcome()
-        for e in events:
-            answer = answers.get(id(e))
-            if answer is None:
-                outcome.retry_event(e, why)
-            elif isinstance(answer, Exception):
-                outcome.retry_event(e, f"Redis answered {one_line(answer)}")
-        return outcome if outcome.retry else None
-
-    def tear_down(self):
-        return self.connection.close()
-
-
-def _answer(reply, answers, key):
-    if isinstance(reply, defer.Failure):
-        reply = reply.value
-        if isinstance(reply, (txredisapi.ConnectionError, defer.CancelledError)):
-            return None  # not answered: retried with the batch's reason
-    answers[key] = reply
-    return None
+    def refusal(self, error):
+        return f"Redis answered {one_line(error)}"
 
 
 def _alive(handler):

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 from urllib.parse import urlsplit, urlunsplit
 
-from hermes_tx.sinks import http
 from hermes_tx.sinks.base import Unsendable
 from hermes_tx.sinks.httpsink import HttpSink
 from hermes_tx.sinks.records import encode, id_of, record

@@ -52,7 +52,8 @@ class Driver:
                  fault=None):
         """
         @param fault: C{None}, or a callable taking the batch number, called
-            just before each C{execute} (to break the other side).
+            just before each C{execute} (to break the other side); when it
+            returns a Deferred, the next batch waits for it.
         """
         self.sink = sink
         self.max_batch = max_batch or sink.max_batch
@@ -107,8 +108,7 @@ class Driver:
             if not batch:
                 yield task.deferLater(reactor, 0.002, lambda: None)
                 continue
-            if self.fault is not None:
-                self.fault(self.batches)
+            breaking = self.fault(self.batches) if self.fault is not None else None
             self.batches += 1
             try:
                 outcome = yield defer.maybeDeferred(self.sink.execute, batch)
@@ -119,6 +119,8 @@ class Driver:
             except Exception as e:  # the component's error strategy: back off
                 self.errors.append(e)
                 outcome = BatchOutcome([(c, repr(e), None) for c in batch])
+            if isinstance(breaking, defer.Deferred):
+                yield breaking
             outcome = outcome or BatchOutcome()
             for c, _, after in outcome.retry:
                 self._retry(c, after)
