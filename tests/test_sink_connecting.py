@@ -162,3 +162,47 @@ class SinkBaseTests(unittest.TestCase):
         self.assertRaises(ValueError, FakeSink, None, timeout=0)
         self.assertEqual(FakeSink(None).max_batch, 100)
         self.assertEqual(repr(FakeSink(None)), "<FakeSink fake://>")
+
+
+class RedisBatchProtocolTests(unittest.TestCase):
+    """
+    The Redis sink's batch path in memory: replies split anywhere, error
+    replies in place, partial answers on a lost connection.
+    """
+
+    def setUp(self):
+        from twisted.internet.testing import StringTransport
+
+        from hermes_tx.sinks.redis_protocol import RedisBatchProtocol
+
+        self.protocol = RedisBatchProtocol(charset=None, convertNumbers=False)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def test_replies_in_any_chunks(self):
+        from hermes_tx.sinks.redis_protocol import command
+
+        d = self.protocol.send_batch([command([b"XADD", b"s", b"*", b"a", b"1"])] * 3)
+        self.assertEqual(self.transport.value(),
+                         b"*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$1\r\na\r\n$1\r\n1\r\n" * 3)
+        wire = b"$3\r\n1-0\r\n-WRONGTYPE bad\r\n$3\r\n3-0\r\n"
+        for i in range(len(wire)):  # one byte at a time
+            self.assertNoResult(d)
+            self.protocol.dataReceived(wire[i:i + 1])
+        replies = self.successResultOf(d)
+        self.assertEqual(replies[0::2], [b"1-0", b"3-0"])
+        self.assertIn("WRONGTYPE", str(replies[1]))
+
+    def test_all_at_once_then_lost_midway(self):
+        from hermes_tx.sinks.redis_protocol import BatchLost
+
+        d = self.protocol.send_batch([b"x"] * 2)
+        self.protocol.dataReceived(b"$3\r\n1-0\r\n")
+        self.protocol.connectionLost(Exception("gone"))
+        self.assertEqual(self.failureResultOf(d, BatchLost).value.replies, [b"1-0"])
+
+    def test_cancel_aborts(self):
+        d = self.protocol.send_batch([b"x"])
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertTrue(self.transport.disconnecting)

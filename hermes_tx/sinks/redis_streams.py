@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_sink_redis -*-
 """
 L{RedisStreamSink}: one C{XADD} per event to a Redis stream, pipelined per
-batch, with txredisapi.
+batch (the batch's commands written at once, their replies collected in
+order), over a txredisapi connection (L{hermes_tx.sinks.redis_protocol}).
 """
 
 import txredisapi
@@ -9,7 +10,8 @@ from twisted.internet import defer, endpoints
 
 from hermes_tx.exceptions import one_line
 from hermes_tx.sinks.base import Unsendable
-from hermes_tx.sinks.brokersink import BrokerSink
+from hermes_tx.sinks.brokersink import CONFIRMED, BrokerSink
+from hermes_tx.sinks.redis_protocol import BatchLost, RedisBatchProtocol, command
 from hermes_tx.sinks.records import id_of, topic_of
 from hermes_tx.sinks.urls import SinkURL, SinkURLError, Secrets, read_secret
 
@@ -56,7 +58,6 @@ class RedisStreamSink(BrokerSink):
     kind = "redis"
     default_max_batch = 500
     lost_reason = "the connection was lost before Redis answered"
-    unanswered = (defer.CancelledError, txredisapi.ConnectionError)
 
     def __init__(self, url, secret_file=None, password=None, timeout=30.0, reactor=None,
                  **sink_kwargs):
@@ -107,6 +108,7 @@ class RedisStreamSink(BrokerSink):
             handler=txredisapi.ConnectionHandler, charset=None, password=self._password,
             replyTimeout=None, convertNumbers=False, username=self._username)
         factory.reconnect = False
+        factory.protocol = RedisBatchProtocol
         factory.startConnecting(endpoints.HostnameEndpoint(
             self._reactor, self._host, self._port, timeout=self.timeout))
         d = defer.Deferred(lambda _: factory.disconnect())
@@ -114,17 +116,24 @@ class RedisStreamSink(BrokerSink):
         return d
 
     def prepare(self, event):
-        return self._head + fields(event)
+        return command(self._head + fields(event))
 
-    @defer.inlineCallbacks
     def publish(self, handler, events, prepared, answers):
-        protocol = yield handler.pipeline()
-        try:
-            for e in events:
-                reply = protocol.execute_command(*prepared[id(e)])
-                reply.addBoth(self.record, answers, e)
-        finally:
-            yield protocol.execute_pipeline()
+        protocol = next((p for p in handler._factory.pool if p.connected), None)
+        if protocol is None:
+            return defer.fail(txredisapi.ConnectionError("Not connected"))
+
+        def answered(replies):
+            for e, reply in zip(events, replies):
+                answers[id(e)] = reply if isinstance(reply, Exception) else CONFIRMED
+
+        def lost(failure):
+            failure.trap(BatchLost)
+            answered(failure.value.replies)
+            return failure
+
+        d = protocol.send_batch([prepared[id(e)] for e in events])
+        return d.addCallbacks(answered, lost)
 
     def refusal(self, error):
         return f"Redis answered {one_line(error)}"
