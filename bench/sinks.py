@@ -149,10 +149,10 @@ def webhook_body(batch):
     return ("[" + ",".join(encode(record(e)) for e in batch) + "]").encode()
 
 
-def bulk_body(batch):
+def bulk_body(index, batch):
     lines = []
     for e in batch:
-        lines.append(json.dumps({"index": {"_index": "bench", "_id": e.key, "version": e.id,
+        lines.append(json.dumps({"index": {"_index": index, "_id": e.key, "version": e.id,
                                            "version_type": "external"}}))
         lines.append(json.dumps(e.data["new"]))
     return ("\n".join(lines) + "\n").encode()
@@ -177,7 +177,8 @@ def worker(args):
     elif name == "es-sink":
         result = run_sink(f"elasticsearch+http://127.0.0.1:{port}/bench-{tag}", events, 500)
     elif name == "es-http.client":
-        result = http_client(port, "/_bulk", events, 500, bulk_body)
+        result = http_client(port, "/_bulk", events, 500,
+                             lambda batch: bulk_body(f"bench-{tag}", batch))
     else:
         raise SystemExit(f"unknown worker {name}")
     if name.startswith("amqp") or name.startswith("pika"):

@@ -229,3 +229,16 @@ class ElasticsearchTests(unittest.TestCase):
         for key, ids in expected.items():
             self.assertEqual(live[key][0], ids[-1])
             self.assertEqual(live[key][1], {"k": key, "n": 7})
+
+
+class ActionTests(unittest.TestCase):
+    def test_unencodable_or_nan_is_unsendable(self):
+        from hermes_tx.sinks.base import Unsendable
+        from hermes_tx.sinks.elasticsearch import action
+
+        for c in (change(1, "k\ud800", "DELETE"), change(2, "k", "INSERT", {"x": float("nan")}),
+                  change(3, "k", "INSERT", {"x": "\udc80"})):
+            self.assertRaises(Unsendable, action, c, "docs")
+        self.assertEqual(action(change(4, "k", "DELETE"), "i"),
+                         ("delete", b'{"delete":{"_index":"i","_id":"k","version":4,'
+                                    b'"version_type":"external"}}\n'))

@@ -118,9 +118,10 @@ class WebhookTests(unittest.TestCase):
         url = self.serve()
         sink = self.sink(url)
         bad = Change(5, "t", "k5", 0, 1.0, "NaN", float("nan"))
+        surrogate = Event("notification", "ch", "\ud800", 1)
         good = make_changes(1, 1)
-        outcome = yield sink.execute([bad] + good)
-        self.assertEqual([e for e, _ in outcome.rejected], [bad])
+        outcome = yield sink.execute([bad, surrogate] + good)
+        self.assertEqual([e for e, _ in outcome.rejected], [bad, surrogate])
         self.assertEqual([e["id"] for e in self.resource.events()], [1])
 
     @defer.inlineCallbacks

@@ -9,7 +9,7 @@ L{from_url} picks one by the URL's scheme:
   - C{elasticsearch+http://}, C{elasticsearch+https://} (also
     C{opensearch+http(s)://}):
     L{hermes_tx.sinks.elasticsearch.ElasticsearchSink};
-  - C{redis://}, C{rediss://}: L{hermes_tx.sinks.redis_streams.RedisStreamSink};
+  - C{redis://}: L{hermes_tx.sinks.redis_streams.RedisStreamSink};
   - C{amqp://}, C{amqps://}: L{hermes_tx.sinks.amqp.AmqpSink}.
 
 Each class is also usable on its own (in a C{.tac}).  Outcomes follow
@@ -30,7 +30,6 @@ SCHEMES = {
     "opensearch+http": ("hermes_tx.sinks.elasticsearch", "ElasticsearchSink"),
     "opensearch+https": ("hermes_tx.sinks.elasticsearch", "ElasticsearchSink"),
     "redis": ("hermes_tx.sinks.redis_streams", "RedisStreamSink"),
-    "rediss": ("hermes_tx.sinks.redis_streams", "RedisStreamSink"),
     "amqp": ("hermes_tx.sinks.amqp", "AmqpSink"),
     "amqps": ("hermes_tx.sinks.amqp", "AmqpSink"),
 }

@@ -29,8 +29,8 @@ def action(event, index):
     document.  A notification's decoded data is indexed with an id the
     server picks.
 
-    @return: C{(op, lines)}: C{"index"} or C{"delete"}, and the NDJSON text
-        of its one or two lines.
+    @return: C{(op, lines)}: C{"index"} or C{"delete"}, and its one or two
+        NDJSON lines (UTF-8 bytes).
     @raise Unsendable: the event has no JSON object to index or an unknown op.
     """
     if event.kind == "change":
@@ -39,7 +39,7 @@ def action(event, index):
         data = event.data
         op = data.get("op") if isinstance(data, dict) else None
         if op == "DELETE":
-            return "delete", encode({"delete": meta}) + "\n"
+            return "delete", _lines({"delete": meta})
         if op is None:
             doc = data
         elif op in ("INSERT", "UPDATE"):
@@ -51,11 +51,18 @@ def action(event, index):
         doc = getattr(event, "data", None)
     if not isinstance(doc, dict):
         raise Unsendable("no JSON object to index")
+    return "index", _lines({"index": meta}, doc)
+
+
+def _lines(*values):
+    """
+    @return: C{values} as NDJSON, UTF-8.
+    @raise Unsendable: not strict JSON, or not encodable.
+    """
     try:
-        source = encode(doc)
-    except ValueError as e:
+        return "".join(encode(v) + "\n" for v in values).encode("utf-8")
+    except ValueError as e:  # UnicodeEncodeError too
         raise Unsendable(f"not strict JSON: {e}") from None
-    return "index", encode({"index": meta}) + "\n" + source + "\n"
 
 
 def item_outcome(outcome, event, op, item):
@@ -140,7 +147,7 @@ class ElasticsearchSink(HttpSink):
         return action(event, self.index)
 
     def body(self, events, prepared):
-        return "".join(prepared[id(e)][1] for e in events).encode("utf-8"), {}
+        return b"".join(prepared[id(e)][1] for e in events), {}
 
     def answered(self, events, prepared, status, content):
         try:

@@ -14,6 +14,8 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from hermes_tx.exceptions import one_line
 from hermes_tx.outcomes import BatchOutcome, Reject, Retry
@@ -35,14 +37,44 @@ class PayloadTooLarge(Reject):
     """
 
 
-def make_client(reactor, timeout):
+@implementer(IBodyProducer)
+class BytesProducer:
     """
+    A request body already in memory, written in one go (treq's default
+    producer for bytes feeds it through a cooperator, in slices).
+    """
+
+    def __init__(self, body):
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer):
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+def make_client(reactor, timeout, agent=None):
+    """
+    @param agent: an C{IAgent} to use instead of a pooled one (tests).
     @return: C{(client, pool)}: a treq C{HTTPClient} on a persistent
-        L{HTTPConnectionPool} (connect timeout C{timeout}).
+        L{HTTPConnectionPool} (connect timeout C{timeout}; C{None} with
+        C{agent}).
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 2
-    return HTTPClient(Agent(reactor, pool=pool, connectTimeout=timeout)), pool
+    pool = None
+    if agent is None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 2
+        agent = Agent(reactor, pool=pool, connectTimeout=timeout)
+    return HTTPClient(agent, data_to_body_producer=BytesProducer), pool
 
 
 def parse_retry_after(value, now, cap=MAX_RETRY_AFTER):

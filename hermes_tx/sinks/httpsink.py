@@ -5,8 +5,6 @@ plain HTTP: the pooled client, the POST of a batch (split in halves on
 413) and the closing of the pool.
 """
 
-from treq.client import HTTPClient
-
 from hermes_tx.sinks import http
 from hermes_tx.sinks.base import Sink
 from hermes_tx.sinks.urls import basic_token
@@ -44,13 +42,10 @@ class HttpSink(Sink):
 
     def _http(self):
         if self._client is None:
-            if self._agent is not None:
-                self._client = HTTPClient(self._agent)
-            else:
-                reactor = self._reactor
-                if reactor is None:
-                    from twisted.internet import reactor
-                self._client, self._pool = http.make_client(reactor, self.timeout)
+            reactor = self._reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            self._client, self._pool = http.make_client(reactor, self.timeout, self._agent)
         return self._client
 
     def send(self, events, prepared):

@@ -93,12 +93,12 @@ class WebhookSink(HttpSink):
 
     def prepare(self, event):
         try:
-            return encode(record(event))
-        except ValueError as e:
+            return encode(record(event)).encode("utf-8")
+        except ValueError as e:  # UnicodeEncodeError too
             raise Unsendable(f"not strict JSON: {e}") from None
 
     def body(self, events, prepared):
-        body = ("[" + ",".join(prepared[id(e)] for e in events) + "]").encode("utf-8")
+        body = b"[" + b",".join(prepared[id(e)] for e in events) + b"]"
         headers = {}
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = signature(self._secret, body)
