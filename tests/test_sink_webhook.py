@@ -19,7 +19,7 @@ from hermes_tx.sinks import from_url
 from hermes_tx.sinks.webhook import WebhookSink
 from tests.support.faults import event_text
 from tests.support.httpserver import (
-    DROP, DROP_AFTER, OK, SLOW, ScriptedResource, free_port, listen)
+    DROP, DROP_AFTER, OK, SLOW, ScriptedResource, free_port, serve)
 from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes
 from tests.support.shared import capture_log
 
@@ -31,7 +31,8 @@ TOKEN = "tok-0123456789abcdef"
 class WebhookTests(unittest.TestCase):
     def serve(self, script=None):
         self.resource = ScriptedResource(script)
-        return listen(self, self.resource)
+        self.server = serve(self, self.resource)
+        return self.server.url
 
     def sink(self, url, **kwargs):
         sink = WebhookSink(url, **kwargs)
@@ -189,7 +190,14 @@ class WebhookTests(unittest.TestCase):
             self.assertNotIn(secret, joined)
 
     @defer.inlineCallbacks
-    def test_thirty_percent_failures_nothing_lost_in_order(self):
+    def test_thirty_percent_failures_and_a_restart_nothing_lost_in_order(self):
+        """
+        30% of requests fail (500, 503 and 429 with Retry-After, connections
+        dropped before or after the body was accepted, answers never sent),
+        and the server restarts midway (every connection reset, refused for
+        0.1 s): every change arrives, per key in id order, a duplicate only
+        right after its first copy.
+        """
         rng = random.Random(11)
 
         def script(n, body):
@@ -211,8 +219,16 @@ class WebhookTests(unittest.TestCase):
         url = self.serve(script)
         sink = self.sink(url, timeout=0.3, max_batch=8)
         changes = make_changes(20, 10)
-        driver = Driver(sink, changes)
+        restarting = []
+
+        def fault(n):
+            if n == 20:  # batches go on meanwhile: refused for 0.1 s
+                restarting.append(self.server.restart())
+
+        driver = Driver(sink, changes, fault=fault)
         yield driver.run(timeout=60)
+        yield restarting[0]
+        self.assertEqual(self.server.restarts, 1)
         received = [(e["key"], e["id"]) for e in self.resource.events()]
         assert_delivered_in_order(self, changes, received)
         self.assertEqual(driver.rejected, [])

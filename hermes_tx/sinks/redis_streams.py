@@ -112,14 +112,14 @@ class RedisStreamSink(BrokerSink):
         factory.startConnecting(endpoints.HostnameEndpoint(
             self._reactor, self._host, self._port, timeout=self.timeout))
         d = defer.Deferred(lambda _: factory.disconnect())
-        factory.deferred.chainDeferred(d)
+        factory.deferred.addCallback(lambda handler: factory).chainDeferred(d)
         return d
 
     def prepare(self, event):
         return command(self._head + fields(event))
 
-    def publish(self, handler, events, prepared, answers):
-        protocol = next((p for p in handler._factory.pool if p.connected), None)
+    def publish(self, factory, events, prepared, answers):
+        protocol = next((p for p in factory.pool if p.connected), None)
         if protocol is None:
             return defer.fail(txredisapi.ConnectionError("Not connected"))
 
@@ -139,9 +139,9 @@ class RedisStreamSink(BrokerSink):
         return f"Redis answered {one_line(error)}"
 
 
-def _alive(handler):
-    return any(p.connected for p in handler._factory.pool)
+def _alive(factory):
+    return any(p.connected for p in factory.pool)
 
 
-def _abort(handler):
-    return handler.disconnect()
+def _abort(factory):
+    return factory.disconnect()

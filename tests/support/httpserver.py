@@ -7,7 +7,7 @@ everything it accepted is recorded.
 import json
 import socket
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, task
 from twisted.web import resource, server
 
 #: behaviours a script may return for one request
@@ -73,25 +73,85 @@ class ScriptedResource(resource.Resource):
         return [e for batch in self.accepted for e in batch]
 
 
+class _Site(server.Site):
+    noisy = False
+
+    def __init__(self, res):
+        server.Site.__init__(self, res)
+        self.live = set()
+
+    def log(self, request):
+        pass  # no access log lines
+
+    def buildProtocol(self, addr):
+        protocol = server.Site.buildProtocol(self, addr)
+        made, lost = protocol.makeConnection, protocol.connectionLost
+        transports = []
+
+        def makeConnection(transport):
+            transports.append(transport)
+            self.live.add(transport)
+            return made(transport)
+
+        def connectionLost(reason):
+            self.live.difference_update(transports)
+            return lost(reason)
+
+        protocol.makeConnection, protocol.connectionLost = makeConnection, connectionLost
+        return protocol
+
+
+class Server:
+    """
+    A twisted.web server on 127.0.0.1 that a test can restart.
+
+    @ivar url: its base URL, e.g. C{http://127.0.0.1:PORT/}.
+    """
+
+    def __init__(self, res):
+        self.resource = res
+        self.site = _Site(res)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.number = self.port.getHost().port
+        self.url = f"http://127.0.0.1:{self.number}/"
+        self.restarts = 0
+
+    @defer.inlineCallbacks
+    def restart(self, down_for=0.1):
+        """
+        Stop listening, reset every connection, and listen again on the
+        same port C{down_for} seconds later (requests meanwhile are
+        refused).
+        """
+        yield self.stop()
+        yield task.deferLater(reactor, down_for, lambda: None)
+        self.port = reactor.listenTCP(self.number, self.site, interface="127.0.0.1")
+        self.restarts += 1
+
+    def stop(self):
+        for transport in list(self.site.live):
+            transport.abortConnection()
+        return defer.maybeDeferred(self.port.stopListening)
+
+
+def serve(case, res):
+    """
+    Serve C{res} until the test C{case} ends.
+
+    @return: the L{Server}.
+    """
+    srv = Server(res)
+    case.addCleanup(lambda: srv.stop() if srv.port.connected else None)
+    return srv
+
+
 def listen(case, res):
     """
     Serve C{res} on 127.0.0.1 on a free port until the test C{case} ends.
 
     @return: the base URL, e.g. C{http://127.0.0.1:PORT/}.
     """
-    site = server.Site(res)
-    site.noisy = False
-    site.log = lambda request: None  # no access log lines
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-
-    def stop():
-        for request in getattr(res, "hanging", []):
-            if request.channel is not None:
-                request.channel.transport.abortConnection()
-        return port.stopListening()
-
-    case.addCleanup(stop)
-    return f"http://127.0.0.1:{port.getHost().port}/"
+    return serve(case, res).url
 
 
 def free_port():
