@@ -208,6 +208,27 @@ class AmqpTests(unittest.TestCase):
         self.assertEqual(sink.connection.connections, 2)
         self.assertEqual([p.message_id for _, p, _ in (yield self.messages())], ["1", "2"])
 
+    @defer.inlineCallbacks
+    def test_no_confirm_within_timeout_drops_the_connection(self):
+        """
+        A half-open path (the proxy stops forwarding): the batch is retried
+        after C{timeout}, the connection dropped, and the next batch makes a
+        new one.
+        """
+        yield self.bind()
+        proxy, port = listen_proxy(self, *BROKER)
+        sink = self.sink(port, timeout=0.5)
+        yield sink.execute(make_changes(1, 1))
+        proxy.blackhole()
+        e = yield self.assertFailure(sink.execute(make_changes(1, 1, start_id=2)), Retry)
+        self.assertEqual(str(e), "no confirm within 0.5 s")
+        proxy.heal()
+        self.assertIsNone((yield sink.execute(make_changes(1, 1, start_id=3))))
+        self.assertEqual(sink.connection.connections, 2)
+        ids = [p.message_id for _, p, _ in (yield self.messages())]
+        self.assertEqual(ids[0], "1")
+        self.assertEqual(ids[-1], "3")
+
     def test_url_errors(self):
         for bad in ("amqp://h/", "amqp://h/?exchange=x&exchange_type=weird"):
             self.assertRaises(SinkURLError, AmqpSink, bad)
