@@ -16,7 +16,7 @@ from hermes_tx.sinks import SinkURLError, from_url
 from hermes_tx.sinks.elasticsearch import ElasticsearchSink
 from tests.support.fake_es import DROP, DROP_AFTER, FakeBulk
 from tests.support.faults import event_text
-from tests.support.httpserver import listen
+from tests.support.httpserver import serve
 from tests.support.shared import capture_log
 from tests.support.sinkdriver import Driver, make_changes
 
@@ -32,7 +32,8 @@ def change(i, key, op, new=None, **extra):
 class ElasticsearchTests(unittest.TestCase):
     def setUp(self):
         self.es = FakeBulk()
-        base = listen(self, self.es)
+        self.server = serve(self, self.es)
+        base = self.server.url
         self.url = base.replace("http://", "elasticsearch+http://") + "docs"
 
     def sink(self, url=None, **kwargs):
@@ -182,8 +183,8 @@ class ElasticsearchTests(unittest.TestCase):
     def test_thirty_percent_failures_every_version_once_in_order(self):
         """
         With 30% of requests failing (500, 503, 429 with Retry-After, a
-        dropped connection before or after applying) and 10% of items
-        answered 429, every change is applied exactly once per key in id
+        dropped connection before or after applying), 10% of items
+        answered 429 and a server restart midway, every change is applied exactly once per key in id
         order (external versions turn redeliveries into 409s), and the
         index ends as the last change of each key says.
         """
@@ -213,8 +214,15 @@ class ElasticsearchTests(unittest.TestCase):
                 c = change(c.id, c.key, "INSERT", {"k": c.key, "n": n})
             changes.append(c)
         sink = self.sink(max_batch=16, timeout=2)
-        driver = Driver(sink, changes)
+        restarting = []
+
+        def fault(n):
+            if n == 15:
+                restarting.append(self.server.restart())
+
+        driver = Driver(sink, changes, fault=fault)
         yield driver.run(timeout=60)
+        yield restarting[0]
         self.assertEqual((driver.rejected, driver.errors), ([], []))
         self.assertGreater(driver.retries, 10)
         applied = {}
