@@ -6,7 +6,7 @@ setup(
     description="Hermes: Postgres-talking, event-driven, failure-handling Twisted services",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
-    packages=["hermes_tx", "twisted.plugins"],
+    packages=["hermes_tx", "hermes_tx.sinks", "twisted.plugins"],
     package_data={"twisted": ["plugins/hermes_plugin.py"]},
     python_requires=">=3.9",
     install_requires=[
@@ -15,6 +15,9 @@ setup(
         "psycopg2-binary>=2.9",
         "watchdog>=3",
         "prometheus_client>=0.17",
+        "treq>=23.11",
+        "txredisapi>=1.6",
+        "pika>=1.3",
     ],
     classifiers=["Framework :: Twisted"],
 )

@@ -5,54 +5,11 @@ blackhole (it stops forwarding, the sockets stay open: a half-open path).
 """
 
 from twisted.internet import defer, reactor
-from twisted.protocols import portforward
 from twisted.trial import unittest
 
 from tests.support.faults import FaultHelpers
+from tests.support.proxy import Proxy
 from tests.support.shared import capture_log, shared_primary, sleep, wait_until
-
-
-class _Server(portforward.ProxyServer):
-    def connectionMade(self):
-        self.factory.live.add(self)
-        portforward.ProxyServer.connectionMade(self)
-
-    def connectionLost(self, reason):
-        self.factory.live.discard(self)
-        portforward.ProxyServer.connectionLost(self, reason)
-
-
-class Proxy(portforward.ProxyFactory):
-    """
-    Forwards 127.0.0.1:<port> to a server, and can break what it forwards.
-    """
-
-    protocol = _Server
-    noisy = False
-
-    def __init__(self, host, port):
-        portforward.ProxyFactory.__init__(self, host, port)
-        self.live = set()
-
-    def cut(self):
-        """Reset every forwarded connection, both sides."""
-        for server in list(self.live):
-            if server.peer is not None:
-                server.peer.transport.abortConnection()
-            server.transport.abortConnection()
-
-    def blackhole(self):
-        """Stop forwarding on every connection, keeping the sockets open."""
-        for server in list(self.live):
-            server.transport.pauseProducing()
-            if server.peer is not None:
-                server.peer.transport.pauseProducing()
-
-    def heal(self):
-        for server in list(self.live):
-            server.transport.resumeProducing()
-            if server.peer is not None:
-                server.peer.transport.resumeProducing()
 
 
 class NetworkFaultTests(FaultHelpers, unittest.TestCase):

@@ -1,0 +1,128 @@
+"""
+An in-process stand-in for Elasticsearch's C{_bulk} API (no Elasticsearch
+server can be installed on this machine).  It answers as the bulk API
+documents: NDJSON in, C{{"took", "errors", "items"}} out, one item per
+action in order with its own C{status}; external versioning (an index or
+delete whose version is not above the stored one, tombstones included, is
+a 409 C{version_conflict_engine_exception}); a delete of a missing
+document is a 404 (and leaves a tombstone with its version); a document
+with a C{"__bad__"} field is a 400 C{mapper_parsing_exception}; a body
+over C{max_body} bytes is a whole-request 413; C{item_429} of the actions
+(at random) get 429 C{es_rejected_execution_exception} and are not
+applied; C{script(n)} may fail whole requests (an HTTP status, a dropped
+connection before or after applying).
+"""
+
+import json
+import random
+
+from twisted.web import resource, server
+
+DROP = "drop"
+DROP_AFTER = "drop-after"
+
+
+class FakeBulk(resource.Resource):
+    """
+    @ivar docs: C{{(index, id): {"version", "source", "deleted"}}}.
+    @ivar applied: every applied action as C{(op, index, id, version)}, in
+        order.
+    @ivar bodies: the raw request bodies, with their headers.
+    """
+
+    isLeaf = True
+
+    def __init__(self, script=None, max_body=None, item_429=0.0, seed=0):
+        resource.Resource.__init__(self)
+        self.script = script or (lambda n: None)
+        self.max_body = max_body
+        self.item_429 = item_429
+        self.rng = random.Random(seed)
+        self.docs = {}
+        self.applied = []
+        self.bodies = []
+        self.auto_id = 0
+
+    def render_POST(self, request):
+        body = request.content.read()
+        headers = {k.decode().lower(): v[0].decode()
+                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        self.bodies.append((headers, body))
+        if not request.path.endswith(b"/_bulk"):
+            return self.answer(request, 404, {"error": "no handler"})
+        action = self.script(len(self.bodies) - 1)
+        if action == DROP:
+            request.channel.transport.abortConnection()
+            return server.NOT_DONE_YET
+        if isinstance(action, tuple):
+            status, answer_headers = action
+            for k, v in answer_headers.items():
+                request.setHeader(k, v)
+            return self.answer(request, status, {"error": {"type": "scripted"}, "status": status})
+        if self.max_body is not None and len(body) > self.max_body:
+            return self.answer(request, 413, {"error": "request entity too large"})
+        items = self.bulk(body.decode("utf-8"))
+        if action == DROP_AFTER:
+            request.channel.transport.abortConnection()
+            return server.NOT_DONE_YET
+        errors = any(not 200 <= next(iter(i.values()))["status"] < 300 for i in items)
+        return self.answer(request, 200, {"took": 1, "errors": errors, "items": items})
+
+    def answer(self, request, status, doc):
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", "application/json")
+        return json.dumps(doc).encode()
+
+    def bulk(self, text):
+        lines = text.split("\n")
+        if lines[-1] != "":
+            raise ValueError("bulk body must end with a newline")
+        lines.pop()
+        items = []
+        while lines:
+            meta = json.loads(lines.pop(0))
+            (op, params), = meta.items()
+            source = json.loads(lines.pop(0)) if op == "index" else None
+            items.append({op: self.apply(op, params, source)})
+        return items
+
+    def apply(self, op, params, source):
+        index = params["_index"]
+        doc_id = params.get("_id")
+        if doc_id is None:
+            self.auto_id += 1
+            doc_id = f"auto-{self.auto_id}"
+        result = {"_index": index, "_id": doc_id}
+        if self.item_429 and self.rng.random() < self.item_429:
+            return dict(result, status=429, error={
+                "type": "es_rejected_execution_exception", "reason": "queue full"})
+        version = params.get("version")
+        external = params.get("version_type") == "external"
+        current = self.docs.get((index, doc_id))
+        if external and current is not None and current["version"] >= version:
+            return dict(result, status=409, error={
+                "type": "version_conflict_engine_exception",
+                "reason": f"[{doc_id}]: version conflict, current version "
+                          f"[{current['version']}] is higher or equal to the one provided "
+                          f"[{version}]"})
+        if op == "index" and "__bad__" in source:
+            return dict(result, status=400, error={
+                "type": "mapper_parsing_exception", "reason": "failed to parse field [__bad__]"})
+        new_version = version if external else (current["version"] + 1 if current else 1)
+        if op == "delete":
+            missing = current is None or current["deleted"]
+            self.docs[(index, doc_id)] = {"version": new_version, "source": None,
+                                          "deleted": True}
+            self.applied.append((op, index, doc_id, new_version))
+            return dict(result, status=404 if missing else 200,
+                        result="not_found" if missing else "deleted", _version=new_version)
+        created = current is None or current["deleted"]
+        self.docs[(index, doc_id)] = {"version": new_version, "source": source, "deleted": False}
+        self.applied.append((op, index, doc_id, new_version))
+        return dict(result, status=201 if created else 200,
+                    result="created" if created else "updated", _version=new_version)
+
+    def live(self, index):
+        """@return: C{{id: (version, source)}} of the live documents."""
+        return {i: (d["version"], d["source"]) for (ix, i), d in self.docs.items()
+                if ix == index and not d["deleted"]}
