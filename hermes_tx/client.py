@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_client,tests.test_failover -*-
 """
-L{Client}: the Hermes client as a Twisted L{MultiService}.  Its listener and
+L{Client}: the Hermes client as a Twisted
+L{MultiService <twisted.application.service.MultiService>}.  Its listener and
 processor are child services, started only while the server is the primary.
 
 What makes the Client check the server's role (C{pg_is_in_recovery()}, on
@@ -165,7 +166,7 @@ class Client(service.MultiService):
     def add_outbox(self, consumer):
         """
         Add the outbox consumer (a
-        L{hermes_tx.outbox.consumer.OutboxConsumer}): its changes go to the
+        C{hermes_tx.outbox.consumer.OutboxConsumer}): its changes go to the
         same processor as the listener's notifications.
 
         @raise InvalidConfigurationException: not a component, or an outbox

@@ -11,7 +11,8 @@ Components as Twisted services.
     C{execute(pre_exec_value)} and C{post_execute(exec_value)} for each, in
     a L{hermes_tx.runloop.ConsumerLoop}.  Processors subclass it.
 
-Each step may return a plain value or a L{Deferred}.  Exceptions go to the
+Each step may return a plain value or a
+L{Deferred <twisted.internet.defer.Deferred>}.  Exceptions go to the
 error strategy, which says whether to go on, back off or terminate;
 L{hermes_tx.outcomes} lets a processor say more (try again, never).
 """

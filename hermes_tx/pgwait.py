@@ -119,7 +119,9 @@ class StepWaiter:
     registration and the Deferred of the whole sequence.
 
     @ivar done: a Deferred firing with C{None} when the steps end, or
-        failing with what they raised (or L{CancelledError} after L{cancel}).
+        failing with what they raised (or
+        L{CancelledError <twisted.internet.defer.CancelledError>} after
+        L{cancel}).
     """
 
     def __init__(self, reactor, steps):

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-C{twistd hermes}: command-line options and the service they make.
+C{twistd hermes}: command-line options and the service they make::
 
     twistd [-n] hermes [--dsn DSN | --dsn-file PATH] --channel NAME [--channel NAME ...]
         [--processor module:Class] [--output PATH|-] [--backoff-limit N]
@@ -95,6 +95,14 @@ def _shown(number):
 
 
 class Options(usage.Options):
+    """
+    The options of C{twistd hermes}.  After parsing, C{self["dsn"]} is the
+    DSN to use (from C{--dsn}, C{--dsn-file} or C{$HERMES_DSN}),
+    C{self["channels"]} the checked channel names and
+    C{self["processor_class"]} the imported processor class; a usage error
+    names the option and, for a number, its bounds (L{BOUNDS}).
+    """
+
     synopsis = "[--dsn DSN | --dsn-file PATH] --channel NAME [--channel NAME ...] [options]"
     longdesc = (
         "LISTEN on PostgreSQL channels and run a processor for every event. "

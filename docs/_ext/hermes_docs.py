@@ -1,0 +1,130 @@
+"""
+Sphinx directives that write parts of the documentation from the code:
+
+  - C{.. hermes-twistd-options::}: every C{twistd hermes} option, from
+    C{hermes_tx.tap.Options} and C{hermes_tx.tap.BOUNDS};
+  - C{.. hermes-argparse:: module:function}: every command and option of the
+    argument parser C{function()} returns (C{hermes-tx}); while C{module}
+    does not exist, a note saying so;
+  - C{.. hermes-modules::}: every module of C{hermes_tx}, linked to its API
+    page, with the first sentence of its docstring.
+"""
+
+import importlib
+import importlib.util
+import pkgutil
+import re
+
+from docutils.parsers.rst import directives
+from sphinx.util.docutils import SphinxDirective
+
+import clireference
+
+
+def _source(module):
+    return getattr(module, "__file__", None)
+
+
+class TwistdOptions(SphinxDirective):
+    """
+    The C{twistd hermes} option reference.
+    """
+
+    def run(self):
+        from hermes_tx import tap
+
+        self.env.note_dependency(_source(tap))
+        options = tap.Options()
+        lines = ["::", "", f"   twistd [twistd options] hermes {options.synopsis}", ""]
+        lines += [options.longdesc, ""]
+        lines += clireference.usage_options_rst(options, "twistd hermes", tap.BOUNDS)
+        return self.parse_text_to_nodes("\n".join(lines))
+
+
+def _find(module_name):
+    """
+    @return: whether C{module_name} can be imported, without importing it
+        (a missing parent package counts as missing).
+    """
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class ArgparseReference(SphinxDirective):
+    """
+    The reference of an argparse command line.  Content, if any, is shown
+    instead while the module does not exist.
+    """
+
+    required_arguments = 1
+    has_content = True
+    option_spec = {"program": directives.unchanged}
+
+    def run(self):
+        module_name, _, function = self.arguments[0].partition(":")
+        if not _find(module_name):
+            return self.parse_content_to_nodes(allow_section_headings=True)
+        module = importlib.import_module(module_name)
+        self.env.note_dependency(_source(module))
+        parser = getattr(module, function)()
+        lines = clireference.argparse_rst(parser, self.options.get("program"))
+        return self.parse_text_to_nodes("\n".join(lines), allow_section_headings=True)
+
+
+_EPYTEXT = re.compile(r"([CLIBUM])\{([^{}]*)\}")
+
+
+def first_sentence(docstring):
+    """
+    @return: the first sentence of an epytext docstring as reST: C{C{x}} and
+        C{L{x}} become literals, C{I{x}} emphasis.
+    """
+    text = " ".join((docstring or "").split())
+    text = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0].rstrip(":;")
+    text = text.replace("*", "\\*").replace("`", "\\`")
+
+    def markup(match):
+        kind, inner = match.groups()
+        if kind == "I":
+            return f"*{inner}*"
+        if kind == "B":
+            return f"**{inner}**"
+        return f"``{inner}``"
+
+    return _EPYTEXT.sub(markup, text)
+
+
+def modules(package_name):
+    """
+    @return: C{[(name, module)]} for C{package_name} and every module under
+        it, sorted by name.
+    """
+    package = importlib.import_module(package_name)
+    found = [(package_name, package)]
+    for info in pkgutil.walk_packages(package.__path__, package_name + "."):
+        found.append((info.name, importlib.import_module(info.name)))
+    return sorted(found)
+
+
+class ModuleList(SphinxDirective):
+    """
+    A list of every module of a package with its summary.
+    """
+
+    required_arguments = 1
+
+    def run(self):
+        lines = []
+        for name, module in modules(self.arguments[0]):
+            self.env.note_dependency(_source(module))
+            lines += [f":py:mod:`{name}`", f"    {first_sentence(module.__doc__) or '(no summary)'}", ""]
+        return self.parse_text_to_nodes("\n".join(lines))
+
+
+def setup(app):
+    app.add_directive("hermes-twistd-options", TwistdOptions)
+    app.add_directive("hermes-argparse", ArgparseReference)
+    app.add_directive("hermes-modules", ModuleList)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
