@@ -31,6 +31,7 @@ from hermes_tx.dsncheck import check_options
 from hermes_tx.events import PAYLOAD_FORMATS
 from hermes_tx.exceptions import InvalidConfigurationException, one_line
 from hermes_tx.listeners import PostgresNotificationListener
+from hermes_tx.sinks import redact_url, sink_class
 from hermes_tx.status import StatusService, check_listen
 from hermes_tx.tapprocessor import load_processor_class, make_processor, processor_kwargs
 
@@ -122,6 +123,9 @@ class Options(usage.Options):
          "events waiting for the processor before reading pauses", _typed("queue-size", int)],
         ["status-port", None, None, "serve /health, /ready and /metrics on this TCP port", _typed("status-port", int)],
         ["status-interface", None, "127.0.0.1", "the IP address the status port listens on"],
+        ["sink", None, None, "a built-in sink as the processor: http(s)://, elasticsearch+http(s)://, "
+         "redis://, amqp:// URL (instead of --processor)"],
+        ["sink-secret-file", None, None, "a file holding the sink's password, token or HMAC secret"],
     ]
 
     def __init__(self):
@@ -182,8 +186,20 @@ class Options(usage.Options):
             self["channels"] = validate_channels(self["channels"])
         except InvalidConfigurationException as e:
             raise usage.UsageError(str(e))
-        self["processor_class"] = load_processor_class(self["processor"])
+        self["processor_class"] = self._processor_class()
         self._for_twistd()
+
+    def _processor_class(self):
+        if self["sink"] is None:
+            if self["sink-secret-file"] is not None:
+                raise usage.UsageError("--sink-secret-file needs --sink")
+            return load_processor_class(self["processor"])
+        if self["processor"] != DEFAULT_PROCESSOR:
+            raise usage.UsageError("pass --processor or --sink, not both")
+        try:
+            return sink_class(self["sink"])
+        except InvalidConfigurationException as e:
+            raise usage.UsageError(str(e))
 
     def _dsn(self):
         """
@@ -241,8 +257,9 @@ def makeService(options):
     try:
         processor = make_processor(cls, options)
     except Exception as e:
-        fail(f"processor {cls.__module__}.{cls.__qualname__} failed to start: {one_line(e)}",
-             EXIT_START_FAILED)
+        what = f"sink {redact_url(options['sink'])}" if options["sink"] else (
+            f"processor {cls.__module__}.{cls.__qualname__}")
+        fail(f"{what} failed to start: {one_line(e)}", EXIT_START_FAILED)
     port, interface = options["status-port"], options["status-interface"]
     if port is not None:
         try:

@@ -203,6 +203,32 @@ class OptionsTests(unittest.TestCase):
         p = make_processor(o["processor_class"], o)
         self.assertEqual(p.output, "out.jsonl")
 
+    def test_sink_as_the_processor(self):
+        """
+        --sink picks a built-in sink by scheme (the processor of the
+        service), with the timeouts of the options; it excludes
+        --processor; a bad URL is a usage error that shows no secret.
+        """
+        from hermes_tx.sinks.webhook import WebhookSink
+
+        secret = os.path.abspath(self.mktemp())
+        with open(secret, "w") as f:
+            f.write("hmac-key\n")
+        o = self.parse("--dsn", "dbname=x", "-c", "x", "--sink", "http://u:pw-in-url@127.0.0.1:9/hook",
+                       "--sink-secret-file", secret, "--execute-timeout", "5")
+        processor = makeService(o).getServiceNamed("client").processor
+        self.addCleanup(processor.stopService)
+        self.assertIsInstance(processor, WebhookSink)
+        self.assertEqual(processor.execute_timeout, 5)
+        self.assertNotIn("pw-in-url", repr(processor))
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--sink", "http://h/",
+                               "--processor", "examples.printer:Printer"], "not both")
+        e = self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--sink", "ftp://u:pw-in-url@h/"],
+                                  "unknown scheme 'ftp'")
+        self.assertNotIn("pw-in-url", str(e))
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--sink-secret-file", secret],
+                              "--sink-secret-file needs --sink")
+
     def test_make_service(self):
         o = self.parse("--dsn", "dbname=x", "-c", "x", "-c", "Y")
         top = makeService(o)
