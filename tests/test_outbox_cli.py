@@ -85,7 +85,7 @@ class CommandTests(OutboxDatabase, unittest.TestCase):
         self.assertIn("capturing public.cli_items into topic 'items' (key: id)",
                       self.run_ok("capture", "--table", "cli_items", "--topic", "items"))
         self.query("INSERT INTO cli_items VALUES (1)")
-        self.assertIn("3 triggers dropped", self.run_ok("uncapture", "--table", "public.cli_items"))
+        self.assertIn("1 trigger dropped", self.run_ok("uncapture", "--table", "public.cli_items"))
         self.assertIn("was not captured", self.run_ok("uncapture", "--table", "cli_items", "--topic", "items"))
         self.query("INSERT INTO cli_items VALUES (2)")
         self.assertEqual([k for t, k in self.outbox("topic, key") if t == "items"], ["1"])

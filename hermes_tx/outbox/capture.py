@@ -15,7 +15,7 @@ from psycopg2 import sql
 
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox.db import transaction
-from hermes_tx.outbox.names import DEFAULT_SCHEMA, capture_triggers, validate_schema, validate_topic
+from hermes_tx.outbox.names import DEFAULT_SCHEMA, capture_trigger, validate_schema, validate_topic
 from hermes_tx.outbox.schema import INSTALL_LOCK
 
 
@@ -97,14 +97,6 @@ def find_table(cursor, name):
     return Table(row[0], schema, table, [r[0] for r in key], any(not r[1] for r in key))
 
 
-#: how each operation's trigger names its transition tables (capture() reads them)
-_REFERENCING = {
-    "INSERT": "NEW TABLE AS capture_new",
-    "UPDATE": "OLD TABLE AS capture_old NEW TABLE AS capture_new",
-    "DELETE": "OLD TABLE AS capture_old",
-}
-
-
 class Capture:
     """
     One capture trigger found in the catalog.
@@ -125,8 +117,7 @@ class Capture:
 def captures(cursor, schema=DEFAULT_SCHEMA):
     """
     @return: every capture trigger feeding the outbox in C{schema}, as
-        L{Capture}s ordered by table and trigger name (three per captured
-        table and topic).
+        L{Capture}s ordered by table and trigger name.
     """
     cursor.execute(
         "SELECT n.nspname, c.relname, c.oid, t.tgargs, t.tgname"
@@ -184,8 +175,9 @@ def _refuse(found, schema, topic, existing):
 def capture(conn, table, topic, schema=DEFAULT_SCHEMA):
     """
     Capture C{table}'s changes into C{topic}: attach (or re-attach, picking
-    up a changed primary key) three statement-level C{AFTER} triggers
-    (L{capture_triggers}C{(topic)}) calling C{<schema>.capture()}.
+    up a changed primary key) the C{AFTER INSERT OR UPDATE OR DELETE FOR
+    EACH ROW} trigger L{capture_trigger}C{(topic)} calling
+    C{<schema>.capture(topic, key column, ...)}.
 
     @param conn: a blocking psycopg2 connection, not in a transaction.
     @param table: the table's name as the user wrote it.
@@ -201,17 +193,19 @@ def capture(conn, table, topic, schema=DEFAULT_SCHEMA):
         _require_installed(cur, schema)
         found = find_table(cur, table)
         _refuse(found, schema, topic, captures(cur, schema))
-        function = sql.Identifier(schema, "capture")
-        arguments = sql.SQL(", ").join(sql.Literal(a) for a in [topic] + found.key)
-        for op, name in capture_triggers(topic).items():
-            trigger = sql.Identifier(name)
-            cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger, found.identifier()))
-            cur.execute(
-                sql.SQL(
-                    "CREATE TRIGGER {} AFTER " + op + " ON {} REFERENCING " + _REFERENCING[op]
-                    + " FOR EACH STATEMENT EXECUTE FUNCTION {}({})"
-                ).format(trigger, found.identifier(), function, arguments)
+        trigger = sql.Identifier(capture_trigger(topic))
+        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger, found.identifier()))
+        cur.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"
+                " FOR EACH ROW EXECUTE FUNCTION {}({})"
+            ).format(
+                trigger,
+                found.identifier(),
+                sql.Identifier(schema, "capture"),
+                sql.SQL(", ").join(sql.Literal(a) for a in [topic] + found.key),
             )
+        )
         return found
 
 

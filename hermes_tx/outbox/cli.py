@@ -119,7 +119,7 @@ def _uncapture(conn, args, out):
     dropped = uncapture(conn, args.table, args.topic, args.schema)
     what = f"into topic {args.topic!r}" if args.topic else "into any topic"
     if dropped:
-        print(f"stopped capturing {args.table} {what} ({len(dropped)} triggers dropped)", file=out)
+        print(f"stopped capturing {args.table} {what} ({_count(dropped, 'trigger')} dropped)", file=out)
     else:
         print(f"{args.table} was not captured {what}", file=out)
 
@@ -156,10 +156,14 @@ def _report(asked, done, verb, out):
     Say how many dead letters were C{verb}; raise when some asked for were
     not there.
     """
-    print(f"{verb} {len(done)} dead letter{'' if len(done) == 1 else 's'}", file=out)
+    print(f"{verb} {_count(done, 'dead letter')}", file=out)
     missing = sorted(set(asked or ()) - set(done))
     if missing:
         raise HermesException(f"no dead letter with id {', '.join(map(str, missing))}")
+
+
+def _count(items, noun):
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 def _emit(conn, args, out):

@@ -25,9 +25,6 @@ MAX_TOPIC_BYTES = 255
 
 _CAPTURE_PREFIX = "hermes_capture_"
 
-#: the statements a captured table's triggers fire on
-CAPTURED_OPERATIONS = ("INSERT", "UPDATE", "DELETE")
-
 
 def _utf8_len(text):
     return len(text.encode("utf-8"))
@@ -87,14 +84,13 @@ def channel(schema=DEFAULT_SCHEMA):
     return "hermes.outbox." + _digest(schema, 32)
 
 
-def capture_triggers(topic):
+def capture_trigger(topic):
     """
-    @return: the names of the three triggers that capture a table's changes
-        into C{topic}, by operation: C{{"INSERT": "hermes_capture_<topic>_insert",
-        ...}}; when a name would be over 63 bytes, the topic is replaced by
-        a hash of it.
+    @return: the name of the trigger that captures a table's changes into
+        C{topic}: C{hermes_capture_<topic>}, or, when that is over 63
+        bytes, C{hermes_capture_} and a hash of the topic.
     """
-    base = _CAPTURE_PREFIX + validate_topic(topic)
-    if _utf8_len(base) + len("_insert") > MAX_IDENTIFIER_BYTES:
-        base = _CAPTURE_PREFIX + _digest(topic, 40)
-    return {op: f"{base}_{op.lower()}" for op in CAPTURED_OPERATIONS}
+    name = _CAPTURE_PREFIX + validate_topic(topic)
+    if _utf8_len(name) <= MAX_IDENTIFIER_BYTES:
+        return name
+    return _CAPTURE_PREFIX + _digest(topic, 40)

@@ -12,7 +12,7 @@ it, so a claim that expired and was taken by someone else is not theirs
 any more.
 
     claim(schema)        (topics, limit, token, visibility_seconds)
-        -> (id, topic, key, attempts, created_at, payload), id order
+        -> (id, topic, key, attempts, created_at, payload), oldest first
     ack(schema)          (ids, token)                      -> (id,)
     release(schema)      (ids, token, delays, errors, max_attempts)
         -> (id, "retry" | "dead")
@@ -36,16 +36,18 @@ def claim(schema=DEFAULT_SCHEMA):
     Claim changes: at most C{limit} rows of the given topics, oldest first,
     each the oldest row of its topic and key still in the outbox (per-key
     order across every consumer), available now and not claimed (or its
-    claim expired).  Each gets C{claim_token = token} and
+    claim expired).  Each topic gets an equal share of C{limit}; what some
+    leave goes to the others.  Each row gets C{claim_token = token} and
     C{claimed_until = now() + visibility} and its attempts counted.
 
     Parameters: C{topics} (list of str), C{limit} (int), C{token} (str or
     UUID), C{visibility} (seconds, float > 0).
 
     @return: a statement returning C{(id int, topic str, key str, attempts
-        int, created_at float, payload str)} in id order; C{attempts} is how
-        many times the row was handed out before (0 the first time),
-        C{created_at} seconds since the epoch, C{payload} the JSON text.
+        int, created_at float, payload str)}, in id order per topic;
+        C{attempts} is how many times the row was handed out before (0 the
+        first time), C{created_at} seconds since the epoch, C{payload} the
+        JSON text.
     """
     return _build(
         "SELECT id, topic, key, attempts, created_at, payload"

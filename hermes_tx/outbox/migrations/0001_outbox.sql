@@ -93,47 +93,37 @@ CREATE TYPE {schema}.claimed AS (
     created_at double precision, payload text
 );
 
--- claim_rows: claim rows this transaction has locked (FOR UPDATE, by
--- ctid: locked rows stay where they are).
-CREATE FUNCTION {schema}.claim_rows(tids tid[], token uuid, until timestamptz)
-RETURNS SETOF {schema}.claimed
-LANGUAGE sql
-AS $fn$
-    UPDATE {schema}.outbox o
-    SET claim_token = token, claimed_until = until, attempts = o.attempts + 1
-    WHERE o.ctid = ANY (tids)
-    RETURNING o.id, o.topic, o.key, o.attempts - 1,
-              extract(epoch FROM o.created_at)::double precision, o.payload::text
-$fn$;
+-- Claiming is in two steps within the claim's one statement: pick (find
+-- rows and lock them FOR UPDATE SKIP LOCKED, returning their ctids: a
+-- locked row stays where it is), then one UPDATE of the picked rows.
 
--- claim_ids: claim those of the candidate ids that are claimable now
--- (available, not claimed or claim expired), oldest first.  Every
--- candidate must be the oldest row of its (topic, key): a key's newer rows
--- only ever get larger ids, so a head stays a head until it is gone.
-CREATE FUNCTION {schema}.claim_ids(
-    candidates bigint[], max_rows integer, token uuid, until timestamptz)
-RETURNS SETOF {schema}.claimed
+-- pick_heads: lock up to max_rows of the candidate ids that are claimable
+-- now (available, not claimed or claim expired), oldest first, leaving out
+-- rows already picked.  Every candidate must be the oldest row of its
+-- (topic, key): a key's newer rows only ever get larger ids, so a head
+-- stays a head until it is gone.
+CREATE FUNCTION {schema}.pick_heads(candidates bigint[], max_rows integer, picked tid[])
+RETURNS tid[]
 LANGUAGE sql
 AS $fn$
-    SELECT * FROM {schema}.claim_rows(ARRAY(
+    SELECT ARRAY(
         SELECT o.ctid FROM {schema}.outbox o
         WHERE o.id = ANY (candidates)
           AND o.available_at <= now()
           AND (o.claimed_until IS NULL OR o.claimed_until < now())
+          AND o.ctid <> ALL (picked)
         ORDER BY o.id
         LIMIT max_rows
-        FOR UPDATE SKIP LOCKED), token, until) c
-    ORDER BY 1
+        FOR UPDATE SKIP LOCKED)
 $fn$;
 
--- claim_oldest: claim the oldest claimable rows of a topic with ids up to
--- last_id that are the oldest rows of their keys, in one statement.
-CREATE FUNCTION {schema}.claim_oldest(
-    the_topic text, last_id bigint, max_rows integer, token uuid, until timestamptz)
-RETURNS SETOF {schema}.claimed
+-- pick_oldest: lock up to max_rows of the oldest claimable rows of a topic
+-- with ids up to last_id that are the oldest rows of their keys.
+CREATE FUNCTION {schema}.pick_oldest(the_topic text, last_id bigint, max_rows integer)
+RETURNS tid[]
 LANGUAGE sql
 AS $fn$
-    SELECT * FROM {schema}.claim_rows(ARRAY(
+    SELECT ARRAY(
         SELECT o.ctid FROM {schema}.outbox o
         WHERE o.topic = the_topic AND o.id <= last_id
           AND o.available_at <= now()
@@ -143,15 +133,14 @@ AS $fn$
               WHERE e.topic = the_topic AND e.key = o.key AND e.id < o.id)
         ORDER BY o.id
         LIMIT max_rows
-        FOR UPDATE SKIP LOCKED), token, until) c
-    ORDER BY 1
+        FOR UPDATE SKIP LOCKED)
 $fn$;
 
 -- key_heads: the oldest row of each key of a topic, at most max_keys of
 -- them (in key order; NULL: all), found by skipping through the
 -- (topic, key, id) index: one probe per key, however many rows each has.
 CREATE FUNCTION {schema}.key_heads(the_topic text, max_keys bigint)
-RETURNS SETOF bigint
+RETURNS bigint[]
 LANGUAGE sql
 AS $fn$
     WITH RECURSIVE heads (key, id) AS (
@@ -166,51 +155,51 @@ AS $fn$
             WHERE o.topic = the_topic AND o.key > h.key
             ORDER BY o.key, o.id LIMIT 1) n
     )
-    SELECT id FROM heads LIMIT max_keys
+    SELECT ARRAY(SELECT id FROM heads LIMIT max_keys)
 $fn$;
 
--- claim_topic: claim up to max_rows rows of one topic, finding the heads of
--- its keys cheaply whatever the shape of its backlog:
+-- pick_topic: lock up to max_rows claimable rows of one topic, finding the
+-- heads of its keys cheaply whatever the shape of its backlog:
 --   1. a few keys only: walk all their heads (one index probe per key);
---   2. many keys: the oldest rows are mostly heads: claim among a window
---      of the oldest rows, in one statement;
+--   2. many keys: the oldest rows are mostly heads: pick among a window of
+--      the oldest rows not in flight nor waiting for a retry;
 --   3. the window was full yet too few rows were claimable (the heads of
 --      the oldest rows are in flight or waiting for a retry): walk the
 --      heads of every key.
-CREATE FUNCTION {schema}.claim_topic(
-    the_topic text, max_rows integer, token uuid, until timestamptz)
-RETURNS SETOF {schema}.claimed
+CREATE FUNCTION {schema}.pick_topic(the_topic text, max_rows integer)
+RETURNS tid[]
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
     few_keys constant integer := 32;
     heads bigint[];
     last_id bigint;
-    got bigint;
+    picked tid[];
 BEGIN
-    heads := ARRAY(SELECT h FROM {schema}.key_heads(the_topic, few_keys + 1) h);
+    heads := {schema}.key_heads(the_topic, few_keys + 1);
     IF cardinality(heads) <= few_keys THEN
-        RETURN QUERY SELECT * FROM {schema}.claim_ids(heads, max_rows, token, until);
-        RETURN;
+        RETURN {schema}.pick_heads(heads, max_rows, '{}');
     END IF;
+    -- the window: the oldest rows that are neither in flight nor waiting
     SELECT o.id INTO last_id FROM {schema}.outbox o
-        WHERE o.topic = the_topic ORDER BY o.id OFFSET 2 * max_rows + 100 LIMIT 1;
-    RETURN QUERY SELECT * FROM {schema}.claim_oldest(
-        the_topic, coalesce(last_id, 9223372036854775807), max_rows, token, until);
-    GET DIAGNOSTICS got = ROW_COUNT;
-    IF got < max_rows AND last_id IS NOT NULL THEN
-        heads := ARRAY(SELECT h FROM {schema}.key_heads(the_topic, NULL) h);
-        RETURN QUERY SELECT * FROM {schema}.claim_ids(heads, max_rows - got::integer, token, until);
+        WHERE o.topic = the_topic
+          AND o.available_at <= now()
+          AND (o.claimed_until IS NULL OR o.claimed_until < now())
+        ORDER BY o.id OFFSET 2 * max_rows + 100 LIMIT 1;
+    picked := {schema}.pick_oldest(the_topic, coalesce(last_id, 9223372036854775807), max_rows);
+    IF cardinality(picked) < max_rows AND last_id IS NOT NULL THEN
+        picked := picked || {schema}.pick_heads(
+            {schema}.key_heads(the_topic, NULL), max_rows - cardinality(picked), picked);
     END IF;
+    RETURN picked;
 END
 $fn$;
 
 -- claim: hand out up to max_rows changes of the given topics, never a row
 -- while an older row of its topic and key is still in the outbox (pending,
 -- in flight or waiting for a retry).  Each topic gets an equal share of
--- max_rows; what some topics leave is shared by the others.  Rows come in id
--- order within each topic, with the number of earlier deliveries
--- (attempts) and created_at in seconds since the epoch.
+-- max_rows; what some topics leave is shared by the others.  Rows come in
+-- id order within each topic.
 CREATE FUNCTION {schema}.claim(
     topics text[], max_rows integer, token uuid, visibility double precision)
 RETURNS SETOF {schema}.claimed
@@ -222,7 +211,7 @@ DECLARE
     hungry text[];
     remaining integer := max_rows;
     share integer;
-    got bigint;
+    picked tid[];
     t text;
 BEGIN
     IF token IS NULL OR visibility IS NULL OR visibility <= 0 THEN
@@ -238,10 +227,17 @@ BEGIN
         hungry := '{}';
         FOREACH t IN ARRAY wanted LOOP
             EXIT WHEN remaining <= 0;
-            RETURN QUERY SELECT * FROM {schema}.claim_topic(t, least(share, remaining), token, until);
-            GET DIAGNOSTICS got = ROW_COUNT;
-            remaining := remaining - got::integer;
-            IF got = share THEN
+            picked := {schema}.pick_topic(t, least(share, remaining));
+            RETURN QUERY
+                WITH claimed AS (
+                    UPDATE {schema}.outbox o
+                    SET claim_token = token, claimed_until = until, attempts = o.attempts + 1
+                    WHERE o.ctid = ANY (picked)
+                    RETURNING o.id, o.topic, o.key, o.attempts - 1,
+                              extract(epoch FROM o.created_at)::double precision, o.payload::text)
+                SELECT * FROM claimed ORDER BY 1;
+            remaining := remaining - cardinality(picked);
+            IF cardinality(picked) = share THEN
                 hungry := hungry || t;
             END IF;
         END LOOP;
@@ -251,4 +247,4 @@ END
 $fn$;
 
 COMMENT ON FUNCTION {schema}.claim(text[], integer, uuid, double precision) IS
-    'hermes_tx: claim up to max_rows changes of these topics for token, in id order, one per key at a time';
+    'hermes_tx: claim up to max_rows changes of these topics for token, oldest first, one per key at a time';
