@@ -257,6 +257,26 @@ class CaptureTests(OutboxDatabase, unittest.TestCase):
         self.query(f"INSERT INTO {self.table} VALUES (1)")
         self.assertEqual(self.changes()[0][1]["key"], {"ident": 1})
 
+    def test_partitioned_table(self):
+        """
+        A partitioned table is captured whole and named as such; a row
+        moving to another partition is a DELETE then an INSERT of its key.
+        """
+        self.query(
+            f"CREATE TABLE {self.table} (region text, id int, v text, PRIMARY KEY (region, id))"
+            " PARTITION BY LIST (region)"
+        )
+        self.query(f"CREATE TABLE {self.table}_eu PARTITION OF {self.table} FOR VALUES IN ('eu')")
+        capture(self.conn, self.table, "parted")
+        self.query(f"CREATE TABLE {self.table}_us PARTITION OF {self.table} FOR VALUES IN ('us')")
+        self.query(f"INSERT INTO {self.table} VALUES ('eu', 1, 'a')")
+        self.query(f"UPDATE {self.table} SET region = 'us'")
+        self.assertEqual(
+            [(json.loads(k), p["op"], p["table"]) for k, p in self.changes()],
+            [(["eu", 1], "INSERT", f"public.{self.table}"), (["eu", 1], "DELETE", f"public.{self.table}"),
+             (["us", 1], "INSERT", f"public.{self.table}")],
+        )
+
     def test_truncate_is_not_captured(self):
         """
         TRUNCATE fires no row changes (documented).

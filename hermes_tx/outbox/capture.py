@@ -28,14 +28,16 @@ class Table:
     @ivar name: its name (exact).
     @ivar key: its primary key's column names, in key order (may be empty).
     @ivar deferrable: whether its primary key constraint is deferrable.
+    @ivar partitioned: whether it is a partitioned table.
     """
 
-    def __init__(self, oid, schema, name, key, deferrable=False):
+    def __init__(self, oid, schema, name, key, deferrable=False, partitioned=False):
         self.oid = oid
         self.schema = schema
         self.name = name
         self.key = key
         self.deferrable = deferrable
+        self.partitioned = partitioned
 
     def identifier(self):
         """
@@ -77,7 +79,7 @@ def find_table(cursor, name):
         raise InvalidConfigurationException(f"not a table name: {name!r} (write SCHEMA.TABLE)")
     schema, table = parts
     cursor.execute(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "SELECT c.oid, c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         (schema, table),
     )
@@ -94,7 +96,7 @@ def find_table(cursor, name):
         (row[0],),
     )
     key = cursor.fetchall()
-    return Table(row[0], schema, table, [r[0] for r in key], any(not r[1] for r in key))
+    return Table(row[0], schema, table, [r[0] for r in key], any(not r[1] for r in key), row[1])
 
 
 class Capture:
@@ -172,12 +174,22 @@ def _refuse(found, schema, topic, existing):
         )
 
 
+def _arguments(table, topic):
+    """
+    @return: the capture trigger's arguments for C{table} (see
+        C{migrations/0002_capture.sql}): the topic, the table's name when
+        it is partitioned (the trigger fires on its partitions) or C{""},
+        and the primary key's columns.
+    """
+    return [topic, table.display() if table.partitioned else ""] + table.key
+
+
 def capture(conn, table, topic, schema=DEFAULT_SCHEMA):
     """
     Capture C{table}'s changes into C{topic}: attach (or re-attach, picking
     up a changed primary key) the C{AFTER INSERT OR UPDATE OR DELETE FOR
     EACH ROW} trigger L{capture_trigger}C{(topic)} calling
-    C{<schema>.capture(topic, key column, ...)}.
+    C{<schema>.capture(topic, table name, key column, ...)}.
 
     @param conn: a blocking psycopg2 connection, not in a transaction.
     @param table: the table's name as the user wrote it.
@@ -203,7 +215,7 @@ def capture(conn, table, topic, schema=DEFAULT_SCHEMA):
                 trigger,
                 found.identifier(),
                 sql.Identifier(schema, "capture"),
-                sql.SQL(", ").join(sql.Literal(a) for a in [topic] + found.key),
+                sql.SQL(", ").join(sql.Literal(a) for a in _arguments(found, topic)),
             )
         )
         return found

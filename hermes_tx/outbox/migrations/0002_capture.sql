@@ -1,8 +1,10 @@
 -- hermes_tx outbox, version 2: capturing a table's changes.
 --
 -- hermes-tx capture attaches capture() to a table as an AFTER INSERT OR
--- UPDATE OR DELETE row trigger with the arguments (topic, primary key
--- column, ...).  Each changed row becomes one change, keyed by the primary
+-- UPDATE OR DELETE row trigger with the arguments (topic, table name,
+-- primary key column, ...).  The table name is '' for a plain table (the
+-- trigger's own table is named); a partitioned table passes its own name,
+-- as the trigger fires on its partitions.  Each changed row becomes one change, keyed by the primary
 -- key:
 --   single column: the value as text (as ->> renders it from the row's JSON);
 --   composite:     the JSON array of the values in key order, as text.
@@ -44,28 +46,28 @@ BEGIN
     IF TG_OP <> 'DELETE' THEN
         new_row := to_jsonb(NEW);
     END IF;
-    IF TG_NARGS = 2 THEN
-        old_text := old_row ->> TG_ARGV[1];
-        new_text := new_row ->> TG_ARGV[1];
+    IF TG_NARGS = 3 THEN
+        old_text := old_row ->> TG_ARGV[2];
+        new_text := new_row ->> TG_ARGV[2];
     ELSE
         IF old_row IS NOT NULL THEN
             SELECT k.key_text, k.key_json INTO old_text, old_key
-                FROM {schema}.capture_key(old_row, TG_ARGV[1:TG_NARGS - 1]) k;
+                FROM {schema}.capture_key(old_row, TG_ARGV[2:TG_NARGS - 1]) k;
         END IF;
         IF new_row IS NOT NULL THEN
             SELECT k.key_text, k.key_json INTO new_text, new_key
-                FROM {schema}.capture_key(new_row, TG_ARGV[1:TG_NARGS - 1]) k;
+                FROM {schema}.capture_key(new_row, TG_ARGV[2:TG_NARGS - 1]) k;
         END IF;
     END IF;
-    tbl := quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME);
+    tbl := coalesce(nullif(TG_ARGV[1], ''), quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME));
     IF (old_row IS NOT NULL AND old_text IS NULL) OR (new_row IS NOT NULL AND new_text IS NULL) THEN
         RAISE EXCEPTION 'hermes capture: % has no primary key column(s) % any more; run hermes-tx capture again',
-            tbl, array_to_string(TG_ARGV[1:TG_NARGS - 1], ', ')
+            tbl, array_to_string(TG_ARGV[2:TG_NARGS - 1], ', ')
             USING ERRCODE = 'undefined_column';
     END IF;
-    IF TG_NARGS = 2 THEN
-        old_key := jsonb_build_object(TG_ARGV[1], old_row -> TG_ARGV[1]);
-        new_key := jsonb_build_object(TG_ARGV[1], new_row -> TG_ARGV[1]);
+    IF TG_NARGS = 3 THEN
+        old_key := jsonb_build_object(TG_ARGV[2], old_row -> TG_ARGV[2]);
+        new_key := jsonb_build_object(TG_ARGV[2], new_row -> TG_ARGV[2]);
     END IF;
     IF TG_OP = 'UPDATE' AND old_text <> new_text THEN
         INSERT INTO {schema}.outbox (topic, key, payload) VALUES
