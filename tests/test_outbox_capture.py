@@ -176,7 +176,7 @@ class CaptureTests(OutboxDatabase, unittest.TestCase):
         written = f"{quoted(schema)}.{quoted(table)}"
         found = capture(self.conn, written, 'topic "odd" ü')
         self.assertEqual(found.key, ["Id Col", 'Ünï "q"'])
-        self.assertEqual(found.display(), written)
+        self.assertEqual(found.display, written)
         self.query(f'INSERT INTO {written} VALUES (1, \'a\', \'v\')')
         [(key, payload)] = self.changes()
         self.assertEqual(payload["table"], written)
@@ -192,7 +192,9 @@ class CaptureTests(OutboxDatabase, unittest.TestCase):
         """
         self.query(f'CREATE TABLE "Mixed_{self.table}" (id int PRIMARY KEY)')
         self.query(f"CREATE TABLE {self.table} (id int PRIMARY KEY)")
+        self.query('CREATE TABLE IF NOT EXISTS "user" (id int PRIMARY KEY)')
         with self.conn.cursor() as cur:
+            self.assertEqual(find_table(cur, '"user"').display, 'public."user"')
             self.assertEqual(find_table(cur, self.table.upper()).name, self.table)
             self.assertEqual(find_table(cur, f"public.{self.table}").name, self.table)
             self.assertEqual(find_table(cur, f'"Mixed_{self.table}"').name, f"Mixed_{self.table}")
@@ -269,6 +271,9 @@ class CaptureTests(OutboxDatabase, unittest.TestCase):
         self.query(f"CREATE TABLE {self.table}_eu PARTITION OF {self.table} FOR VALUES IN ('eu')")
         capture(self.conn, self.table, "parted")
         self.query(f"CREATE TABLE {self.table}_us PARTITION OF {self.table} FOR VALUES IN ('us')")
+        capture(self.conn, self.table, "parted")
+        with self.conn.cursor() as cur:
+            self.assertEqual([c.table for c in captures(cur) if c.topic == "parted"], [f"public.{self.table}"])
         self.query(f"INSERT INTO {self.table} VALUES ('eu', 1, 'a')")
         self.query(f"UPDATE {self.table} SET region = 'us'")
         self.assertEqual(

@@ -26,15 +26,19 @@ class Table:
     @ivar oid: its oid.
     @ivar schema: its schema's name (exact).
     @ivar name: its name (exact).
+    @ivar display: its name as written in SQL, quoted only where needed
+        (PostgreSQL's C{quote_ident}): C{public.items},
+        C{"My Schema"."Odd.Table"}.
     @ivar key: its primary key's column names, in key order (may be empty).
     @ivar deferrable: whether its primary key constraint is deferrable.
     @ivar partitioned: whether it is a partitioned table.
     """
 
-    def __init__(self, oid, schema, name, key, deferrable=False, partitioned=False):
+    def __init__(self, oid, schema, name, display, key, deferrable, partitioned):
         self.oid = oid
         self.schema = schema
         self.name = name
+        self.display = display
         self.key = key
         self.deferrable = deferrable
         self.partitioned = partitioned
@@ -45,18 +49,9 @@ class Table:
         """
         return sql.Identifier(self.schema, self.name)
 
-    def display(self):
-        """
-        @return: the name as written in SQL (quoted only where needed):
-            C{public.items}, C{"My Schema"."Odd.Table"}.
-        """
-        return ".".join(_display_part(p) for p in (self.schema, self.name))
 
-
-def _display_part(name):
-    plain = name and (name[0].isalpha() and name[0].isascii() or name[0] == "_")
-    plain = plain and all(c.isascii() and (c.isalnum() or c == "_") for c in name) and name == name.lower()
-    return name if plain else '"' + name.replace('"', '""') + '"'
+#: a relation's name as written in SQL, from pg_namespace n and pg_class c
+_DISPLAY = "quote_ident(n.nspname) || '.' || quote_ident(c.relname)"
 
 
 def find_table(cursor, name):
@@ -79,13 +74,14 @@ def find_table(cursor, name):
         raise InvalidConfigurationException(f"not a table name: {name!r} (write SCHEMA.TABLE)")
     schema, table = parts
     cursor.execute(
-        "SELECT c.oid, c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        f"SELECT c.oid, {_DISPLAY}, c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         (schema, table),
     )
     row = cursor.fetchone()
     if row is None:
-        shown = Table(None, schema, table, ()).display()
+        cursor.execute("SELECT quote_ident(%s) || '.' || quote_ident(%s)", (schema, table))
+        shown = cursor.fetchone()[0]
         hint = " (unquoted names are folded to lower case: quote mixed-case names)" if name != name.lower() else ""
         raise InvalidConfigurationException(f"no table {shown}{hint}")
     cursor.execute(
@@ -96,7 +92,7 @@ def find_table(cursor, name):
         (row[0],),
     )
     key = cursor.fetchall()
-    return Table(row[0], schema, table, [r[0] for r in key], any(not r[1] for r in key), row[1])
+    return Table(row[0], schema, table, row[1], [r[0] for r in key], any(not r[1] for r in key), row[2])
 
 
 class Capture:
@@ -121,18 +117,21 @@ def captures(cursor, schema=DEFAULT_SCHEMA):
     @return: every capture trigger feeding the outbox in C{schema}, as
         L{Capture}s ordered by table and trigger name.
     """
+    # Triggers cloned onto partitions (tgparentid, PostgreSQL 13+;
+    # internal before) are the partitioned table's, not captures of their own.
     cursor.execute(
-        "SELECT n.nspname, c.relname, c.oid, t.tgargs, t.tgname"
+        f"SELECT {_DISPLAY}, c.oid, t.tgargs, t.tgname"
         " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE t.tgfoid = (SELECT p.oid FROM pg_proc p JOIN pg_namespace pn ON pn.oid = p.pronamespace"
         "                   WHERE pn.nspname = %s AND p.proname = 'capture' AND p.pronargs = 0)"
+        " AND NOT t.tgisinternal AND coalesce(to_jsonb(t) ->> 'tgparentid', '0') = '0'"
         " ORDER BY n.nspname, c.relname, t.tgname",
         (schema,),
     )
     return [
-        Capture(Table(None, nsp, rel, ()).display(), oid, bytes(args).split(b"\x00")[0].decode("utf-8"), name)
-        for nsp, rel, oid, args, name in cursor.fetchall()
+        Capture(table, oid, bytes(args).split(b"\x00")[0].decode("utf-8"), name)
+        for table, oid, args, name in cursor.fetchall()
     ]
 
 
@@ -155,15 +154,15 @@ def _refuse(found, schema, topic, existing):
     """
     if found.schema == schema:
         raise InvalidConfigurationException(
-            f"{found.display()} is in the outbox's own schema: capturing it would loop"
+            f"{found.display} is in the outbox's own schema: capturing it would loop"
         )
     if not found.key:
         raise InvalidConfigurationException(
-            f"table {found.display()} has no primary key: capture keys each change by it"
+            f"table {found.display} has no primary key: capture keys each change by it"
         )
     if found.deferrable:
         raise InvalidConfigurationException(
-            f"table {found.display()} has a deferrable primary key: capture relies on it"
+            f"table {found.display} has a deferrable primary key: capture relies on it"
             " making writers of one row wait for each other"
         )
     others = sorted({c.table for c in existing if c.topic == topic and c.oid != found.oid})
@@ -181,7 +180,7 @@ def _arguments(table, topic):
         it is partitioned (the trigger fires on its partitions) or C{""},
         and the primary key's columns.
     """
-    return [topic, table.display() if table.partitioned else ""] + table.key
+    return [topic, table.display if table.partitioned else ""] + table.key
 
 
 def capture(conn, table, topic, schema=DEFAULT_SCHEMA):

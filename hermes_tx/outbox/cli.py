@@ -112,7 +112,7 @@ def _install(conn, args, out):
 
 def _capture(conn, args, out):
     table = capture(conn, args.table, args.topic, args.schema)
-    print(f"capturing {table.display()} into topic {args.topic!r} (key: {', '.join(table.key)})", file=out)
+    print(f"capturing {table.display} into topic {args.topic!r} (key: {', '.join(table.key)})", file=out)
 
 
 def _uncapture(conn, args, out):

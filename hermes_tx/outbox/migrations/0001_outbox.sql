@@ -52,7 +52,8 @@ CREATE INDEX dead_letters_topic_id ON {schema}.dead_letters (topic, id);
 COMMENT ON TABLE {schema}.dead_letters IS
     'hermes_tx outbox changes that failed for good; hermes-tx dead-letters retries or purges them';
 
--- emit: the one way changes enter the outbox.  Writers of one (topic, key)
+-- emit: how applications write changes (captured tables write their own,
+-- see version 2).  Writers of one (topic, key)
 -- are serialized by a transaction-level advisory lock taken before the id
 -- is drawn, so per key, id order is commit order.  One NOTIFY per topic
 -- per transaction: PostgreSQL folds identical (channel, payload) pairs.

@@ -4,8 +4,8 @@
 -- UPDATE OR DELETE row trigger with the arguments (topic, table name,
 -- primary key column, ...).  The table name is '' for a plain table (the
 -- trigger's own table is named); a partitioned table passes its own name,
--- as the trigger fires on its partitions.  Each changed row becomes one change, keyed by the primary
--- key:
+-- as the trigger fires on its partitions.  Each changed row becomes one
+-- change, keyed by the primary key:
 --   single column: the value as text (as ->> renders it from the row's JSON);
 --   composite:     the JSON array of the values in key order, as text.
 -- An UPDATE that changes the primary key is a DELETE of the old key and an
