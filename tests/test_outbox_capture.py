@@ -337,7 +337,7 @@ class CaptureRoundTripTests(OutboxDatabase, unittest.TestCase):
         self.assertEqual([p["op"] for _, p in changes], ["INSERT", "UPDATE", "DELETE"])
         return changes
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(key=PG_TEXT, value=st.one_of(st.none(), PG_TEXT), number=st.integers(-(2**63), 2**63 - 1),
            data=st.recursive(st.none() | st.booleans() | st.integers(-(10**6), 10**6) | PG_TEXT,
                              lambda inner: st.lists(inner, max_size=3) | st.dictionaries(PG_TEXT, inner, max_size=3),
@@ -351,7 +351,7 @@ class CaptureRoundTripTests(OutboxDatabase, unittest.TestCase):
         self.assertEqual([(p["old"], p["new"]) for _, p in changes],
                          [(None, row), (row, dict(row, n=1)), (dict(row, n=1), None)])
 
-    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(a=PG_TEXT, b=st.integers(-(2**63), 2**63 - 1))
     def test_composite_key(self, a, b):
         changes = self.round_trip("prop2", "INSERT INTO prop2 VALUES (%s, %s, 0)", (a, b))
