@@ -15,8 +15,8 @@ from hermes_tx.exceptions import HermesException
 
 class DatabaseError(HermesException):
     """
-    Connecting or a statement failed; the message is one line without the
-    DSN's password.
+    Connecting failed; the message is one line without the DSN's
+    password.
     """
 
 
