@@ -18,6 +18,7 @@ any more.
         -> (id, "retry" | "dead")
     dead_letter(schema)  (ids, token, errors)               -> (id,)
     extend(schema)       (ids, token, visibility_seconds)   -> (id,)
+    unclaim(schema)      (ids, token)                       -> (id,)
     stats(schema)        ()
         -> (topic, pending, in_flight, oldest_age, dead_letters)
 """
@@ -176,6 +177,26 @@ def extend(schema=DEFAULT_SCHEMA):
     )
 
 
+def unclaim(schema=DEFAULT_SCHEMA):
+    """
+    Give back rows a consumer claimed but never handed to its processor (it
+    is stopping): unclaimed, available at once, and the delivery the claim
+    counted taken back, so stopping and starting consumers never pushes a
+    change toward the dead letters.
+
+    Parameters: C{ids} (list of int), C{token}.
+
+    @return: a statement returning C{(id,)} for each row given back.
+    """
+    return _build(
+        "UPDATE {schema}.outbox o"
+        " SET claim_token = NULL, claimed_until = NULL, attempts = greatest(o.attempts - 1, 0)"
+        " WHERE o.id = ANY (%s::bigint[]) AND o.claim_token = %s::uuid"
+        " RETURNING o.id",
+        schema,
+    )
+
+
 def stats(schema=DEFAULT_SCHEMA):
     """
     Per topic: C{pending} (rows not in flight: waiting to be claimed, or
@@ -218,4 +239,4 @@ def listen(schema=DEFAULT_SCHEMA):
     return sql.SQL("LISTEN {}").format(sql.Identifier(channel(schema)))
 
 
-__all__ = ["claim", "ack", "release", "dead_letter", "extend", "stats", "channel", "listen"]
+__all__ = ["claim", "ack", "release", "dead_letter", "extend", "unclaim", "stats", "channel", "listen"]
