@@ -6,8 +6,12 @@ setup(
     description="Hermes: Postgres-talking, event-driven, failure-handling Twisted services",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
-    packages=["hermes_tx", "hermes_tx.sinks", "twisted.plugins"],
-    package_data={"twisted": ["plugins/hermes_plugin.py"]},
+    packages=["hermes_tx", "hermes_tx.outbox", "hermes_tx.sinks", "twisted.plugins"],
+    package_data={
+        "twisted": ["plugins/hermes_plugin.py"],
+        "hermes_tx.outbox": ["migrations/*.sql"],
+    },
+    entry_points={"console_scripts": ["hermes-tx = hermes_tx.outbox.cli:main"]},
     python_requires=">=3.9",
     install_requires=[
         "twisted>=22.10",

@@ -44,6 +44,9 @@ CONNECTING, LISTENING, WAITING = "connecting", "listening", "waiting"
 
 _channel_of = attrgetter("channel")
 
+#: seconds between two log lines about payloads that are not JSON
+UNDECODABLE_EVERY = 10.0
+
 
 class PostgresNotificationListener(ConnectedComponent):
     """
@@ -126,6 +129,8 @@ class PostgresNotificationListener(ConnectedComponent):
         self.pauses = 0
         #: when the last notification arrived (clock seconds), or None
         self.last_notification_at = None
+        # undecodable payloads since the last line about them, and when it was
+        self._undecodable_seen = (0, None)
         self.supervisor.add_observer(self)
 
     @property
@@ -204,11 +209,24 @@ class PostgresNotificationListener(ConnectedComponent):
     def _decode(self, events):
         for event in events:
             if not decode_json_payload(event):
-                self.log.warn(
-                    "{ident}: payload on channel {channel!r} is not JSON ({error}); "
-                    "delivered with decode_error set",
-                    ident=self.ident, channel=event.channel, error=event.decode_error,
-                )
+                self._undecodable(event)
+
+    def _undecodable(self, event):
+        # Anyone allowed to NOTIFY can send what does not decode: one line,
+        # then at most one line per UNDECODABLE_EVERY seconds with a count.
+        now = self.clock.seconds()
+        count, logged_at = self._undecodable_seen
+        count += 1
+        if logged_at is not None and now - logged_at < UNDECODABLE_EVERY:
+            self._undecodable_seen = (count, logged_at)
+            return
+        more = f" ({count - 1} more since the last such line)" if count > 1 else ""
+        self.log.warn(
+            "{ident}: payload on channel {channel!r} is not JSON ({error}); "
+            "delivered with decode_error set{more}",
+            ident=self.ident, channel=event.channel, error=event.decode_error, more=more,
+        )
+        self._undecodable_seen = (0, now)
 
 
 class _ListenRun(Run):

@@ -22,6 +22,8 @@ from twisted.application import service
 from twisted.web import resource, server
 
 from hermes_tx.exceptions import one_line
+from hermes_tx.sinks.metrics import SinkMetrics
+from hermes_tx.sinks.metrics import collect as collect_sink_metrics
 from hermes_tx.roles import PRIMARY, ROLES
 
 
@@ -87,6 +89,8 @@ class ClientCollector:
             value=1 if getattr(processor, "terminated", None) is not None else 0,
         )
         yield from _outbox_metrics(client.outbox)
+        if isinstance(getattr(processor, "metrics", None), SinkMetrics):
+            yield from collect_sink_metrics([processor.metrics])
         last = getattr(listener, "last_notification_at", None)
         yield GaugeMetricFamily(
             "hermes_seconds_since_last_notification",

@@ -92,10 +92,21 @@ class _Core:
     def begin_run(self, machine):
         self.state_name = "running"
         self.timer = None
-        run = self.run = self.component._new_run()
-        run.on_ready = lambda: self.run is run and machine.run_ready(run)
-        run.on_end = lambda outcome: self._run_end(machine, run, outcome)
-        run.start()
+        run = None
+        try:
+            run = self.run = self.component._new_run()
+            run.on_ready = lambda: self.run is run and machine.run_ready(run)
+            run.on_end = lambda outcome: self._run_end(machine, run, outcome)
+            run.start()
+        except Exception as error:
+            # A run that cannot even begin is a bug: end it for good, so
+            # the supervisor does not sit "running" with nothing running.
+            self.log.failure("{ident}: a run could not start",
+                             ident=getattr(self.component, "ident", self.component))
+            if run is None:
+                run = self.run = object()
+            report = ComponentError(False, "TERMINATE", self.component, error)
+            machine.run_terminated(run, Outcome(TERMINATED, error, report))
 
     def _run_end(self, machine, run, outcome):
         if self.run is not run:

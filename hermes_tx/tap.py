@@ -31,6 +31,9 @@ from hermes_tx.dsncheck import check_options
 from hermes_tx.events import PAYLOAD_FORMATS
 from hermes_tx.exceptions import InvalidConfigurationException, one_line
 from hermes_tx.listeners import PostgresNotificationListener
+from hermes_tx.outbox.consumer import OutboxConsumer
+from hermes_tx.outbox.names import validate_schema, validate_topic
+from hermes_tx.sinks import redact_url, sink_class
 from hermes_tx.status import StatusService, check_listen
 from hermes_tx.tapprocessor import load_processor_class, make_processor, processor_kwargs
 
@@ -50,6 +53,9 @@ BOUNDS = {
     "liveness-timeout": (0.5, 86400, "seconds"),
     "shutdown-timeout": (0.1, 86400, "seconds"),
     "execute-timeout": (0, 86400, "seconds"),
+    "poll-interval": (0.01, 86400, "seconds"),
+    "visibility-timeout": (1, 86400, "seconds"),
+    "max-attempts": (1, 1000000, ""),
     "queue-size": (1, 1000000, "events"),
     "status-port": (0, 65535, ""),
 }
@@ -130,11 +136,23 @@ class Options(usage.Options):
          "events waiting for the processor before reading pauses", _typed("queue-size", int)],
         ["status-port", None, None, "serve /health, /ready and /metrics on this TCP port", _typed("status-port", int)],
         ["status-interface", None, "127.0.0.1", "the IP address the status port listens on"],
+        ["outbox-schema", None, "hermes", "the schema of the outbox (hermes-tx install --schema)"],
+        ["poll-interval", None, 1.0,
+         "seconds between outbox claims while nothing wakes the consumer", _typed("poll-interval", float)],
+        ["visibility-timeout", None, 30.0,
+         "seconds an outbox claim lasts unless extended by a live consumer",
+         _typed("visibility-timeout", float)],
+        ["max-attempts", None, 10,
+         "deliveries of an outbox change before it moves to the dead letters", _typed("max-attempts", int)],
+        ["sink", None, None, "a built-in sink as the processor: http(s)://, elasticsearch+http(s)://, "
+         "redis://, amqp:// URL (instead of --processor)"],
+        ["sink-secret-file", None, None, "a file holding the sink's password, token or HMAC secret"],
     ]
 
     def __init__(self):
         usage.Options.__init__(self)
         self["channels"] = []
+        self["topics"] = []
         self["failover-files"] = []
 
     def opt_failover_file(self, name):
@@ -142,6 +160,13 @@ class Options(usage.Options):
         a failover file under --watch-path (repeatable; replaces the defaults)
         """
         self["failover-files"].append(name)
+
+    def opt_outbox(self, topic):
+        """
+        an outbox topic to consume (repeatable): changes written with
+        hermes.emit or captured with hermes-tx capture
+        """
+        self["topics"].append(topic)
 
     def opt_channel(self, name):
         """
@@ -163,8 +188,10 @@ class Options(usage.Options):
 
     def postOptions(self):
         self["dsn"] = self._dsn()
-        if not self["channels"]:
-            raise usage.UsageError("no channel: pass --channel NAME at least once")
+        if not self["channels"] and not self["topics"]:
+            raise usage.UsageError(
+                "nothing to consume: pass --channel NAME or --outbox TOPIC at least once"
+            )
         for name, (least, most, unit) in BOUNDS.items():
             value = self[name]
             if value is not None and not least <= value <= most:
@@ -187,11 +214,27 @@ class Options(usage.Options):
             raise usage.UsageError("--failover-file needs --watch-path")
         try:
             check_options(self["dsn"])
-            self["channels"] = validate_channels(self["channels"])
+            if self["channels"]:
+                self["channels"] = validate_channels(self["channels"])
+            if self["topics"]:
+                self["topics"] = [validate_topic(t) for t in dict.fromkeys(self["topics"])]
+                validate_schema(self["outbox-schema"])
         except InvalidConfigurationException as e:
             raise usage.UsageError(str(e))
-        self["processor_class"] = load_processor_class(self["processor"])
+        self["processor_class"] = self._processor_class()
         self._for_twistd()
+
+    def _processor_class(self):
+        if self["sink"] is None:
+            if self["sink-secret-file"] is not None:
+                raise usage.UsageError("--sink-secret-file needs --sink")
+            return load_processor_class(self["processor"])
+        if self["processor"] != DEFAULT_PROCESSOR:
+            raise usage.UsageError("pass --processor or --sink, not both")
+        try:
+            return sink_class(self["sink"])
+        except InvalidConfigurationException as e:
+            raise usage.UsageError(str(e))
 
     def _dsn(self):
         """
@@ -249,8 +292,9 @@ def makeService(options):
     try:
         processor = make_processor(cls, options)
     except Exception as e:
-        fail(f"processor {cls.__module__}.{cls.__qualname__} failed to start: {one_line(e)}",
-             EXIT_START_FAILED)
+        what = f"sink {redact_url(options['sink'])}" if options["sink"] else (
+            f"processor {cls.__module__}.{cls.__qualname__}")
+        fail(f"{what} failed to start: {one_line(e)}", EXIT_START_FAILED)
     port, interface = options["status-port"], options["status-interface"]
     if port is not None:
         try:
@@ -273,15 +317,28 @@ def makeService(options):
     client.watch_failures(
         lambda report: top.fail(f"{report.component.ident} terminated: {one_line(report.error)}")
     )
-    listener = PostgresNotificationListener(
-        PostgresConnector(options["dsn"]),
-        options["channels"],
-        backoff_limit=options["backoff-limit"],
-        liveness_timeout=options["liveness-timeout"],
-        payload_format=options["payload-format"],
-    )
-    listener.setName("listener")
-    client.add_listener(listener)
+    if options["channels"]:
+        listener = PostgresNotificationListener(
+            PostgresConnector(options["dsn"]),
+            options["channels"],
+            backoff_limit=options["backoff-limit"],
+            liveness_timeout=options["liveness-timeout"],
+            payload_format=options["payload-format"],
+        )
+        listener.setName("listener")
+        client.add_listener(listener)
+    if options["topics"]:
+        consumer = OutboxConsumer(
+            PostgresConnector(options["dsn"], application_name="hermes-outbox"),
+            options["topics"],
+            schema=options["outbox-schema"],
+            poll_interval=options["poll-interval"],
+            visibility_timeout=options["visibility-timeout"],
+            max_attempts=options["max-attempts"],
+            backoff_limit=options["backoff-limit"],
+        )
+        consumer.setName("outbox")
+        client.add_outbox(consumer)
     processor.setName("processor")
     client.add_processor(processor)
     client.setServiceParent(top)

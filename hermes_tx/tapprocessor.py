@@ -79,10 +79,16 @@ def processor_kwargs(cls, options):
 
 def make_processor(cls, options):
     """
-    Instantiate the processor class with L{processor_kwargs};
-    C{backoff_limit} and C{shutdown_timeout} are set on it in any case.
+    Instantiate the processor class with L{processor_kwargs} (or, with
+    C{--sink}, the sink for the URL); C{backoff_limit},
+    C{shutdown_timeout} and C{execute_timeout} are set on it in any case.
     """
-    processor = cls(**processor_kwargs(cls, options))
+    if options.get("sink"):
+        from hermes_tx.sinks import from_url
+
+        processor = from_url(options["sink"], secret_file=options.get("sink-secret-file"))
+    else:
+        processor = cls(**processor_kwargs(cls, options))
     processor.backoff_limit = options["backoff-limit"]
     processor.shutdown_timeout = options["shutdown-timeout"]
     processor.execute_timeout = options["execute-timeout"] or None

@@ -348,6 +348,31 @@ class ListenerRunTests(_Memory, unittest.TestCase):
         self.assertFalse(listen.current.paused)
         self.assertEqual(listener.pauses, 1)
 
+    def test_undecodable_payloads_cannot_flood_the_log(self):
+        """
+        Anyone who may NOTIFY can send payloads that are not JSON: every one
+        is delivered with decode_error, but the log gets one line, then at
+        most one every 10 s with the count of the others.
+        """
+        clock = task.Clock()
+        listen = FakeListenConnector()
+        listener = PostgresNotificationListener(listen, "c", clock=clock, liveness_timeout=None,
+                                                payload_format="json")
+        log = capture_log(self)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        for _ in range(1000):
+            listen.current.deliver("not json{")
+            clock.advance(0.001)
+        clock.advance(10)
+        listen.current.deliver("not json{")
+        events = [e for e in listener.notif_queue.pending if e.kind == "notification"]
+        self.assertEqual(len(events), 1001)
+        self.assertTrue(all(e.decode_error for e in events))
+        lines = client_lines(log, LogLevel.warn)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("(999 more since the last such line)", lines[1])
+
     def test_stop_while_connecting(self):
         clock = task.Clock()
         listen = FakeListenConnector()

@@ -599,6 +599,34 @@ class SupervisorTests(unittest.TestCase):
         self.assertEqual(seen, ["idle", "running", "waiting", "stopping", "idle", "terminated"])
 
 
+class BrokenRunTests(unittest.TestCase):
+    def test_a_run_that_cannot_start_terminates(self):
+        """
+        A _new_run or run.start that raises (a bug) ends the component for
+        good, logged with its traceback, observers told: the supervisor
+        does not sit "running" with nothing running.
+        """
+        for broken in ("new", "start"):
+            component = FakeComponent()
+            if broken == "new":
+                component._new_run = lambda: 1 / 0
+            else:
+                component.prepare = lambda run: setattr(run, "start", lambda: 1 / 0)
+            logged = []
+            sup = Supervisor(component, task.Clock(), Backoff(backoff_policy()),
+                             log=Logger(observer=logged.append))
+            recorder = Recorder()
+            sup.add_observer(recorder)
+            sup.start()
+            self.assertEqual(sup.state, "terminated", broken)
+            self.assertEqual([c[0] for c in recorder.calls], ["terminated"])
+            self.assertIsInstance(sup.last_outcome.error, ZeroDivisionError)
+            self.assertEqual(sup.last_outcome.report.action, "TERMINATE")
+            self.assertEqual(len([e for e in logged if e.get("log_failure")]), 1)
+            self.successResultOf(sup.stop())
+            self.assertEqual(sup.state, "idle")
+
+
 class RealClockDefaultsTests(unittest.TestCase):
     def test_stop_returns_a_deferred(self):
         sup = Supervisor(FakeComponent(), task.Clock(), Backoff(backoff_policy()))

@@ -56,7 +56,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(self.parse("-c", "x", "--dsn", "dbname=flag")["dsn"], "dbname=flag")
 
     def test_usage_errors(self):
-        self.assertUsageError(["--dsn", "dbname=x"], "no channel")
+        self.assertUsageError(["--dsn", "dbname=x"], "nothing to consume")
         self.assertUsageError(["--dsn", "dbname=x oops", "-c", "x"], "invalid DSN")
         self.assertUsageError(["--dsn", "dbname=x", "-c", "a" * 64], "64 bytes")
         self.assertUsageError(["--dsn", "dbname=x", "-c", ""], "non-empty")
@@ -202,6 +202,57 @@ class OptionsTests(unittest.TestCase):
         o = self.parse("--dsn", "dbname=x", "-c", "x", "--output", "out.jsonl")
         p = make_processor(o["processor_class"], o)
         self.assertEqual(p.output, "out.jsonl")
+
+    def test_sink_as_the_processor(self):
+        """
+        --sink picks a built-in sink by scheme (the processor of the
+        service), with the timeouts of the options; it excludes
+        --processor; a bad URL is a usage error that shows no secret.
+        """
+        from hermes_tx.sinks.webhook import WebhookSink
+
+        secret = os.path.abspath(self.mktemp())
+        with open(secret, "w") as f:
+            f.write("hmac-key\n")
+        o = self.parse("--dsn", "dbname=x", "-c", "x", "--sink", "http://u:pw-in-url@127.0.0.1:9/hook",
+                       "--sink-secret-file", secret, "--execute-timeout", "5")
+        processor = makeService(o).getServiceNamed("client").processor
+        self.addCleanup(processor.stopService)
+        self.assertIsInstance(processor, WebhookSink)
+        self.assertEqual(processor.execute_timeout, 5)
+        self.assertNotIn("pw-in-url", repr(processor))
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--sink", "http://h/",
+                               "--processor", "examples.printer:Printer"], "not both")
+        e = self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--sink", "ftp://u:pw-in-url@h/"],
+                                  "unknown scheme 'ftp'")
+        self.assertNotIn("pw-in-url", str(e))
+        self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--sink-secret-file", secret],
+                              "--sink-secret-file needs --sink")
+
+    def test_outbox_options(self):
+        """
+        --outbox (repeatable, with or without --channel) adds an outbox
+        consumer with the options' schema, poll interval, visibility and
+        attempts; without --channel there is no listener.
+        """
+        o = self.parse("--dsn", "dbname=x", "--outbox", "orders", "--outbox", "orders",
+                       "--outbox", "Items ü", "--outbox-schema", "ob", "--poll-interval", "0.5",
+                       "--visibility-timeout", "12", "--max-attempts", "4")
+        client = makeService(o).getServiceNamed("client")
+        self.assertIsNone(client.listener)
+        consumer = client.outbox
+        self.assertEqual(consumer.topics, ["orders", "Items ü"])
+        self.assertEqual((consumer.schema, consumer.poll_interval, consumer.visibility_timeout,
+                          consumer.ledger.max_attempts), ("ob", 0.5, 12.0, 4))
+        self.assertEqual(consumer.channel, "ob.outbox")
+        both = makeService(self.parse("--dsn", "dbname=x", "-c", "c", "--outbox", "t"))
+        client = both.getServiceNamed("client")
+        self.assertIsNotNone(client.listener)
+        self.assertIsNotNone(client.outbox)
+        self.assertUsageError(["--dsn", "dbname=x"], "pass --channel NAME or --outbox TOPIC")
+        self.assertUsageError(["--dsn", "dbname=x", "--outbox", "t" * 256], "256 bytes")
+        self.assertUsageError(["--dsn", "dbname=x", "--outbox", "t", "--visibility-timeout", "0.5"],
+                              "between 1 and 86400")
 
     def test_make_service(self):
         o = self.parse("--dsn", "dbname=x", "-c", "x", "-c", "Y")

@@ -1,0 +1,205 @@
+"""
+The outbox's SQL against the hand-written queue loop, on one throwaway
+server, in one run (not run by the tests).
+
+    .venv/bin/python bench/outbox_sql.py [--rows 50000] [--rounds 3]
+
+  drain    N pending changes drained from one blocking psycopg2 connection
+           with a no-op "processor": hermes.claim(500) + ack, against
+           DELETE ... WHERE id IN (SELECT id ... ORDER BY id LIMIT 500
+           FOR UPDATE SKIP LOCKED) RETURNING ... on an equivalent table;
+           keys: every change its own key, 500 keys, 10 keys, 1 key
+           (per-key order allows one change of a key at a time, so with
+           10 keys a claim returns at most 10 rows)
+  blocked  one claim(500) while other tokens hold batches of changes (other
+           consumers), up to the head of every key (nothing claimable: the
+           per-key check's worst case)
+  capture  the same UPDATE workload on a 10,000-row table without and with
+           the capture trigger: one row per autocommit statement, and one
+           statement updating every row
+Medians of the rounds are printed.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import psycopg2  # noqa: E402
+
+from hermes_tx.outbox import schema as outbox_schema  # noqa: E402
+from hermes_tx.outbox import sql as outbox_sql  # noqa: E402
+from hermes_tx.outbox.capture import capture, uncapture  # noqa: E402
+from tests.support.pgcluster import Cluster  # noqa: E402
+
+BATCH = 500
+TOPIC = "bench"
+PAYLOAD = "jsonb_build_object('id', g, 'name', 'item ' || g, 'n', g * 7)"
+
+
+def key_expression(keys):
+    return "g::text" if keys is None else f"(g %% {keys})::text"
+
+
+def reset(cur):
+    cur.execute("TRUNCATE hermes.outbox, hermes.dead_letters, bench_queue")
+
+
+def fill(cur, rows, keys):
+    reset(cur)
+    for table in ("hermes.outbox", "bench_queue"):
+        cur.execute(
+            f"INSERT INTO {table} (topic, key, payload)"
+            f" SELECT %s, {key_expression(keys)}, {PAYLOAD} FROM generate_series(1, %s) g",
+            (TOPIC, rows),
+        )
+    cur.execute("ANALYZE hermes.outbox")
+    cur.execute("ANALYZE bench_queue")
+
+
+def drain_hermes(cur, rows):
+    claim, ack = outbox_sql.claim(), outbox_sql.ack()
+    done = 0
+    start = time.perf_counter()
+    while done < rows:
+        token = str(uuid.uuid4())
+        cur.execute(claim, ([TOPIC], BATCH, token, 30.0))
+        batch = cur.fetchall()
+        if not batch:
+            raise RuntimeError(f"claim returned nothing after {done} of {rows}")
+        cur.execute(ack, ([r[0] for r in batch], token))
+        done += len(cur.fetchall())
+    return time.perf_counter() - start
+
+
+def drain_plain(cur, rows):
+    done = 0
+    start = time.perf_counter()
+    while done < rows:
+        cur.execute(
+            "DELETE FROM bench_queue WHERE id IN (SELECT id FROM bench_queue ORDER BY id"
+            " LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, topic, key, payload::text, extract(epoch FROM created_at)",
+            (BATCH,),
+        )
+        done += len(cur.fetchall())
+    return time.perf_counter() - start
+
+
+def blocked_claim(cur, rows, keys, held, repeat=10):
+    """
+    Time a claim(500) while other tokens hold C{held} changes (whole
+    batches of 500, oldest first).
+
+    @return: (median seconds, rows the timed claim got, rows held).
+    """
+    cur.execute(
+        f"INSERT INTO hermes.outbox (topic, key, payload)"
+        f" SELECT %s, {key_expression(keys)}, {PAYLOAD} FROM generate_series(1, %s) g",
+        (TOPIC, rows),
+    )
+    cur.execute("ANALYZE hermes.outbox")
+    holding = 0
+    while holding < held:
+        cur.execute(outbox_sql.claim(), ([TOPIC], BATCH, str(uuid.uuid4()), 600.0))
+        got = len(cur.fetchall())
+        holding += got
+        if got < BATCH:
+            break
+    times = []
+    for _ in range(repeat):
+        token = str(uuid.uuid4())
+        start = time.perf_counter()
+        cur.execute(outbox_sql.claim(), ([TOPIC], BATCH, token, 30.0))
+        got = cur.fetchall()
+        times.append(time.perf_counter() - start)
+        cur.execute("UPDATE hermes.outbox SET claim_token = NULL, claimed_until = NULL, attempts = 0"
+                    " WHERE claim_token = %s", (token,))
+    reset(cur)
+    return statistics.median(times), len(got), holding
+
+
+def update_workload(cur, conn_dsn, single, rows=10000, statements=20000):
+    cur.execute("TRUNCATE items")
+    cur.execute(
+        "INSERT INTO items SELECT g, 0, 'item ' || g, now() FROM generate_series(1, %s) g", (rows,)
+    )
+    cur.execute("VACUUM ANALYZE items")
+    start = time.perf_counter()
+    if single:
+        for i in range(statements):
+            cur.execute("UPDATE items SET n = n + 1, updated_at = now() WHERE id = %s", (i % rows + 1,))
+    else:
+        cur.execute("UPDATE items SET n = n + 1, updated_at = now()")
+    elapsed = time.perf_counter() - start
+    cur.execute("TRUNCATE hermes.outbox")
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--rows", type=int, default=50000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    cluster = Cluster.create_primary()
+    try:
+        conn = psycopg2.connect(cluster.dsn(application_name="bench-outbox"))
+        conn.autocommit = True
+        outbox_schema.install(conn)
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE bench_queue (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " topic text NOT NULL, key text NOT NULL, payload jsonb NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur.execute("CREATE TABLE items (id int PRIMARY KEY, n int, name text, updated_at timestamptz)")
+
+        print(f"drain {args.rows} pending changes, batches of {BATCH}, median of {args.rounds} rounds")
+        for keys in (None, 500, 10, 1):
+            if keys is not None and keys < 100 and args.rows > 5000:
+                rows = 5000 if keys == 10 else 2000
+            else:
+                rows = args.rows
+            hermes, plain = [], []
+            for _ in range(args.rounds):
+                fill(cur, rows, keys)
+                plain.append(drain_plain(cur, rows))
+                hermes.append(drain_hermes(cur, rows))
+            h, p = statistics.median(hermes), statistics.median(plain)
+            label = "own key each" if keys is None else f"{keys} keys"
+            print(f"  {label:>12}: {rows} rows  hermes {rows / h:9.0f}/s   plain loop {rows / p:9.0f}/s"
+                  f"   ratio {p / h:.2f}")
+
+        print(f"one claim(500) while others hold changes ({args.rows} rows, median of 10)")
+        for keys, held, label in [
+            (None, 1500, "own key each, 3 batches in flight"),
+            (500, 500, "500 keys, every head in flight"),
+            (5000, 5000, "5000 keys, every head in flight"),
+            (5000, 1500, "5000 keys, 3 batches in flight"),
+        ]:
+            seconds, got, holding = blocked_claim(cur, args.rows, keys, held)
+            print(f"  {label:>34}: {seconds * 1000:7.2f} ms, got {got} (held {holding})")
+
+        print("capture overhead: UPDATE workload without / with the trigger")
+        for single in (True, False):
+            without, with_ = [], []
+            for _ in range(args.rounds):
+                without.append(update_workload(cur, None, single))
+                capture(conn, "items", "items")
+                with_.append(update_workload(cur, None, single))
+                uncapture(conn, "items")
+            w, t = statistics.median(without), statistics.median(with_)
+            label = "20000 single-row statements" if single else "one statement, 10000 rows"
+            print(f"  {label}: {w:.3f} s / {t:.3f} s = {t / w:.2f}x")
+        conn.close()
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+# -*- test-case-name: tests.test_outbox_cli -*-
+"""
+What C{hermes-tx} does besides installing and capturing: status, dead
+letters, emitting by hand.  Blocking psycopg2 cursors on autocommit
+connections.
+"""
+
+from psycopg2 import sql
+
+from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.outbox import sql as statements
+from hermes_tx.outbox.names import DEFAULT_SCHEMA, validate_schema
+from hermes_tx.outbox.schema import installed_versions, latest_version
+
+#: dead letters moved back per statement by L{retry_dead_letters} (each
+#: takes emit's lock on its key until its statement commits)
+RETRY_CHUNK = 500
+
+STATUS_FIELDS = ("topic", "pending", "in_flight", "oldest_age", "dead_letters")
+DEAD_LETTER_FIELDS = ("id", "topic", "key", "attempts", "failed_at", "last_error")
+
+
+def require_installed(cursor, schema=DEFAULT_SCHEMA):
+    """
+    @raise InvalidConfigurationException: the outbox is not installed in
+        C{schema}, or not up to date.
+    """
+    versions = installed_versions(cursor, validate_schema(schema))
+    if not versions:
+        raise InvalidConfigurationException(
+            f"the outbox is not installed in schema {schema!r}: run hermes-tx install"
+        )
+    if max(versions) < latest_version():
+        raise InvalidConfigurationException(
+            f"the outbox in schema {schema!r} is at version {max(versions)}, "
+            f"this hermes_tx needs {latest_version()}: run hermes-tx install"
+        )
+
+
+def status(cursor, schema=DEFAULT_SCHEMA):
+    """
+    @return: a list of dicts with keys L{STATUS_FIELDS}, one per topic
+        (see L{hermes_tx.outbox.sql.stats}).
+    """
+    cursor.execute(statements.stats(schema))
+    return [dict(zip(STATUS_FIELDS, row)) for row in cursor.fetchall()]
+
+
+def _table(schema, name):
+    return sql.Identifier(validate_schema(schema), name)
+
+
+def dead_letters(cursor, schema=DEFAULT_SCHEMA, topic=None, limit=100):
+    """
+    @return: C{(rows, total)}: up to C{limit} dead letters (dicts with keys
+        L{DEAD_LETTER_FIELDS}, C{failed_at} an aware datetime), oldest
+        first, and how many there are in all (of C{topic}, or of every
+        topic).
+    """
+    where = sql.SQL("WHERE %(topic)s::text IS NULL OR d.topic = %(topic)s")
+    cursor.execute(
+        sql.SQL(
+            "SELECT d.id, d.topic, d.key, d.attempts, d.failed_at, d.last_error"
+            " FROM {} d {} ORDER BY d.id LIMIT %(limit)s"
+        ).format(_table(schema, "dead_letters"), where),
+        {"topic": topic, "limit": limit},
+    )
+    rows = [dict(zip(DEAD_LETTER_FIELDS, row)) for row in cursor.fetchall()]
+    cursor.execute(
+        sql.SQL("SELECT count(*) FROM {} d {}").format(_table(schema, "dead_letters"), where),
+        {"topic": topic},
+    )
+    return rows, cursor.fetchone()[0]
+
+
+#: dead letters with these ids (all when NULL) of this topic (any when NULL)
+_CHOSEN = sql.SQL(
+    "(%(ids)s::bigint[] IS NULL OR d.id = ANY (%(ids)s::bigint[]))"
+    " AND (%(topic)s::text IS NULL OR d.topic = %(topic)s)"
+)
+
+
+def _select_ids(cursor, schema, ids, topic):
+    cursor.execute(
+        sql.SQL("SELECT d.id FROM {} d WHERE {} ORDER BY d.id").format(_table(schema, "dead_letters"), _CHOSEN),
+        {"ids": ids, "topic": topic},
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def retry_dead_letters(cursor, schema=DEFAULT_SCHEMA, ids=None, topic=None):
+    """
+    Move dead letters back into the outbox: each is emitted again (a new
+    id, after the changes of its key already pending; attempts 0) and
+    removed from the dead letters, in the same statement.
+
+    @param ids: the dead letters' ids, or C{None} for all (of C{topic}).
+    @param topic: only those of this topic, or C{None}.
+    @return: a list of C{(dead letter id, new outbox id)} in id order.
+    """
+    found = _select_ids(cursor, schema, ids, topic)
+    statement = sql.SQL(
+        "WITH moved AS (DELETE FROM {dead} d WHERE d.id = ANY (%s::bigint[])"
+        " RETURNING d.id, d.topic, d.key, d.payload)"
+        " SELECT m.id, {emit}(m.topic, m.key, m.payload)"
+        " FROM (SELECT * FROM moved ORDER BY id) m"
+    ).format(dead=_table(schema, "dead_letters"), emit=_table(schema, "emit"))
+    moved = []
+    for start in range(0, len(found), RETRY_CHUNK):
+        cursor.execute(statement, (found[start:start + RETRY_CHUNK],))
+        moved.extend(cursor.fetchall())
+    return sorted(moved)
+
+
+def purge_dead_letters(cursor, schema=DEFAULT_SCHEMA, ids=None, topic=None):
+    """
+    Delete dead letters for good.
+
+    @param ids: their ids, or C{None} for all (of C{topic}).
+    @param topic: only those of this topic, or C{None}.
+    @return: the ids deleted, ascending.
+    """
+    cursor.execute(
+        sql.SQL("DELETE FROM {} d WHERE {} RETURNING d.id").format(_table(schema, "dead_letters"), _CHOSEN),
+        {"ids": ids, "topic": topic},
+    )
+    return sorted(row[0] for row in cursor.fetchall())
+
+
+def emit(cursor, topic, key, payload, schema=DEFAULT_SCHEMA):
+    """
+    Emit one change (in its own transaction when C{cursor}'s connection is
+    in autocommit mode).
+
+    @param payload: JSON text.
+    @return: the new change's id.
+    """
+    cursor.execute(
+        sql.SQL("SELECT {}(%s, %s, %s::jsonb)").format(_table(schema, "emit")), (topic, key, payload)
+    )
+    return cursor.fetchone()[0]

@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_outbox_consumer -*-
+"""
+What an outbox consumer owes the database for the changes it claimed: an
+acknowledgement, a release (with a backoff), or a move to the dead
+letters, each written in batches on the consumer's connection.
+
+A L{Claim} is one claimed batch (one token); the processor's run loop
+settles each change through it (L{hermes_tx.settle}).  The L{Ledger} keeps
+what is in flight and what is still to be written, and survives lost
+connections: writes that could not be made are made on the next one (a
+claim that expired meanwhile is simply not the consumer's any more; the
+change is delivered again, at least once).
+"""
+
+from collections import OrderedDict
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from hermes_tx.backoff import backoff_policy
+from hermes_tx.exceptions import one_line
+
+#: write acknowledgements once this many are waiting (else after ACK_DELAY)
+ACK_BATCH = 256
+#: seconds an acknowledgement may wait to be written with others
+ACK_DELAY = 0.005
+
+
+class Claim:
+    """
+    One claim: a token and the changes it took.
+    """
+
+    def __init__(self, ledger, token):
+        self.ledger = ledger
+        self.token = token
+
+    def done(self, change):
+        self.ledger.settle(change, ("ack", self.token, change, None, None))
+
+    def retry(self, change, reason, retry_after=None):
+        delay = max(self.ledger.retry_delay(change.attempts), retry_after or 0.0)
+        self.ledger.settle(change, ("release", self.token, change, delay, _text(reason)))
+
+    def reject(self, change, reason):
+        self.ledger.settle(change, ("dead", self.token, change, None, _text(reason)))
+
+
+def _text(reason):
+    return one_line(reason) if isinstance(reason, BaseException) else str(reason)
+
+
+class Ledger:
+    """
+    The changes in flight and the writes owed for them.
+
+    @ivar in_flight: an ordered dict of change id to the L{Change} handed
+        to the processor and not yet settled.
+    @ivar counts: acknowledged, released, dead-lettered and lost claims so
+        far (for metrics).
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, max_attempts=10, retry_policy=None):
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_policy or backoff_policy(initial=1.0, factor=2.0, max_delay=300.0)
+        self.in_flight = OrderedDict()
+        self.counts = {"acked": 0, "released": 0, "dead": 0, "lost": 0}
+        # (kind, token, change, delay, reason) not yet written; kind is
+        # "ack", "release" or "dead"
+        self._owed = []
+        self._writes = defer.DeferredLock()  # one write at a time
+        self._timer = None
+        # set by the consumer's run: a function taking the owed writes and
+        # returning a Deferred firing with (acked, released, dead) counts
+        self.writer = None
+
+    def add(self, change):
+        self.in_flight[change.id] = change
+
+    def settle(self, change, write):
+        if self.in_flight.pop(change.id, None) is None:
+            return  # lost or already settled
+        self._owed.append(write)
+        if write[0] != "ack" or len(self._owed) >= ACK_BATCH:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self.clock.callLater(ACK_DELAY, self.flush)
+
+    @property
+    def owed(self):
+        return len(self._owed)
+
+    def flush(self):
+        """
+        Write what is owed, if a connection is there to write it on, after
+        any write already under way (writes never overlap, so a caller
+        closing the connection after this Deferred closes it on nothing).
+
+        @return: a Deferred firing once the writes are done (or failed:
+            they stay owed).
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self._owed or self.writer is None:
+            return self._writes.run(lambda: None)
+        return self._writes.run(self._write_owed)
+
+    def _write_owed(self):
+        if not self._owed or self.writer is None:
+            return None
+        owed, self._owed = self._owed, []
+
+        def failed(failure):
+            # The connection went: write these on the next one.
+            self._owed[:0] = owed
+            return None
+
+        return self.writer(owed).addCallbacks(self._written, failed)
+
+    def _written(self, outcome):
+        acked, released, dead = outcome
+        self.counts["acked"] += acked
+        self.counts["released"] += released
+        self.counts["dead"] += dead
+
+    def lost(self, ids):
+        """
+        Claims that expired before their changes were settled (another
+        consumer may deliver them again).
+        """
+        for change_id in ids:
+            if self.in_flight.pop(change_id, None) is not None:
+                self.counts["lost"] += 1
+
+    def forget_all(self):
+        """
+        @return: the changes in flight, which are no longer ours to settle.
+        """
+        changes = list(self.in_flight.values())
+        self.in_flight.clear()
+        return changes
+
+    def cancel(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None

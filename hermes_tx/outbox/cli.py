@@ -1,0 +1,245 @@
+# -*- test-case-name: tests.test_outbox_cli -*-
+"""
+C{hermes-tx}: install the outbox, capture tables, look at it, handle dead
+letters.
+
+    hermes-tx install      [--dsn DSN] [--schema NAME]
+    hermes-tx capture      --table SCHEMA.TABLE --topic NAME
+    hermes-tx uncapture    --table SCHEMA.TABLE [--topic NAME]
+    hermes-tx status       [--json]
+    hermes-tx dead-letters [--topic T] [--limit N] [--json]
+                           [--retry ID ... | --retry-all | --purge ID ... | --purge-all]
+    hermes-tx emit         --topic T --key K --payload JSON
+
+The DSN comes from C{--dsn} or C{$HERMES_DSN}.  A mistake in the command
+line is one line on standard error and exit status 2; a failure (cannot
+connect, no such table, a standby) one line and exit status 1; never a
+traceback, never a password.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import psycopg2
+
+from hermes_tx.exceptions import HermesException
+from hermes_tx.outbox import admin
+from hermes_tx.outbox.capture import capture, uncapture
+from hermes_tx.outbox.db import connect, first_line, scrub
+from hermes_tx.outbox.names import DEFAULT_SCHEMA
+from hermes_tx.outbox.render import dead_letter_table, status_table
+from hermes_tx.outbox.schema import install, latest_version
+
+PROG = "hermes-tx"
+
+
+class UsageError(Exception):
+    """A mistake in the command line (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, raised, not printed."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def build_parser():
+    """
+    @return: the C{hermes-tx} argument parser.
+    """
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--dsn",
+        help="libpq connection string or postgresql:// URI (default: $HERMES_DSN); "
+        "prefer $HERMES_DSN, PGPASSWORD or ~/.pgpass to keep a password off the command line",
+    )
+    common.add_argument("--schema", default=DEFAULT_SCHEMA, help="the outbox's schema (default: %(default)s)")
+    parser = _Parser(prog=PROG, description="The hermes_tx durable outbox: schema, capture, status, dead letters.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    commands.add_parser("install", parents=[common], help="create or upgrade the outbox schema")
+
+    cmd = commands.add_parser("capture", parents=[common], help="capture a table's changes into a topic")
+    cmd.add_argument("--table", required=True, help='TABLE (in public), SCHEMA.TABLE or \'"Odd Schema"."Odd.Table"\'')
+    cmd.add_argument("--topic", required=True)
+
+    cmd = commands.add_parser("uncapture", parents=[common], help="stop capturing a table's changes")
+    cmd.add_argument("--table", required=True)
+    cmd.add_argument("--topic", help="only this topic (default: every topic)")
+
+    cmd = commands.add_parser("status", parents=[common], help="pending, in flight, lag and dead letters per topic")
+    cmd.add_argument("--json", action="store_true", help="print JSON")
+
+    cmd = commands.add_parser("dead-letters", parents=[common], help="list, retry or purge dead letters")
+    cmd.add_argument("--topic", help="only this topic")
+    cmd.add_argument("--limit", type=_positive, default=100, help="list at most this many (default: %(default)s)")
+    cmd.add_argument("--json", action="store_true", help="print JSON")
+    action = cmd.add_mutually_exclusive_group()
+    action.add_argument("--retry", nargs="+", type=_positive, metavar="ID", help="move these back to the outbox")
+    action.add_argument("--retry-all", action="store_true", help="move all (of --topic) back to the outbox")
+    action.add_argument("--purge", nargs="+", type=_positive, metavar="ID", help="delete these for good")
+    action.add_argument("--purge-all", action="store_true", help="delete all (of --topic) for good")
+
+    cmd = commands.add_parser("emit", parents=[common], help="emit one change (its own transaction)")
+    cmd.add_argument("--topic", required=True)
+    cmd.add_argument("--key", required=True)
+    cmd.add_argument("--payload", required=True, help="JSON")
+    return parser
+
+
+def _install(conn, args, out):
+    applied = install(conn, args.schema)
+    if applied:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+        print(f"schema {args.schema!r} installed at version {latest_version()} (applied {names})", file=out)
+    else:
+        print(f"schema {args.schema!r} is up to date (version {latest_version()})", file=out)
+
+
+def _capture(conn, args, out):
+    table = capture(conn, args.table, args.topic, args.schema)
+    print(f"capturing {table.display} into topic {args.topic!r} (key: {', '.join(table.key)})", file=out)
+
+
+def _uncapture(conn, args, out):
+    dropped = uncapture(conn, args.table, args.topic, args.schema)
+    what = f"into topic {args.topic!r}" if args.topic else "into any topic"
+    if dropped:
+        print(f"stopped capturing {args.table} {what} ({_count(dropped, 'trigger')} dropped)", file=out)
+    else:
+        print(f"{args.table} was not captured {what}", file=out)
+
+
+def _status(conn, args, out):
+    with conn.cursor() as cur:
+        admin.require_installed(cur, args.schema)
+        rows = admin.status(cur, args.schema)
+    if args.json:
+        print(json.dumps(rows), file=out)
+    else:
+        print(status_table(rows), file=out)
+
+
+def _dead_letters(conn, args, out):
+    with conn.cursor() as cur:
+        admin.require_installed(cur, args.schema)
+        if args.retry or args.retry_all:
+            moved = admin.retry_dead_letters(cur, args.schema, args.retry, args.topic)
+            _report(args.retry, [old for old, _ in moved], "retried", out)
+        elif args.purge or args.purge_all:
+            purged = admin.purge_dead_letters(cur, args.schema, args.purge, args.topic)
+            _report(args.purge, purged, "purged", out)
+        else:
+            rows, total = admin.dead_letters(cur, args.schema, args.topic, args.limit)
+            if args.json:
+                print(json.dumps(rows, default=lambda v: v.isoformat()), file=out)
+            else:
+                print(dead_letter_table(rows, total), file=out)
+
+
+def _report(asked, done, verb, out):
+    """
+    Say how many dead letters were C{verb}; raise when some asked for were
+    not there.
+    """
+    print(f"{verb} {_count(done, 'dead letter')}", file=out)
+    missing = sorted(set(asked or ()) - set(done))
+    if missing:
+        raise HermesException(f"no dead letter with id {', '.join(map(str, missing))}")
+
+
+def _count(items, noun):
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _emit(conn, args, out):
+    try:
+        json.loads(args.payload)
+    except ValueError as e:
+        raise UsageError(f"--payload is not JSON: {e}") from None
+    with conn.cursor() as cur:
+        admin.require_installed(cur, args.schema)
+        print(admin.emit(cur, args.topic, args.key, args.payload, args.schema), file=out)
+
+
+COMMANDS = {
+    "install": _install,
+    "capture": _capture,
+    "uncapture": _uncapture,
+    "status": _status,
+    "dead-letters": _dead_letters,
+    "emit": _emit,
+}
+
+
+def run(argv, environ, out, err):
+    """
+    Run one command.
+
+    @param argv: the arguments after the program name.
+    @param environ: the environment (C{HERMES_DSN}).
+    @return: the exit status.
+    """
+    secrets = _dsn_candidates(argv, environ)
+
+    def fail(error, status):
+        message = first_line(error)
+        for dsn in secrets:
+            message = scrub(message, dsn)
+        print(f"{PROG}: error: {scrub(message, None)}", file=err)
+        return status
+
+    try:
+        args = build_parser().parse_args(argv)
+        dsn = args.dsn or environ.get("HERMES_DSN")
+        if not dsn:
+            raise UsageError("--dsn or $HERMES_DSN is required")
+        conn = connect(dsn)
+        try:
+            COMMANDS[args.command](conn, args, out)
+        finally:
+            conn.close()
+        return 0
+    except UsageError as e:
+        return fail(e, 2)
+    except (HermesException, psycopg2.Error) as e:
+        return fail(e, 1)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=err)
+        return 130
+
+
+def _dsn_candidates(argv, environ):
+    """
+    @return: every string that may be a DSN: C{$HERMES_DSN} and what
+        follows C{--dsn} on the command line (before it is parsed: a usage
+        error may quote any argument).
+    """
+    found = [environ.get("HERMES_DSN")]
+    for i, arg in enumerate(argv):
+        if arg == "--dsn" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--dsn="):
+            found.append(arg[len("--dsn="):])
+    return [dsn for dsn in found if dsn]
+
+
+def main(argv=None):
+    """
+    The C{hermes-tx} console script.
+    """
+    sys.exit(run(sys.argv[1:] if argv is None else argv, os.environ, sys.stdout, sys.stderr))

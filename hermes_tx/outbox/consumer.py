@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_outbox_consumer -*-
+"""
+L{OutboxConsumer}: claim outbox changes and hand them to the processor.
+
+It is a source, as the listener is: a component whose runs (one per
+connection) put events on the Client's queue.  Each run LISTENs on the
+schema's wake-up channel, claims batches with C{FOR UPDATE SKIP LOCKED}
+(L{hermes_tx.outbox.sql.claim}: per-key order across every consumer) when
+woken, every C{poll_interval} seconds, and at once while a claim comes back
+full; it never claims more than the queue has room for, never holds a
+transaction open while the processor works, keeps its claims alive
+(C{extend}) while they are in flight, and writes what the processor's
+outcomes owe (L{hermes_tx.outbox.claims}).  Any number of consumers, in any
+number of processes, share a topic's work.
+"""
+
+from twisted.logger import Logger
+
+from hermes_tx.components import STOPPED, ConnectedComponent
+from hermes_tx.events import Change
+from hermes_tx.exceptions import InvalidConfigurationException, one_line
+from hermes_tx.outbox import sql
+from hermes_tx.outbox.claims import Ledger
+from hermes_tx.outbox.run import CONNECTING, CONSUMING, ConsumeRun
+from hermes_tx.outbox.names import DEFAULT_SCHEMA, channel, validate_schema, validate_topic
+from hermes_tx.queues import EventQueue
+
+
+class OutboxConsumer(ConnectedComponent):
+    """
+    Claims changes of C{topics} and queues them as L{Change} events.  It
+    owns its connector's connection: do not share the connector.
+
+    @ivar ledger: the L{hermes_tx.outbox.claims.Ledger} of changes in
+        flight and writes owed.
+    @ivar claimed: changes claimed so far, by topic (for metrics).
+    @ivar stats: the last per-topic figures read from the outbox: a dict of
+        topic to C{(pending, in_flight, oldest_age, dead_letters)}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        pg_connector,
+        topics,
+        notif_queue=None,
+        schema=DEFAULT_SCHEMA,
+        poll_interval=1.0,
+        visibility_timeout=30.0,
+        max_attempts=10,
+        batch_size=500,
+        stats_interval=5.0,
+        error_strategy=None,
+        error_queue=None,
+        backoff_limit=16,
+        clock=None,
+    ):
+        """
+        @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
+        @param topics: a topic name or a list of them.
+        @param notif_queue: where L{Change}s go (the Client wires its queue).
+        @param schema: the outbox's schema (C{hermes-tx install --schema}).
+        @param poll_interval: seconds between claims while nothing wakes the
+            consumer (the fallback for a missed wake-up).
+        @param visibility_timeout: seconds a claim lasts; it is extended
+            every third of it while the change is in flight, so only a dead
+            consumer loses its claims.
+        @param max_attempts: deliveries after which a failing change moves
+            to the dead letters.
+        @param batch_size: the most changes one claim takes.
+        @param stats_interval: seconds between reads of the outbox's
+            per-topic figures (for C{/metrics}); C{None}: never.
+        @raise InvalidConfigurationException: no topic, or a bad one.
+        """
+        ConnectedComponent.__init__(
+            self, error_strategy=error_strategy, error_queue=error_queue,
+            backoff_limit=backoff_limit, clock=clock,
+        )
+        self.pg_connector = pg_connector
+        topics = [topics] if isinstance(topics, str) else list(topics or ())
+        if not topics:
+            raise InvalidConfigurationException("at least one topic is required")
+        self.topics = [validate_topic(t) for t in dict.fromkeys(topics)]
+        for value, name in ((poll_interval, "poll_interval"), (visibility_timeout, "visibility_timeout")):
+            if not value > 0:
+                raise InvalidConfigurationException(f"{name} must be more than 0")
+        if max_attempts < 1 or batch_size < 1:
+            raise InvalidConfigurationException("max_attempts and batch_size must be at least 1")
+        self.notif_queue = notif_queue
+        self.schema = validate_schema(schema)
+        self.channel = channel(schema)
+        self.poll_interval = poll_interval
+        self.visibility_timeout = visibility_timeout
+        self.batch_size = batch_size
+        self.stats_interval = stats_interval
+        self.ledger = Ledger(self.clock, max_attempts=max_attempts)
+        self.claimed = {}
+        self.stats = {}
+        self.statements = {
+            name: getattr(sql, name)(schema)
+            for name in ("claim", "ack", "release", "dead_letter", "extend", "stats", "unclaim")
+        }
+        self.supervisor.add_observer(self)
+
+    @property
+    def state(self):
+        supervised = self.supervisor.state
+        if supervised == "running":
+            run = self.supervisor.run
+            return run.state if run is not None else CONNECTING
+        if supervised in ("idle", "terminated"):
+            return STOPPED
+        return supervised
+
+    @property
+    def is_consuming(self):
+        return self.state == CONSUMING
+
+    def startService(self):
+        if self.notif_queue is None:
+            self.notif_queue = EventQueue()
+        ConnectedComponent.startService(self)
+
+    def stopService(self):
+        """
+        Stop claiming.  Changes claimed but still queued are taken out of
+        the queue and given back (their attempt not counted); what the
+        processor settled is written first.
+
+        @return: a Deferred firing once the connection is closed.
+        """
+        self._withdraw_queued()
+        return ConnectedComponent.stopService(self)
+
+    def _withdraw_queued(self):
+        pending = getattr(self.notif_queue, "pending", None)
+        if not pending:
+            return
+        mine = [e for e in pending if type(e) is Change and getattr(e.claim, "ledger", None) is self.ledger]
+        if not mine:
+            return
+        kept = [e for e in pending if not (type(e) is Change and e in mine)]
+        pending.clear()
+        pending.extend(kept)
+        for change in mine:
+            self.ledger.settle(change, ("unclaim", change.claim.token, change, None, None))
+
+    def _new_run(self):
+        return ConsumeRun(self)
+
+    # -- what the supervisor tells us -----------------------------------------
+
+    def run_lost(self, component, error, delay):
+        self.log.warn(
+            "{ident}: {error}; reconnecting in {delay:.2f} s",
+            ident=self.ident, error=one_line(error), delay=delay,
+        )
+
+    def run_terminated(self, component, error):
+        self.log.warn("{ident}: terminated by {error}", ident=self.ident, error=one_line(error))

@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.test_outbox_cli -*-
+"""
+Plain-text tables for C{hermes-tx status} and C{hermes-tx dead-letters}.
+Every cell is one line of printable text: control characters in keys and
+error messages are escaped, long cells cut.
+"""
+
+#: cells longer than this are cut, with an ellipsis
+MAX_CELL = 60
+
+
+def cell(value, width=MAX_CELL):
+    """
+    @return: C{value} as one printable line of at most C{width} characters
+        (C{"-"} for C{None}).
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(headers, rows):
+    """
+    @return: C{rows} (sequences of cells) under C{headers}, columns padded.
+    """
+    lines = [list(headers)] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def status_table(rows):
+    """
+    @param rows: L{hermes_tx.outbox.admin.status} dicts.
+    """
+    if not rows:
+        return "no changes and no dead letters"
+    return table(
+        ("TOPIC", "PENDING", "IN FLIGHT", "OLDEST (s)", "DEAD LETTERS"),
+        [(r["topic"], r["pending"], r["in_flight"], r["oldest_age"], r["dead_letters"]) for r in rows],
+    )
+
+
+def dead_letter_table(rows, total):
+    """
+    @param rows: L{hermes_tx.outbox.admin.dead_letters} dicts.
+    @param total: how many there are in all.
+    """
+    if not rows:
+        return "no dead letters"
+    text = table(
+        ("ID", "TOPIC", "KEY", "ATTEMPTS", "FAILED AT", "LAST ERROR"),
+        [
+            (r["id"], r["topic"], r["key"], r["attempts"],
+             r["failed_at"].isoformat(timespec="seconds"), r["last_error"])
+            for r in rows
+        ],
+    )
+    if total > len(rows):
+        text += f"\n({total - len(rows)} more; --limit shows more)"
+    return text

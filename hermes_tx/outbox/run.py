@@ -1,0 +1,271 @@
+# -*- test-case-name: tests.test_outbox_consumer -*-
+"""
+L{ConsumeRun}: one connection's life of an
+L{hermes_tx.outbox.consumer.OutboxConsumer}: connect, LISTEN for wake-ups,
+then claim, keep claims alive and write what the processor's outcomes owe,
+until the connection is lost or the consumer stops.
+"""
+
+import json
+import uuid
+
+from twisted.internet import defer
+
+from hermes_tx import strategies
+from hermes_tx.components import LOST, STOPPED, TERMINATED, ComponentError, Outcome, Run
+from hermes_tx.events import Change
+from hermes_tx.exceptions import StandbyServerError
+from hermes_tx.outbox import sql
+from hermes_tx.outbox.claims import Claim
+
+CONNECTING, CONSUMING = "connecting", "consuming"
+
+
+class ConsumeRun(Run):
+    """
+    One connection's life: connect, check it is a primary, LISTEN for
+    wake-ups, then claim, extend and write until lost or stopped.
+
+    @ivar state: C{"connecting"}, C{"consuming"} or C{"ended"}.
+    """
+
+    def __init__(self, consumer):
+        Run.__init__(self, consumer)
+        self.consumer = consumer
+        self.state = CONNECTING
+        self.conn = None
+        self._timers = {}
+        self._claiming = False
+        self._again = False
+        self._waiting_for_room = False
+
+    # -- connecting -----------------------------------------------------------
+
+    def _work(self):
+        d = self.consumer.pg_connector.connect()
+        d.addCallback(self._prepare)
+        d.addCallbacks(self._consuming, self._failed)
+
+    def _prepare(self, conn):
+        if self.state != CONNECTING:
+            return None
+        self.conn = conn
+        conn.notify_sink = self._wake
+        conn.notify_on_lost(lambda reason: self._loss(reason.value))
+        d = conn.runQuery("SELECT pg_is_in_recovery()")
+
+        def listen(rows):
+            if rows[0][0]:
+                raise StandbyServerError("the server is a standby; not claiming there")
+            return conn.runOperation(sql.listen(self.consumer.schema))
+
+        return d.addCallback(listen).addCallback(lambda _: conn)
+
+    def _consuming(self, conn):
+        if conn is None or self.state != CONNECTING:
+            return
+        consumer = self.consumer
+        self.state = CONSUMING
+        consumer.ledger.writer = self._write
+        consumer.log.info(
+            "{ident}: consuming outbox topics {topics}",
+            ident=consumer.ident, topics=", ".join(repr(t) for t in consumer.topics),
+        )
+        self._every("poll", consumer.poll_interval, self._claim)
+        self._every("extend", consumer.visibility_timeout / 3.0, self._extend)
+        if consumer.stats_interval:
+            self._every("stats", consumer.stats_interval, self._read_stats)
+            self._read_stats()
+        self.on_ready()
+        consumer.ledger.flush()
+        self._claim()
+
+    def _failed(self, failure):
+        if self.state == CONNECTING:
+            self._loss(failure.value)
+
+    def _loss(self, error):
+        if self.state == "ended":
+            return
+        self._close()
+        consumer = self.consumer
+        expected, action = consumer.error_strategy.handle_exception(error)
+        if action in (strategies.BACKOFF, strategies.CONTINUE):
+            self.end(Outcome(LOST, error))
+        else:
+            self.end(Outcome(TERMINATED, error, ComponentError(expected, action, consumer, error)))
+
+    def _close(self):
+        self.state = "ended"
+        for call in self._timers.values():
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        if self.consumer.ledger.writer == self._write:
+            self.consumer.ledger.writer = None
+        self.consumer.pg_connector.disconnect()
+
+    def _every(self, name, interval, action):
+        def tick():
+            if self.state == CONSUMING:
+                action()
+                self._timers[name] = self.consumer.clock.callLater(interval, tick)
+
+        self._timers[name] = self.consumer.clock.callLater(interval, tick)
+
+    # -- claiming -------------------------------------------------------------
+
+    def _wake(self, batch):
+        topics = self.consumer.topics
+        if any(n.payload in topics for n in batch):
+            self._claim()
+
+    def _claim(self):
+        if self.state != CONSUMING:
+            return
+        if self._claiming:
+            self._again = True
+            return
+        consumer = self.consumer
+        queue = consumer.notif_queue
+        room = consumer.batch_size
+        if getattr(queue, "maxsize", None) is not None:
+            room = min(room, queue.maxsize - len(queue.pending))
+        if room <= 0:
+            if not self._waiting_for_room:
+                self._waiting_for_room = True
+                queue.on_space(self._room)
+            return
+        self._claiming = True
+        token = uuid.uuid4()
+        params = (consumer.topics, room, str(token), consumer.visibility_timeout)
+        d = self.conn.runQuery(consumer.statements["claim"], params)
+        d.addCallback(self._claimed, Claim(consumer.ledger, str(token)), room)
+        d.addErrback(self._query_failed)
+
+    def _room(self):
+        self._waiting_for_room = False
+        self._claim()
+
+    def _claimed(self, rows, claim, limit):
+        self._claiming = False
+        if self.state != CONSUMING:
+            return
+        consumer = self.consumer
+        changes = []
+        for id_, topic, key, attempts, created_at, payload in rows:
+            change = Change(id_, topic, key, attempts, created_at, payload, json.loads(payload), claim)
+            consumer.ledger.add(change)
+            consumer.claimed[topic] = consumer.claimed.get(topic, 0) + 1
+            changes.append(change)
+        if changes:
+            queue = consumer.notif_queue
+            if hasattr(queue, "put_many"):
+                queue.put_many(changes)
+            else:
+                for change in changes:
+                    queue.put(change)
+        if len(rows) >= limit or self._again:
+            self._again = False
+            self._claim()
+
+    def _query_failed(self, failure):
+        self._claiming = False
+        if self.state == CONSUMING:
+            self._loss(failure.value)
+
+    # -- keeping claims and writing what is owed --------------------------------
+
+    def _extend(self):
+        consumer = self.consumer
+        by_token = {}
+        for change in consumer.ledger.in_flight.values():
+            by_token.setdefault(change.claim.token, []).append(change.id)
+        for token, ids in by_token.items():
+            d = self.conn.runQuery(consumer.statements["extend"], (ids, token, consumer.visibility_timeout))
+            d.addCallback(self._extended, ids)
+            d.addErrback(self._query_failed)
+
+    def _extended(self, rows, ids):
+        kept = {row[0] for row in rows}
+        lost = [i for i in ids if i not in kept and i in self.consumer.ledger.in_flight]
+        if lost:
+            self.consumer.ledger.lost(lost)
+            self.consumer.log.warn(
+                "{ident}: {n} claim(s) expired before their changes were processed "
+                "(another consumer may deliver them again); is --visibility-timeout too short?",
+                ident=self.consumer.ident, n=len(lost),
+            )
+
+    @defer.inlineCallbacks
+    def _write(self, owed):
+        """
+        Write acknowledgements, releases, dead letters and unclaims, one
+        statement per kind and claim token.
+
+        @return: a Deferred firing with C{(acked, released, dead)}.
+        """
+        consumer = self.consumer
+        statements = consumer.statements
+        groups = {}
+        for kind, token, change, delay, reason in owed:
+            groups.setdefault((kind, token), []).append((change, delay, reason))
+        acked = released = dead = 0
+        for (kind, token), items in groups.items():
+            ids = [change.id for change, _, _ in items]
+            if kind == "ack":
+                rows = yield self.conn.runQuery(statements["ack"], (ids, token))
+                acked += len(rows)
+            elif kind == "unclaim":
+                yield self.conn.runQuery(statements["unclaim"], (ids, token))
+            elif kind == "release":
+                params = (ids, token, [d for _, d, _ in items], [r for _, _, r in items],
+                          consumer.ledger.max_attempts)
+                rows = yield self.conn.runQuery(statements["release"], params)
+                outcome = dict((row[0], row[1]) for row in rows)
+                released += sum(1 for v in outcome.values() if v == "retry")
+                for change, _, reason in items:
+                    if outcome.get(change.id) == "dead":
+                        dead += 1
+                        self._log_dead(change, reason)
+            else:
+                rows = yield self.conn.runQuery(statements["dead_letter"], (ids, token, [r for _, _, r in items]))
+                moved = {row[0] for row in rows}
+                for change, _, reason in items:
+                    if change.id in moved:
+                        dead += 1
+                        self._log_dead(change, reason)
+        return acked, released, dead
+
+    def _log_dead(self, change, reason):
+        self.consumer.log.warn(
+            "{ident}: outbox change {id} (topic {topic!r}, key {key!r}) moved to the dead letters "
+            "after {n} attempt(s): {reason}",
+            ident=self.consumer.ident, id=change.id, topic=change.topic, key=change.key,
+            n=change.attempts + 1, reason=reason,
+        )
+
+    def _read_stats(self):
+        d = self.conn.runQuery(self.consumer.statements["stats"])
+
+        def read(rows):
+            self.consumer.stats = {
+                row[0]: (row[1], row[2], row[3], row[4]) for row in rows
+            }
+
+        d.addCallbacks(read, self._query_failed)
+
+    # -- ending -----------------------------------------------------------------
+
+    def _end_work(self):
+        if self.state != CONSUMING:
+            self._close()
+            self.end(Outcome(STOPPED))
+            return
+        self.state = "stopping"
+        d = self.consumer.ledger.flush()
+        d.addBoth(lambda _: (self._close(), self.end(Outcome(STOPPED))))
+
+    def _terminate_work(self, report):
+        self._close()
+        self.end(Outcome(TERMINATED, report.error, report))

@@ -1,0 +1,170 @@
+"""
+Test support for the outbox: a fresh database per test class on the shared
+throwaway primary, with the outbox installed, and blocking connections to
+it.
+"""
+
+import os
+import select
+import threading
+import time
+import uuid
+
+import psycopg2
+
+from hermes_tx.outbox import sql as statements
+from hermes_tx.outbox.schema import install
+from tests.support.fixtures import ClassFixtures
+from tests.support.shared import shared_primary
+
+
+def quoted(name):
+    """
+    @return: C{name} as a quoted SQL identifier.
+    """
+    return '"' + name.replace('"', '""') + '"'
+
+
+def make_database(cluster, label):
+    """
+    @return: the name of a new, empty database on C{cluster}.
+    """
+    name = f"outbox_{label.lower()[:30]}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    cluster.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(cluster, name):
+    """
+    Drop a database made by L{make_database}, unless its server is gone
+    already (at exit, trial may tear a class down after the clusters).
+    """
+    try:
+        cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg2.OperationalError:
+        if cluster.is_running():
+            raise
+
+
+class OutboxDatabase(ClassFixtures):
+    """
+    Mixin (before C{TestCase}): C{cls.cluster} (the shared primary),
+    C{cls.dbname} (a database of the class's own) and C{cls.dsn}; the outbox
+    is installed in C{cls.schema} unless C{install_outbox} is false.
+    """
+
+    schema = "hermes"
+    install_outbox = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = shared_primary()
+        cls.dbname = make_database(cls.cluster, cls.__name__)
+        cls.dsn = cls.cluster.dsn(cls.dbname)
+        if cls.install_outbox:
+            conn = psycopg2.connect(cls.dsn)
+            try:
+                install(conn, cls.schema)
+            finally:
+                conn.close()
+
+    @classmethod
+    def tearDownClass(cls):
+        drop_database(cls.cluster, cls.dbname)
+
+    def connect(self, autocommit=True):
+        """
+        @return: a blocking connection to the class's database, closed when
+            the test ends.
+        """
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = autocommit
+        self.addCleanup(conn.close)
+        return conn
+
+    def query(self, statement, params=None):
+        """
+        @return: the rows of one autocommit statement.
+        """
+        return self.cluster.execute(statement, params, dbname=self.dbname)
+
+    def emit(self, topic, key, payload="{}", conn=None):
+        """
+        @return: the id of a change emitted in its own transaction.
+        """
+        rows = self.execute(
+            f"SELECT {quoted(self.schema)}.emit(%s, %s, %s::jsonb)", (topic, key, payload), conn
+        )
+        return rows[0][0]
+
+    def execute(self, statement, params=None, conn=None):
+        """
+        Run one statement on C{conn} (or a short-lived connection).
+
+        @return: its rows, or C{None}.
+        """
+        if conn is None:
+            return self.query(statement, params)
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description is not None else None
+
+    def claim(self, topics, limit=100, token=None, visibility=30.0, conn=None):
+        """
+        @return: C{(token, rows)} of a claim (a new token unless given).
+        """
+        token = token or str(uuid.uuid4())
+        rows = self.execute(statements.claim(self.schema), (list(topics), limit, token, visibility), conn)
+        return token, rows
+
+    def ack(self, ids, token, conn=None):
+        """
+        @return: the ids acknowledged.
+        """
+        return [r[0] for r in self.execute(statements.ack(self.schema), (list(ids), token), conn)]
+
+    def outbox(self, columns="id, topic, key, payload"):
+        """
+        @return: every row of the outbox, by id.
+        """
+        return self.query(f"SELECT {columns} FROM {quoted(self.schema)}.outbox ORDER BY id")
+
+    def clear(self):
+        """Empty the outbox and the dead letters."""
+        self.query(f"TRUNCATE {quoted(self.schema)}.outbox, {quoted(self.schema)}.dead_letters")
+
+
+def in_thread(target, *args):
+    """
+    Start C{target(*args)} in a daemon thread.
+
+    @return: C{(thread, result)}: C{result} is a dict that gets C{"value"}
+        or C{"error"} when the target ends.
+    """
+    result = {}
+
+    def run():
+        try:
+            result["value"] = target(*args)
+        except BaseException as e:  # reported to the test through result
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def notifications(conn, wait=1.0):
+    """
+    @return: the (channel, payload) of every notification that arrives on
+        C{conn} within C{wait} seconds (stopping 0.2 s after the last).
+    """
+    got = []
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if select.select([conn], [], [], 0.05)[0]:
+            conn.poll()
+            got.extend((n.channel, n.payload) for n in conn.notifies)
+            conn.notifies.clear()
+            deadline = min(deadline, time.monotonic() + 0.2)
+    return got

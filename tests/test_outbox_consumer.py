@@ -1,0 +1,294 @@
+"""
+The outbox consumer on a real database (one of its own per class, on the
+shared throwaway primary): drain, wake-ups, per-key order across consumers
+and concurrent writers, retries and dead letters, visibility: extension for a
+slow processor and reclaim from a dead consumer, stop giving back what was
+queued.
+"""
+
+import threading
+import uuid
+
+from twisted.internet import defer, threads
+from twisted.logger import LogLevel, formatEvent
+from twisted.trial import unittest
+
+from hermes_tx.client import Client
+from hermes_tx.components import Component
+from hermes_tx.connectors import PostgresConnector
+from hermes_tx.outbox.consumer import OutboxConsumer
+from hermes_tx.outcomes import Reject, Retry
+from tests.support.outbox import OutboxDatabase
+from tests.support.shared import capture_log, sleep, wait_until
+
+
+class Recorder(Component):
+    """
+    Records every change it is given, as (key, data["n"], attempts); a
+    script per key may make it raise or wait.
+    """
+
+    def __init__(self, everyone=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+        self.everyone = everyone  # a list shared by several recorders, or None
+        self.script = {}  # key -> list of exceptions / Deferreds, used in turn
+
+    def execute(self, change):
+        if change.kind != "change":
+            return None
+        self.seen.append((change.key, change.data.get("n"), change.attempts))
+        if self.everyone is not None:
+            self.everyone.append((change.key, change.data.get("n")))
+        steps = self.script.get(change.key)
+        if steps:
+            step = steps.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return step
+        return None
+
+    def by_key(self):
+        keys = {}
+        for key, n, _ in self.seen:
+            keys.setdefault(key, []).append(n)
+        return keys
+
+
+class _Consuming(OutboxDatabase):
+    def emit(self, topic, key, n):
+        if getattr(self, "_writing", None) is None:
+            self._writing = self.connect()
+        cur = self._writing.cursor()
+        cur.execute("SELECT hermes.emit(%s, %s, jsonb_build_object('n', %s::int))", (topic, key, n))
+
+    def emit_many(self, topic, keys, per_key):
+        """
+        Emit C{per_key} changes for each key, numbered in order, in
+        transactions of 1000.
+        """
+        conn = self.connect()
+        cur = conn.cursor()
+        rows = [(k, n) for n in range(per_key) for k in keys]
+        for i in range(0, len(rows), 1000):
+            chunk = rows[i:i + 1000]
+            cur.execute("BEGIN")
+            cur.executemany("SELECT hermes.emit(%s, %s, jsonb_build_object('n', %s::int))",
+                            [(topic, k, n) for k, n in chunk])
+            cur.execute("COMMIT")
+
+    def rows(self, table="outbox", topic=None):
+        """
+        @return: C{(id, key, attempts, claimed)} of the rows (of C{topic})
+            in the outbox or its dead letters (where C{claimed} is False).
+        """
+        claimed = "claim_token IS NOT NULL" if table == "outbox" else "false"
+        if getattr(self, "_looking", None) is None:
+            self._looking = self.connect()  # one connection per test for looking
+        cur = self._looking.cursor()
+        cur.execute(f"SELECT id, key, attempts, {claimed} FROM hermes.{table}"
+                    " WHERE %s IS NULL OR topic = %s ORDER BY id", (topic, topic))
+        return cur.fetchall()
+
+    def start(self, topics=("t",), processor=None, **kwargs):
+        client = Client(self.dsn, role_check_interval=0.5)
+        consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name="hermes-outbox-test"),
+                                  list(topics), **kwargs)
+        processor = processor or Recorder()
+        client.add_outbox(consumer)
+        client.add_processor(processor)
+        client.startService()
+        self.addCleanup(lambda: client.stopService() if client.running else None)
+        return client, consumer, processor
+
+
+class DrainTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_backlog_in_order_per_key_then_empty(self):
+        """
+        A backlog over 50 keys drains completely, each key's changes in the
+        order written, nothing twice, and the outbox is empty after.
+        """
+        keys = [f"key-{i}" for i in range(50)]
+        self.emit_many("t", keys, 20)
+        client, consumer, recorder = self.start(batch_size=100)
+        yield wait_until(lambda: len(recorder.seen) >= 1000, timeout=30, what="1000 changes")
+        yield wait_until(lambda: not self.rows(), timeout=10, what="an empty outbox")
+        self.assertEqual(len(recorder.seen), 1000)
+        for key, ns in recorder.by_key().items():
+            self.assertEqual(ns, list(range(20)), key)
+        self.assertEqual(consumer.ledger.counts["acked"], 1000)
+        self.assertEqual(consumer.claimed, {"t": 1000})
+        self.assertEqual(list(consumer.ledger.in_flight), [])
+
+    @defer.inlineCallbacks
+    def test_woken_without_waiting_for_the_poll(self):
+        """
+        A change written while the consumer is idle arrives through the
+        wake-up, long before the next poll; other topics are not claimed.
+        """
+        client, consumer, recorder = self.start(topics=["woken"], poll_interval=60)
+        yield wait_until(lambda: consumer.is_consuming, what="consuming")
+        yield sleep(0.2)
+        self.emit("other-topic", "k", 1)
+        self.emit("woken", "k", 2)
+        yield wait_until(lambda: recorder.seen, timeout=3, what="the change")
+        self.assertEqual(recorder.seen, [("k", 2, 0)])
+        self.assertEqual([r[1] for r in self.rows()], ["k"])  # the other topic's
+
+
+class RetryTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_retry_waits_and_keeps_the_key_in_order(self):
+        """
+        Retry releases the change (attempt counted); while it waits, the
+        key's next change is not handed out; other keys go on.
+        """
+        log = capture_log(self)
+        recorder = Recorder()
+        recorder.script["a"] = [Retry("not yet", retry_after=0.5)]
+        for n in range(3):
+            self.emit("retry", "a", n)
+            self.emit("retry", "b", n)
+        client, consumer, _ = self.start(["retry"], processor=recorder, poll_interval=0.1)
+        yield wait_until(lambda: len(recorder.seen) >= 7, timeout=15, what="7 deliveries")
+        yield wait_until(lambda: not self.rows(topic="retry"), timeout=10, what="an empty outbox")
+        self.assertEqual(recorder.by_key(), {"a": [0, 0, 1, 2], "b": [0, 1, 2]})
+        a = [s for s in recorder.seen if s[0] == "a"]
+        self.assertEqual([s[2] for s in a], [0, 1, 0, 0])  # attempts
+        self.assertEqual(consumer.ledger.counts["released"], 1)
+        self.assertTrue(any("not delivered" in formatEvent(e) for e in log))
+
+    @defer.inlineCallbacks
+    def test_dead_letters_after_max_attempts_and_at_once_on_reject(self):
+        """
+        A change that keeps failing moves to the dead letters after
+        max_attempts deliveries (logged, counted); a rejected one at once;
+        the key's next change then goes on.
+        """
+        log = capture_log(self)
+        recorder = Recorder(backoff_limit=1)
+        recorder.script["bad"] = [Retry("down")] * 3
+        recorder.script["rejected"] = [Reject("400 mapping error")]
+        self.emit("dead", "bad", 1)
+        self.emit("dead", "bad", 2)
+        self.emit("dead", "rejected", 1)
+        self.emit("dead", "rejected", 2)
+        client, consumer, _ = self.start(["dead"], processor=recorder, poll_interval=0.1,
+                                         max_attempts=3)
+        consumer.ledger.retry_delay = lambda attempts: 0.1
+        yield wait_until(lambda: len(self.rows("dead_letters")) == 2, timeout=20, what="2 dead")
+        yield wait_until(lambda: not self.rows(topic="dead"), timeout=10, what="an empty outbox")
+        self.assertEqual(recorder.by_key(), {"bad": [1, 1, 1, 2], "rejected": [1, 2]})
+        dead = self.rows("dead_letters")
+        self.assertEqual(sorted(r[1] for r in dead), ["bad", "rejected"])
+        self.assertEqual(consumer.ledger.counts["dead"], 2)
+        lines = [formatEvent(e) for e in log if e.get("log_level") == LogLevel.warn
+                 and "dead letters" in formatEvent(e)]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(any("after 3 attempt(s)" in line for line in lines), lines)
+
+
+class VisibilityTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_slow_processor_keeps_its_claim(self):
+        """
+        A processor slower than the visibility timeout: its live consumer
+        extends the claim, so a second consumer does not take the change.
+        """
+        slow = defer.Deferred()
+        first = Recorder()
+        first.script["k"] = [slow]
+        self.emit("t", "k", 1)
+        self.start(processor=first, visibility_timeout=1.0, poll_interval=0.1)
+        yield wait_until(lambda: first.seen, what="the first delivery")
+        second = Recorder()
+        self.start(processor=second, visibility_timeout=1.0, poll_interval=0.1)
+        yield sleep(2.5)
+        self.assertEqual(second.seen, [])
+        slow.callback(None)
+        yield wait_until(lambda: not self.rows(), timeout=5, what="acknowledged")
+        self.assertEqual(second.seen, [])
+
+    @defer.inlineCallbacks
+    def test_claims_of_a_dead_consumer_come_back(self):
+        """
+        Claims made by a consumer that died (made here by hand, with a
+        short visibility) are delivered by a live one once they expire,
+        with the attempt counted.
+        """
+        self.emit("t", "orphan", 1)
+        cur = self.connect().cursor()
+        cur.execute("SELECT id FROM hermes.claim(%s, %s, %s, %s)", (["t"], 10, str(uuid.uuid4()), 1.0))
+        self.assertEqual(len(cur.fetchall()), 1)
+        client, consumer, recorder = self.start(poll_interval=0.1)
+        yield sleep(0.5)
+        self.assertEqual(recorder.seen, [])
+        yield wait_until(lambda: recorder.seen, timeout=5, what="the reclaimed change")
+        self.assertEqual(recorder.seen, [("orphan", 1, 1)])
+
+
+class StopTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_stop_gives_back_what_was_queued(self):
+        """
+        Stopping with claimed changes still queued gives them back at once,
+        their attempt not counted; what was processed is acknowledged.
+        """
+        gate = defer.Deferred()
+        recorder = Recorder(shutdown_timeout=5)
+        recorder.script["k0"] = [gate]
+        for i in range(10):
+            self.emit("t", f"k{i}", 1)
+        client, consumer, _ = self.start(processor=recorder)
+        yield wait_until(lambda: recorder.seen and len(consumer.ledger.in_flight) == 10,
+                         what="10 claimed, one in progress")
+        stopping = client.stopService()
+        gate.callback(None)
+        yield stopping
+        rows = self.rows()
+        self.assertEqual([r[1] for r in rows], [f"k{i}" for i in range(1, 10)])
+        self.assertEqual({(r[2], r[3]) for r in rows}, {(0, False)})
+
+
+class SharedWorkTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_three_consumers_and_concurrent_writers(self):
+        """
+        Three consumers and four writer threads on 20 keys: every change
+        delivered once, each key's changes in the order committed.
+        """
+        everyone = []  # deliveries of all three, in the order they happened
+        recorders = [Recorder(everyone) for _ in range(3)]
+        for recorder in recorders:
+            self.start(processor=recorder, poll_interval=0.05, batch_size=20)
+        keys = [f"w{i}" for i in range(20)]
+        counters = {k: 0 for k in keys}
+        lock = threading.Lock()
+
+        def writer(seed):
+            conn = self.connect()
+            cur = conn.cursor()
+            for i in range(100):
+                key = keys[(seed * 7 + i) % len(keys)]
+                cur.execute("BEGIN")
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+                with lock:
+                    n = counters[key]
+                    counters[key] += 1
+                cur.execute("SELECT hermes.emit('t', %s, jsonb_build_object('n', %s::int))", (key, n))
+                cur.execute("COMMIT")
+
+        yield defer.gatherResults([threads.deferToThread(writer, s) for s in range(4)])
+        total = sum(counters.values())
+        yield wait_until(lambda: sum(len(r.seen) for r in recorders) >= total, timeout=30,
+                         what=f"{total} deliveries")
+        yield wait_until(lambda: not self.rows(), timeout=10, what="an empty outbox")
+        merged = {}
+        for key, n in everyone:
+            merged.setdefault(key, []).append(n)
+        self.assertEqual(len(everyone), total)
+        # Per key, across the three consumers, in the order committed.
+        for key, ns in merged.items():
+            self.assertEqual(ns, list(range(counters[key])), key)
+        self.assertTrue(all(r.seen for r in recorders), "the work was not shared")
