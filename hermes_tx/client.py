@@ -166,7 +166,7 @@ class Client(service.MultiService):
     def add_outbox(self, consumer):
         """
         Add the outbox consumer (a
-        C{hermes_tx.outbox.consumer.OutboxConsumer}): its changes go to the
+        L{hermes_tx.outbox.consumer.OutboxConsumer}): its changes go to the
         same processor as the listener's notifications.
 
         @raise InvalidConfigurationException: not a component, or an outbox

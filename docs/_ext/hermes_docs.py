@@ -54,8 +54,9 @@ def _find(module_name):
 
 class ArgparseReference(SphinxDirective):
     """
-    The reference of an argparse command line.  Content, if any, is shown
-    instead while the module does not exist.
+    The reference of an argparse command line.  While the module does not
+    exist, the directive's content is shown instead; without content that
+    is an error.
     """
 
     required_arguments = 1
@@ -65,6 +66,8 @@ class ArgparseReference(SphinxDirective):
     def run(self):
         module_name, _, function = self.arguments[0].partition(":")
         if not _find(module_name):
+            if not self.content:
+                raise self.error(f"no module {module_name} (and no placeholder content)")
             return self.parse_content_to_nodes(allow_section_headings=True)
         module = importlib.import_module(module_name)
         self.env.note_dependency(_source(module))
@@ -104,6 +107,8 @@ def modules(package_name):
     package = importlib.import_module(package_name)
     found = [(package_name, package)]
     for info in pkgutil.walk_packages(package.__path__, package_name + "."):
+        if info.name.rpartition(".")[2] == "__main__":
+            continue  # a program: importing it runs it
         found.append((info.name, importlib.import_module(info.name)))
     return sorted(found)
 

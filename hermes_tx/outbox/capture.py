@@ -45,7 +45,7 @@ class Table:
 
     def identifier(self):
         """
-        @return: the table as a quoted, qualified L{sql.Identifier}.
+        @return: the table as a quoted, qualified C{psycopg2.sql.Identifier}.
         """
         return sql.Identifier(self.schema, self.name)
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_outbox_cli -*-
 """
 C{hermes-tx}: install the outbox, capture tables, look at it, handle dead
-letters.
+letters::
 
     hermes-tx install      [--dsn DSN] [--schema NAME]
     hermes-tx capture      --table SCHEMA.TABLE --topic NAME

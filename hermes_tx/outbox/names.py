@@ -4,7 +4,7 @@ Names the outbox derives: the schema it lives in, its wake-up channel,
 the trigger a captured topic gets, and the tables users name on the
 command line.
 
-Every name reaches SQL as a quoted identifier (L{psycopg2.sql.Identifier})
+Every name reaches SQL as a quoted identifier (C{psycopg2.sql.Identifier})
 or a literal, never pasted into SQL text; what PostgreSQL would silently
 truncate (identifiers over 63 bytes) is refused or hashed here.
 """

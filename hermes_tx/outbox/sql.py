@@ -2,14 +2,14 @@
 """
 The statements an outbox consumer runs, built for one schema.
 
-Each is one statement with C{%s} parameters, a L{psycopg2.sql.Composable}
+Each is one statement with C{%s} parameters, a C{psycopg2.sql.Composable}
 that blocking psycopg2 (C{cursor.execute(stmt, params)}) and txpostgres
 (C{conn.runQuery(stmt, params)}) both take.  Run them on an autocommit
 connection: one statement is one transaction, nothing is held open between
 them.  A claim carries a token (a UUID, new for every claim); C{ack},
 C{release}, C{dead_letter} and C{extend} only touch rows that still hold
 it, so a claim that expired and was taken by someone else is not theirs
-any more.
+any more.  The statements, their parameters and what they return::
 
     claim(schema)        (topics, limit, token, visibility_seconds)
         -> (id, topic, key, attempts, created_at, payload), oldest first
