@@ -35,6 +35,8 @@ exclude_patterns = ["_build", "examples", "requirements.txt"]
 # A literal block is not Python unless it says so (Python in these pages is
 # a doctest or an included file the test suite runs: tests/test_docs.py).
 highlight_language = "none"
+# "--dsn" stays two hyphens: no typographic dashes or quotes anywhere.
+smartquotes = False
 nitpicky = True
 html_theme = "alabaster"
 html_title = "hermes_tx"

@@ -58,9 +58,8 @@ def usage_options(options, bounds=None):
     @param options: a C{twisted.python.usage.Options} instance.
     @param bounds: C{{long name: (least, most, unit)}}, or L{None}.
     @return: a list of dicts with C{long}, C{short} (or L{None}), C{takes}
-        (True for an option with a value), C{doc}, C{default} and
-        C{has_default} (False for an C{opt_*} method, which has none),
-        C{bounds} (a tuple or L{None}).
+        (True for an option with a value), C{doc}, C{default} (L{None} for
+        none, and for an C{opt_*} method), C{bounds} (a tuple or L{None}).
     """
     bounds = bounds or {}
     short = {}
@@ -77,7 +76,6 @@ def usage_options(options, bounds=None):
             "takes": takes,
             "doc": options.docs.get(long) or "",
             "default": options.defaults.get(long),
-            "has_default": long in options.defaults,
             "bounds": bounds.get(long),
         })
     return found
@@ -113,9 +111,8 @@ def usage_options_rst(options, program, bounds=None):
         forms.append("--" + option["long"] + ("=" + _metavar(option) if option["takes"] else ""))
         lines += [f".. option:: {', '.join(forms)}", ""]
         facts = []
-        if option["has_default"] and "(default" not in option["doc"]:
-            default = option["default"]
-            facts.append("Default: " + ("none" if default is None else _literal(default)) + ".")
+        if option["default"] is not None and "(default" not in option["doc"]:
+            facts.append(f"Default: {_literal(option['default'])}.")
         if option["bounds"]:
             least, most, unit = option["bounds"]
             facts.append(f"From {_number(least)} to {_number(most)} {unit}".rstrip() + ".")
@@ -191,8 +188,14 @@ def argparse_options(parser):
     return found
 
 
-def _usage(parser):
-    return " ".join(parser.format_usage().removeprefix("usage:").split())
+def _usage(parser, width=76):
+    """
+    @return: the parser's usage lines as argparse wraps them at C{width}
+        columns, without the C{usage:} prefix.
+    """
+    formatter = parser.formatter_class(prog=parser.prog, width=width)
+    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups, prefix="")
+    return formatter.format_help().strip("\n").splitlines()
 
 
 def argparse_rst(parser, program=None):
@@ -215,7 +218,7 @@ def argparse_rst(parser, program=None):
 
 
 def _parser_rst(parser, program):
-    lines = ["::", "", _INDENT + _usage(parser), ""]
+    lines = ["::", ""] + [_INDENT + line for line in _usage(parser)] + [""]
     if parser.description:
         lines += [line.strip() for line in _paragraph(parser.description)] + [""]
     lines += [f".. program:: {program}", ""]

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+import textwrap
 
 from docutils.parsers.rst import directives
 from sphinx.util.docutils import SphinxDirective
@@ -35,7 +36,9 @@ class TwistdOptions(SphinxDirective):
 
         self.env.note_dependency(_source(tap))
         options = tap.Options()
-        lines = ["::", "", f"   twistd [twistd options] hermes {options.synopsis}", ""]
+        synopsis = textwrap.wrap(f"twistd [twistd options] hermes {options.synopsis}", 72,
+                                 subsequent_indent="    ", break_on_hyphens=False)
+        lines = ["::", ""] + ["   " + line for line in synopsis] + [""]
         lines += [options.longdesc, ""]
         lines += clireference.usage_options_rst(options, "twistd hermes", tap.BOUNDS)
         return self.parse_text_to_nodes("\n".join(lines))
