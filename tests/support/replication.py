@@ -170,12 +170,15 @@ class StandbyOperations(object):
             os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
-def switchover(old, new, pause=2.0, rejoin=True, clock=time.monotonic):
+def switchover(old, new, pause=2.0, rejoin=True, clock=time.monotonic, on_promoted=None):
     """
     A Patroni-style switchover: stop the primary C{old} (C{-m fast}), wait
     C{pause} seconds, promote its standby C{new}, then (with C{rejoin})
     make C{old} a streaming standby of C{new}.
 
+    @param on_promoted: C{None}, or called with the readings so far as soon
+        as C{new} is promoted (before the rejoin; from a worker thread, use
+        C{reactor.callFromThread}).
     @return: a dict of C{clock()} readings: C{"stopped"} (the old primary
         is down), C{"promote"} (the promotion is requested), C{"promoted"}
         (C{pg_ctl promote} returned) and, with C{rejoin}, C{"rejoined"}.
@@ -187,6 +190,8 @@ def switchover(old, new, pause=2.0, rejoin=True, clock=time.monotonic):
     times["promote"] = clock()
     new.promote()
     times["promoted"] = clock()
+    if on_promoted is not None:
+        on_promoted(dict(times))
     if rejoin:
         old.rejoin_as_standby_of(new)
         times["rejoined"] = clock()
