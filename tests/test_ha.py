@@ -78,6 +78,21 @@ class WatchedDirectoryTests(PrimaryStandbyFixtures, HAHelpers, unittest.TestCase
     (C{watch_path}).  Item 3 uses the standby, item 4 the primary.
     """
 
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(self._primary_back)
+
+    def _primary_back(self):
+        """
+        Item 4 stops the primary, which item 3 clones: a failure half-way
+        must not take the other test with it.
+        """
+        if not self.primary.is_running():
+            for name in ("standby.signal", "promote"):
+                if os.path.exists(os.path.join(self.primary.data_dir, name)):
+                    os.remove(os.path.join(self.primary.data_dir, name))
+            self.primary.start()
+
     @defer.inlineCallbacks
     def test_recloned_standby_promotion(self):
         """
