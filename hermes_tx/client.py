@@ -19,18 +19,16 @@ from twisted.logger import Logger
 
 from hermes_tx import dsn as dsnlib
 from hermes_tx.backoff import Backoff, backoff_policy
-from hermes_tx.components import BaseComponent
 from hermes_tx.connectors import PostgresConnector
-from hermes_tx.exceptions import InvalidConfigurationException, one_line
 from hermes_tx.following import FileEventWindow, RoleLog
+from hermes_tx.gate import ComponentGate
 from hermes_tx.hosts import HostEntry, join_hosts, split_hosts
 from hermes_tx.monitor import RoleMonitor
-from hermes_tx.queues import EventQueue
 from hermes_tx.roles import PRIMARY, UNKNOWN, HostProbe, check_roles
 from hermes_tx.watchers import DEFAULT_FAILOVER_FILES, RECREATED, FailoverFileWatcher
 
 
-class Client(service.MultiService):
+class Client(ComponentGate):
     """
     Keeps one listener and one processor running while the server is the
     primary, and stopped while it is a standby or cannot be reached.
@@ -39,9 +37,10 @@ class Client(service.MultiService):
     that is the primary: components connect to that host, and a Client
     whose hosts are all standbys keeps looking until one is promoted.
 
-    The Client wires the listener's queue to the processor's pipe and both
-    components to its error queue (unless they were given their own).  Put
-    it in any L{service.MultiService} with C{setServiceParent}.
+    The Client wires the sources' queue to the processor's pipe and every
+    component to its error queue (unless they were given their own; see
+    L{hermes_tx.gate.ComponentGate}).  Put it in any
+    L{service.MultiService} with C{setServiceParent}.
 
     @ivar role: C{"primary"}, C{"standby"} or C{"unknown"} (not yet known, or
         no host can be reached).
@@ -97,7 +96,7 @@ class Client(service.MultiService):
             application_name C{hermes-role}).
         @raise InvalidConfigurationException: the DSN does not parse.
         """
-        service.MultiService.__init__(self)
+        ComponentGate.__init__(self, queue_size=queue_size)
         params = dsnlib.parse(dsn)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -112,11 +111,6 @@ class Client(service.MultiService):
         # primary is not known, so components are not pinned to it.
         self._pins_hosts = connector is None
         self.probes = self._make_probes(params, connector, connector_factory)
-        self.notification_queue = EventQueue(maxsize=queue_size)
-        self.error_queue = defer.DeferredQueue()
-        self.listener = None
-        self.outbox = None
-        self.processor = None
         self.role = UNKNOWN
         self.primary_host = None
         self.monitor = RoleMonitor(
@@ -129,8 +123,6 @@ class Client(service.MultiService):
                                  scrub=lambda text: dsnlib.scrub(text, secrets))
         self._window = None
         self._watcher = None
-        self._error_wait = None
-        self._failure_observers = []
 
     def _make_probes(self, params, connector, factory):
         if connector is not None:
@@ -149,99 +141,16 @@ class Client(service.MultiService):
     def __repr__(self):
         return f"<Client {dsnlib.redact(self.dsn)!r} role={self.role}>"
 
-    # -- configuration ------------------------------------------------------
-
-    def add_listener(self, listener):
+    @property
+    def is_open(self):
         """
-        Add the listener (a component with a C{notif_queue}, normally a
-        L{hermes_tx.listeners.PostgresNotificationListener}).
-
-        @raise InvalidConfigurationException: not a component, or a listener
-            was already added.
+        Components run while the Client runs and the server is the primary.
         """
-        self._check(listener, "listener", self.listener)
-        self._add_source(listener)
-        self.listener = listener
+        return bool(self.running) and self.role == PRIMARY
 
-    def add_outbox(self, consumer):
-        """
-        Add the outbox consumer (a
-        L{hermes_tx.outbox.consumer.OutboxConsumer}): its changes go to the
-        same processor as the listener's notifications.
-
-        @raise InvalidConfigurationException: not a component, or an outbox
-            consumer was already added.
-        """
-        self._check(consumer, "outbox consumer", self.outbox)
-        self._add_source(consumer)
-        self.outbox = consumer
-
-    def _add_source(self, source):
-        if getattr(source, "notif_queue", None) is None:
-            source.notif_queue = self.notification_queue
-        else:
-            # The user brought a queue: the processor reads that one.
-            self.notification_queue = source.notif_queue
-            if self.processor is not None and self.processor._wired_pipe:
-                self.processor.notification_pipe = self.notification_queue
-        self._wire(source)
-        source.setServiceParent(self)
-
-    def add_processor(self, processor):
-        """
-        Add the processor (a L{hermes_tx.components.Component} whose
-        C{execute} handles each event).
-
-        @raise InvalidConfigurationException: not a component, or a processor
-            was already added.
-        """
-        self._check(processor, "processor", self.processor)
-        processor._wired_pipe = getattr(processor, "notification_pipe", None) is None
-        if processor._wired_pipe:
-            processor.notification_pipe = self.notification_queue
-        self._wire(processor)
-        self.processor = processor
-        processor.setServiceParent(self)
-
-    def _check(self, component, role, existing):
-        if not isinstance(component, BaseComponent):
-            raise InvalidConfigurationException(
-                f"{role} must be a hermes_tx.components.Component, "
-                f"not {type(component).__name__}"
-            )
-        if existing is not None:
-            raise InvalidConfigurationException(f"this Client already has a {role}")
-
-    def _wire(self, component):
-        if component.error_queue is None:
-            component.error_queue = self.error_queue
-        component.supervisor.add_observer(self)
+    def _wired(self, component):
         if self.primary_host is not None and self._pins_hosts:
             self._follow(component, self.primary_host)
-
-    def addService(self, child):
-        """
-        Add a child service.  Unlike L{service.MultiService.addService}, a
-        child added to a running Client starts only if the server is the
-        primary (it is started with the others when it becomes one).
-        """
-        if child.name is not None:
-            if child.name in self.namedServices:
-                raise RuntimeError(f"cannot have two services with same name {child.name!r}")
-            self.namedServices[child.name] = child
-        self.services.append(child)
-        if self.running and self.role == PRIMARY and not child.running:
-            child.privilegedStartService()
-            child.startService()
-
-    def watch_failures(self, callback):
-        """
-        Call C{callback(report)} with the L{ComponentError} of every
-        component that terminates (its error strategy said so, or its
-        C{set_up} failed).  C{twistd hermes} stops with a non-zero status
-        on the first one.
-        """
-        self._failure_observers.append(callback)
 
     # -- IService -----------------------------------------------------------
 
@@ -249,7 +158,7 @@ class Client(service.MultiService):
         # Not MultiService.startService: the components start only once the
         # server is known to be the primary.
         service.Service.startService(self)
-        self._watch_errors()
+        self._start_gate()
         if self.watch_path is not None:
             self._watcher = FailoverFileWatcher(
                 self.watch_path, self._failover_file_changed, self.failover_files
@@ -264,13 +173,11 @@ class Client(service.MultiService):
         @return: a Deferred firing when all of them have stopped.
         """
         service.Service.stopService(self)
-        if self._error_wait is not None:
-            self._error_wait.cancel()
         self.monitor.stop()
         if self._window is not None:
             self._window.close()
             self._window = None
-        waits = [self._stop_components()]
+        waits = [self._stop_gate()]
         if self._watcher is not None:
             waits.append(self._watcher.stop())
             self._watcher = None
@@ -344,54 +251,10 @@ class Client(service.MultiService):
         self._window = FileEventWindow(self.clock, self.monitor.check_now, self.role)
         self._window.start()
 
-    # -- components ---------------------------------------------------------
-
-    def _start_components(self):
-        for component in self:
-            if not component.running:
-                component.startService()
-
-    def _stop_components(self):
-        """
-        Stop the processor first (its last event's outcome is written by
-        the outbox consumer, which is still connected), then the others.
-        """
-        first = [c for c in self if c is self.processor and c.running]
-        d = defer.gatherResults([defer.maybeDeferred(c.stopService) for c in first], consumeErrors=True)
-
-        def the_others(_):
-            return defer.gatherResults(
-                [defer.maybeDeferred(c.stopService) for c in reversed(list(self)) if c.running],
-                consumeErrors=True,
-            )
-
-        return d.addBoth(the_others)
+    # -- what the components' supervisors tell us ----------------------------
 
     def run_lost(self, component, error, delay):
         # A component lost its connection: the server may have gone, or
         # changed role.  Check now.
         if self.running:
             self.monitor.check_now()
-
-    def run_terminated(self, component, error):
-        report = component.supervisor.last_outcome.report
-        for callback in list(self._failure_observers):
-            try:
-                callback(report)
-            except Exception:
-                self.log.failure("failure observer failed")
-
-    def _watch_errors(self):
-        self._error_wait = self.error_queue.get()
-        self._error_wait.addCallbacks(self._component_failed, lambda f: f.trap(defer.CancelledError))
-
-    def _component_failed(self, report):
-        self._error_wait = None
-        if not self._failure_observers:  # else they say it
-            self.log.error(
-                "{ident} stopped: {error} (expected={expected}, action={action})",
-                ident=report.component.ident, error=one_line(report.error),
-                expected=report.expected, action=report.action,
-            )
-        if self.running:
-            self._watch_errors()

@@ -4,7 +4,7 @@ L{PostgresNotificationListener}: LISTEN on PostgreSQL channels and queue
 every notification as an L{Event} (see L{hermes_tx.events} for the start,
 notification and resync kinds).
 
-Each connection is one run (L{_ListenRun}): connect, check on that very
+Each connection is one run (L{hermes_tx.listenrun.ListenRun}): connect, check on that very
 connection that the server is not a standby, LISTEN, deliver, until the
 connection is lost or the listener stops.  The listener's
 L{hermes_tx.supervisor.Supervisor} starts the next run after its backoff,
@@ -16,31 +16,24 @@ from operator import attrgetter
 
 from twisted.logger import Logger
 
-from hermes_tx import strategies
-from hermes_tx.channels import listen_statement, validate_channels
+from hermes_tx.channels import validate_channels
 from hermes_tx.components import (
-    LOST,
     STOPPED,
-    TERMINATED,
     BaseComponent,
-    ComponentError,
     ConnectedComponent,
-    Outcome,
-    Run,
 )
 from hermes_tx.events import PAYLOAD_FORMATS, Event, decode_json_payload
 from hermes_tx.exceptions import (
-    ConnectionLostError,
     InvalidConfigurationException,
-    StandbyServerError,
     one_line,
 )
-from hermes_tx.liveness import LivenessProbe
+from hermes_tx.listenrun import CONNECTING, LISTENING, ListenRun
 from hermes_tx.queues import EventQueue
 
 #: The listener's states besides C{STOPPED} (which is also the outcome of a
-#: run stopped on request: the same word).
-CONNECTING, LISTENING, WAITING = "connecting", "listening", "waiting"
+#: run stopped on request: the same word), C{CONNECTING} and C{LISTENING}
+#: (its run's states).
+WAITING = "waiting"
 
 _channel_of = attrgetter("channel")
 
@@ -153,7 +146,7 @@ class PostgresNotificationListener(ConnectedComponent):
         BaseComponent.startService(self)
 
     def _new_run(self):
-        return _ListenRun(self)
+        return ListenRun(self)
 
     # -- what the supervisor tells us -----------------------------------------
 
@@ -227,129 +220,3 @@ class PostgresNotificationListener(ConnectedComponent):
             ident=self.ident, channel=event.channel, error=event.decode_error, more=more,
         )
         self._undecodable_seen = (0, now)
-
-
-class _ListenRun(Run):
-    """
-    One connection's life: connecting, listening, ended.  It owns the
-    connection, its liveness probe and its back-pressure pause.
-
-    @ivar state: C{"connecting"}, C{"listening"} or C{"ended"}.
-    """
-
-    def __init__(self, listener):
-        Run.__init__(self, listener)
-        self.listener = listener
-        self.connector = listener.pg_connector
-        self.state = CONNECTING
-        self.conn = None
-        self._probe = None
-        self._paused = False
-
-    def _work(self):
-        d = self.connector.connect()
-        d.addCallback(self._issue_listen)
-        d.addCallbacks(self._listening, self._failed)
-
-    def _issue_listen(self, conn):
-        if self.state != CONNECTING:
-            return None
-        self.conn = conn
-        # Set the sink before LISTEN so nothing that arrives with its reply
-        # is missed.
-        conn.notify_sink = self._notifies
-        conn.notify_on_lost(self._lost)
-        # A standby answers LISTEN with an error every time (SQLSTATE 25006):
-        # ask its role first, on the same connection, and never LISTEN there.
-        d = conn.runQuery("SELECT pg_is_in_recovery()")
-
-        def listen(rows):
-            if rows[0][0]:
-                raise StandbyServerError("the server is a standby; not listening there")
-            return conn.runOperation(listen_statement(self.listener.channels))
-
-        return d.addCallback(listen).addCallback(lambda _: conn)
-
-    def _listening(self, conn):
-        if conn is None or self.state != CONNECTING:
-            return
-        self.state = LISTENING
-        listener = self.listener
-        if listener.liveness_timeout is not None:
-            self._probe = LivenessProbe(
-                listener.clock,
-                lambda: conn.runQuery("SELECT 1"),
-                self._probe_unanswered,
-                interval=listener.liveness_interval,
-                timeout=listener.liveness_timeout,
-                activity=lambda: listener.last_notification_at,
-            )
-            self._probe.start()
-        listener._began_listening(listener.clock.seconds())
-        self.on_ready()
-
-    def _failed(self, failure):
-        if self.state == CONNECTING:
-            self._loss(failure.value)
-
-    def _lost(self, reason):
-        if self.state in (CONNECTING, LISTENING):
-            self._loss(reason.value)
-
-    def _probe_unanswered(self):
-        if self.state == LISTENING:
-            self._loss(ConnectionLostError(
-                f"no answer to the liveness probe within {self.listener.liveness_timeout:g} s"
-            ))
-
-    def _loss(self, error):
-        self._close()
-        listener = self.listener
-        expected, action = listener.error_strategy.handle_exception(error)
-        if action in (strategies.BACKOFF, strategies.CONTINUE):
-            self.end(Outcome(LOST, error))
-        else:
-            self.end(Outcome(TERMINATED, error, ComponentError(expected, action, listener, error)))
-
-    def _close(self):
-        # One place that ends the connection's life: its timers and itself.
-        self.state = "ended"
-        if self._probe is not None:
-            self._probe.stop()
-            self._probe = None
-        self.connector.disconnect()
-
-    def _end_work(self):
-        self._close()
-        self.end(Outcome(STOPPED))
-
-    def _terminate_work(self, report):
-        self._close()
-        self.end(Outcome(TERMINATED, report.error, report))
-
-    # -- notifications and back-pressure --------------------------------------
-
-    def _notifies(self, batch):
-        if self.listener._on_notifies(batch) and self.state == LISTENING:
-            self._pause()
-
-    def _pause(self):
-        # Back-pressure: the processor is behind.  Stop reading; the server
-        # keeps the notifications, so nothing is lost and no resync is due.
-        conn = self.conn
-        if conn is None or self._paused:
-            return
-        self._paused = True
-        conn.pause_reading()
-        self.listener.pauses += 1
-        if self._probe is not None:
-            self._probe.stop()  # a probe's reply would read the whole backlog
-        self.listener.notif_queue.on_space(self._resume)
-
-    def _resume(self):
-        if self.state != LISTENING or not self._paused:
-            return
-        self._paused = False
-        if self._probe is not None:
-            self._probe.start()
-        self.conn.resume_reading()

@@ -81,8 +81,21 @@ def rotate_log_file():
         _twistd_log["file"].rotate()
 
 
+#: exit status for a usage or configuration error found before starting
+EXIT_USAGE = 2
+#: exit status when starting fails (the processor's constructor raised, the
+#: status port cannot be had)
+EXIT_START_FAILED = 1
 #: the exit status of C{twistd hermes} after a fatal failure while running
 EXIT_FAILED = 1
+
+
+def fail(message, status):
+    """
+    Print C{message} as C{twistd hermes}' one error line and exit.
+    """
+    sys.stderr.write(f"twistd hermes: error: {message}\n")
+    raise SystemExit(status)
 
 
 def _exit_now(status):

@@ -19,7 +19,7 @@ retries after the shortest delay.
 
 from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Protocol
+from typing import Any, List, Optional, Protocol
 
 from automat import TypeMachineBuilder
 from twisted.internet import defer

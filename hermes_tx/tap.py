@@ -24,26 +24,21 @@ from twisted.python import usage
 
 from hermes_tx import dsn as dsnlib
 from hermes_tx import operations
+from hermes_tx.operations import EXIT_START_FAILED, EXIT_USAGE, fail  # noqa: F401
 from hermes_tx.channels import validate_channels
-from hermes_tx.client import Client
-from hermes_tx.connectors import PostgresConnector
 from hermes_tx.dsncheck import check_options
 from hermes_tx.events import PAYLOAD_FORMATS
-from hermes_tx.exceptions import InvalidConfigurationException, one_line
-from hermes_tx.listeners import PostgresNotificationListener
-from hermes_tx.outbox.consumer import OutboxConsumer
+from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox.names import validate_schema, validate_topic
-from hermes_tx.sinks import redact_url, sink_class
-from hermes_tx.status import StatusService, check_listen
-from hermes_tx.tapprocessor import load_processor_class, make_processor, processor_kwargs
+from hermes_tx.sinks import sink_class
+from hermes_tx.tapprocessor import (  # noqa: F401 (make_processor: importable from here too)
+    load_processor_class,
+    make_processor,
+    processor_kwargs,
+)
 
 DEFAULT_PROCESSOR = "hermes_tx.processors:JsonLinesProcessor"
 
-#: exit status for a usage or configuration error found before starting
-EXIT_USAGE = 2
-#: exit status when starting fails (the processor's constructor raised, the
-#: status port cannot be had)
-EXIT_START_FAILED = 1
 
 #: the sane range of each numeric option: (least, most, unit)
 BOUNDS = {
@@ -67,14 +62,6 @@ def stderr_log_observer():
     output for the JSON lines.
     """
     return textFileLogObserver(sys.stderr)
-
-
-def fail(message, status):
-    """
-    Print C{message} as C{twistd hermes}' one error line and exit.
-    """
-    sys.stderr.write(f"twistd hermes: error: {message}\n")
-    raise SystemExit(status)
 
 
 def _typed(name, kind):
@@ -278,72 +265,5 @@ class Options(usage.Options):
             parent["logger"] = "hermes_tx.tap.stderr_log_observer"
 
 
-def makeService(options):
-    """
-    @return: a L{operations.ProcessService} (the top, which handles signals
-        while it runs) holding the L{Client} (named C{"client"}, with a
-        listener on the channels and the processor) and, with
-        C{--status-port}, the L{StatusService} (named C{"status"}).
-        Starting it cannot fail for a status port already taken: that, and
-        a processor whose constructor raises, print one line and exit 1
-        here.
-    """
-    cls = options["processor_class"]
-    try:
-        processor = make_processor(cls, options)
-    except Exception as e:
-        what = f"sink {redact_url(options['sink'])}" if options["sink"] else (
-            f"processor {cls.__module__}.{cls.__qualname__}")
-        fail(f"{what} failed to start: {one_line(e)}", EXIT_START_FAILED)
-    port, interface = options["status-port"], options["status-interface"]
-    if port is not None:
-        try:
-            check_listen(port, interface)
-        except OSError as e:
-            fail(f"--status-port {port} on {interface}: {e.strerror or e}", EXIT_START_FAILED)
-    reopeners = [("output file", processor.reopen)] if hasattr(processor, "reopen") else []
-    top = operations.ProcessService(
-        reopeners=reopeners, shutdown_timeout=options["shutdown-timeout"]
-    )
-    client = Client(
-        options["dsn"],
-        watch_path=options["watch-path"],
-        failover_files=options["failover-files"] or None,
-        role_check_interval=options["role-check-interval"],
-        max_backoff=options["max-backoff"],
-        queue_size=options["queue-size"],
-    )
-    client.setName("client")
-    client.watch_failures(
-        lambda report: top.fail(f"{report.component.ident} terminated: {one_line(report.error)}")
-    )
-    if options["channels"]:
-        listener = PostgresNotificationListener(
-            PostgresConnector(options["dsn"]),
-            options["channels"],
-            backoff_limit=options["backoff-limit"],
-            liveness_timeout=options["liveness-timeout"],
-            payload_format=options["payload-format"],
-        )
-        listener.setName("listener")
-        client.add_listener(listener)
-    if options["topics"]:
-        consumer = OutboxConsumer(
-            PostgresConnector(options["dsn"], application_name="hermes-outbox"),
-            options["topics"],
-            schema=options["outbox-schema"],
-            poll_interval=options["poll-interval"],
-            visibility_timeout=options["visibility-timeout"],
-            max_attempts=options["max-attempts"],
-            backoff_limit=options["backoff-limit"],
-        )
-        consumer.setName("outbox")
-        client.add_outbox(consumer)
-    processor.setName("processor")
-    client.add_processor(processor)
-    client.setServiceParent(top)
-    if port is not None:
-        status = StatusService(client, port, interface)
-        status.setName("status")
-        status.setServiceParent(top)
-    return top
+# twistd looks for makeService here (the plugin names this module).
+from hermes_tx.tapservice import makeService  # noqa: E402,F401

@@ -13,6 +13,8 @@ from twisted.trial import reporter, unittest
 
 from tests.support.fixtures import ClassFixtures, PrimaryStandbyFixtures
 from tests.support.pgcluster import Cluster, PostgresNotFound, find_bindir
+from tests.support.probes import AcceptProbe, wait_accepting
+from tests.support.replication import switchover
 
 
 def _wait_for(predicate, timeout=10.0, interval=0.02):
@@ -171,6 +173,156 @@ class PromoteTests(_PairMixin, unittest.TestCase):
         p.start()
         self.assertTrue(p.is_running())
         self.assertEqual(p.execute("SELECT 1"), [(1,)])
+
+
+def _roles(a, b):
+    """@return: C{(primary, standby)} among the running servers C{a}, C{b}."""
+    return (b, a) if a.in_recovery() else (a, b)
+
+
+def _replicated(primary, standby, value):
+    """Insert C{value} on C{primary}; return whether C{standby} shows it."""
+    primary.execute("CREATE TABLE IF NOT EXISTS marks (v text)")
+    primary.execute("INSERT INTO marks VALUES (%s)", (value,))
+    return _wait_for(lambda: standby.execute(
+        "SELECT to_regclass('marks') IS NOT NULL")[0][0] and standby.execute(
+        "SELECT count(*) FROM marks WHERE v = %s", (value,))[0][0])
+
+
+class HighAvailabilityTests(_PairMixin, unittest.TestCase):
+    """
+    What an HA manager does to a pair: switchovers, rewinds, re-clones,
+    crashes.  Each test finds which server is the primary first.
+    """
+
+    def test_switchover_and_back(self):
+        """
+        switchover() stops the primary, promotes the standby and rejoins
+        the old primary as a streaming standby without a rewind; the same
+        works the other way round.
+        """
+        old, new = _roles(self.primary, self.standby)
+        for _ in range(2):
+            times = switchover(old, new, pause=0.1)
+            self.assertLess(times["stopped"], times["promote"])
+            self.assertLessEqual(times["promote"], times["promoted"])
+            self.assertLessEqual(times["promoted"], times["rejoined"])
+            self.assertFalse(new.in_recovery())
+            self.assertTrue(old.in_recovery())
+            self.assertIs(old.rewound, False)
+            self.assertIn("ready to accept read-only connections", old.read_log())
+            self.assertEqual(old.execute("SELECT status FROM pg_stat_wal_receiver"),
+                             [("streaming",)])
+            self.assertTrue(_replicated(new, old, "after switchover to %d" % new.port))
+            old, new = new, old
+
+    def test_rejoin_after_divergence_rewinds(self):
+        """
+        A primary that went on writing after its standby was promoted has
+        diverged: rejoin_as_standby_of() rewinds it, and it then streams
+        from the new primary, its own later writes gone.
+        """
+        old, new = _roles(self.primary, self.standby)
+        new.promote()
+        old.execute("CREATE TABLE diverged (v int)")
+        old.stop("fast")
+        old.rejoin_as_standby_of(new)
+        self.assertIs(old.rewound, True)
+        self.assertTrue(old.in_recovery())
+        self.assertEqual(old.execute("SELECT to_regclass('diverged')"), [(None,)])
+        self.assertEqual(old.port, old.execute("SELECT current_setting('port')::int")[0][0])
+        self.assertTrue(_replicated(new, old, "after rewind"))
+
+    def test_recreate_as_standby(self):
+        """
+        recreate_as_standby_of() replaces the data directory (a file only
+        the old one had is gone), keeps the port, and streams again.
+        """
+        primary, standby = _roles(self.primary, self.standby)
+        self.assertTrue(_replicated(primary, standby, "before re-clone"))
+        port = standby.port
+        marker = os.path.join(standby.data_dir, "not-in-a-clone")
+        with open(marker, "w"):
+            pass
+        standby.recreate_as_standby_of(primary)
+        self.assertEqual(standby.port, port)
+        self.assertFalse(os.path.exists(marker))
+        self.assertTrue(standby.in_recovery())
+        self.assertTrue(_replicated(primary, standby, "after re-clone"))
+        self.assertEqual(standby.execute("SELECT count(*) FROM marks WHERE v = %s",
+                                         ("before re-clone",)), [(1,)])
+
+    def test_crash_and_recover(self):
+        """
+        crash() kills the postmaster and all its children at once; start()
+        does crash recovery and each server comes back in its role.  (Both
+        crash together: PID 1 reaps the dead here only every second or two,
+        and start() waits for that.)
+        """
+        primary, standby = _roles(self.primary, self.standby)
+        before = {}
+        for cluster in (standby, primary):
+            pid = cluster.postmaster_pid()
+            children = cluster.execute(
+                "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
+            self.assertTrue(children)
+            before[cluster] = (pid, len(cluster.read_log()))
+            killed = cluster.crash()
+            self.assertLessEqual(killed, time.monotonic())
+            self.assertFalse(cluster.is_running())
+            self.assertRaises(psycopg2.OperationalError, cluster.execute, "SELECT 1")
+            for p in [pid] + [r[0] for r in children]:
+                self.assertTrue(_wait_for(lambda: not _running(p)), p)
+            self.assertEqual(cluster.postmaster_pid(), pid)  # left behind
+        for cluster, in_recovery in ((primary, False), (standby, True)):
+            pid, logged = before[cluster]
+            cluster.start()
+            self.assertNotEqual(cluster.postmaster_pid(), pid)
+            self.assertEqual(cluster.in_recovery(), in_recovery)
+            self.assertIn("database system was interrupted", cluster.read_log()[logged:])
+        standby.wait_streaming(primary)
+        self.assertTrue(_replicated(primary, standby, "after crashes"))
+        self.assertRaises(RuntimeError, Cluster.crash, _Stopped())
+
+
+class _Stopped(object):
+    """Stands for a cluster with no postmaster.pid."""
+
+    data_dir = "/nonexistent"
+
+    def postmaster_pid(self):
+        return None
+
+
+def _running(pid):
+    """Whether C{pid} is a live (not zombie) process."""
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class AcceptProbeTests(unittest.TestCase):
+    """AcceptProbe times the first connection a starting server accepts."""
+
+    def test_probe_while_starting(self):
+        cluster = Cluster.create_primary()
+        self.addCleanup(cluster.destroy)
+        cluster.stop("fast")
+        probe = AcceptProbe(cluster)
+        probe.start()
+        time.sleep(0.2)  # refused meanwhile
+        self.assertIsNone(probe.accepted_at)
+        before = time.monotonic()
+        cluster.start()
+        after = time.monotonic()
+        accepted = probe.wait(10)
+        self.assertTrue(before < accepted <= after + 0.1, (before, accepted, after))
+        self.assertLessEqual(wait_accepting(cluster, primary=True), time.monotonic())
+        cluster.stop("immediate")
+        exc = self.assertRaises(RuntimeError, wait_accepting, cluster, timeout=0.2)
+        self.assertIn(str(cluster.port), str(exc))
 
 
 class DestroyTests(unittest.TestCase):

@@ -12,7 +12,8 @@ import uuid
 from twisted.internet import defer
 
 from hermes_tx import strategies
-from hermes_tx.components import LOST, STOPPED, TERMINATED, ComponentError, Outcome, Run
+from hermes_tx.runs import Run
+from hermes_tx.supervisor import LOST, STOPPED, TERMINATED, ComponentError, Outcome
 from hermes_tx.events import Change
 from hermes_tx.exceptions import StandbyServerError
 from hermes_tx.outbox import sql

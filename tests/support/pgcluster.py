@@ -16,10 +16,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from urllib.parse import quote
 
 import psycopg2
+
+from tests.support.crash import CrashOperations
+from tests.support.replication import StandbyOperations
 
 _LIVE = set()  # clusters not yet destroyed, cleaned up by the atexit hook
 
@@ -67,9 +69,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-class Cluster(object):
+class Cluster(StandbyOperations, CrashOperations):
     """
-    One PostgreSQL server in its own temp directory.
+    One PostgreSQL server in its own temp directory.  Standbys, switchovers
+    and re-clones come from L{StandbyOperations}, crashes from
+    L{CrashOperations}.
 
     @ivar host: C{'127.0.0.1'}, the TCP address the server listens on.
     @ivar port: its TCP port (also the Unix socket's port number).
@@ -144,45 +148,16 @@ class Cluster(object):
             self._append_conf(
                 listen_addresses=self.host, unix_socket_directories=self.socket_dir,
                 wal_level="replica", max_wal_senders=5, hot_standby="on",
-                fsync="off", synchronous_commit="off", full_page_writes="off",
+                fsync="off", synchronous_commit="off",
+                # pg_rewind (rejoin_as_standby_of) needs both, and WAL back
+                # to the last checkpoint before the histories diverged.
+                full_page_writes="on", wal_log_hints="on", wal_keep_size="128MB",
                 log_min_messages="warning", max_connections=50)
             self.start()
         except BaseException:
             self.destroy()
             raise
         return self
-
-    def create_standby(self, timeout=10.0):
-        """
-        Make, start and return a new L{Cluster} streaming from this one.
-
-        @param timeout: seconds to wait until the standby is in recovery and
-            this primary's C{pg_stat_replication} shows it streaming.
-        """
-        standby = type(self)()
-        name = "hermes-standby-%d" % (standby.port,)
-        try:
-            self._run("pg_basebackup", "-h", self.socket_dir, "-p", str(self.port),
-                      "-U", "postgres", "-D", standby.data_dir, "-R",
-                      "-X", "stream", "-c", "fast", "--no-sync")
-            # cluster_name is also the walreceiver's application_name.
-            standby._append_conf(unix_socket_directories=standby.socket_dir,
-                                 cluster_name=name)
-            standby.start()
-            sql = ("SELECT count(*) FROM pg_stat_replication"
-                   " WHERE application_name = %s AND state = 'streaming'")
-            deadline = time.monotonic() + timeout
-            while not (standby.execute("SELECT pg_is_in_recovery()")[0][0]
-                       and self.execute(sql, (name,))[0][0]):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("standby on port %d not streaming after "
-                                       "%ss; log:\n%s" % (standby.port, timeout,
-                                                          standby.read_log()[-3000:]))
-                time.sleep(0.02)
-        except BaseException:
-            standby.destroy()
-            raise
-        return standby
 
     def start(self, attempts=5):
         """
@@ -191,6 +166,7 @@ class Cluster(object):
         @param attempts: how many free ports to try if the port is taken.
         @raise RuntimeError: with the log's tail, if it does not start.
         """
+        self._wait_reaped()
         for attempt in range(attempts):
             if self._conf_port != self.port:
                 self._append_conf(port=self.port)
@@ -218,13 +194,17 @@ class Cluster(object):
         self.stop(mode)
         self.start()
 
+    def in_recovery(self):
+        """@return: C{pg_is_in_recovery()}: C{True} on a standby."""
+        return self.execute("SELECT pg_is_in_recovery()")[0][0]
+
     def promote(self):
         """Promote this standby to a primary; returns once promoted."""
         self._run("pg_ctl", "-D", self.data_dir, "-w", "promote")
 
     def is_running(self):
         """Return C{True} if a server is running on this data directory."""
-        if not os.path.isdir(self.data_dir):
+        if self._crashed or not os.path.isdir(self.data_dir):
             return False
         return self._run("pg_ctl", "-D", self.data_dir, "status",
                          check=False).returncode == 0
@@ -308,7 +288,7 @@ class Cluster(object):
         Terminate client backends and WAL senders with this application_name.
 
         @param application_name: the application_name to kill (a standby's
-            WAL sender has its C{cluster_name}, C{hermes-standby-<port>}).
+            WAL sender has its L{standby_name}, C{hermes-standby-<port>}).
         @return: how many backends were signalled.
         """
         rows = self.execute(
@@ -320,7 +300,9 @@ class Cluster(object):
 
     def destroy(self):
         """Stop the server immediately (if running), remove everything."""
-        if os.path.exists(os.path.join(self.data_dir, "postmaster.pid")):
+        # After crash() nothing runs, and pg_ctl would wait for a zombie.
+        if not self._crashed and os.path.exists(
+                os.path.join(self.data_dir, "postmaster.pid")):
             self._run("pg_ctl", "-D", self.data_dir, "-m", "immediate", "-w",
                       "stop", check=False)
         shutil.rmtree(self.base_dir, ignore_errors=True)
