@@ -34,9 +34,11 @@ class Component(BaseComponent):
     A listener-fed processor (the seed's Component): a queue consumer.
 
     Subclasses override L{execute} (and may override L{pre_execute},
-    L{post_execute}, L{set_up}, L{tear_down}).  The seed's process methods
-    become: L{ident} (the service name), L{is_alive} (running and not
-    terminated) and L{join} (a Deferred that fires when the run ends).
+    L{post_execute}, L{set_up <BaseComponent.set_up>},
+    L{tear_down <BaseComponent.tear_down>}).  The seed's process methods
+    become: L{ident <BaseComponent.ident>} (the service name),
+    L{is_alive <BaseComponent.is_alive>} (running and not terminated) and
+    L{join <BaseComponent.join>} (a Deferred that fires when the run ends).
 
     @ivar current_item: the item being processed, or C{None} between items.
     @ivar processed: notifications processed without error, by channel.
@@ -62,7 +64,7 @@ class Component(BaseComponent):
     ):
         """
         @param notification_pipe: where items come from: an
-            L{hermes_tx.queues.EventQueue}, a L{defer.DeferredQueue} or
+            L{hermes_tx.queues.EventQueue}, a L{twisted.internet.defer.DeferredQueue} or
             anything whose C{get()} returns a Deferred.  C{None} lets a
             L{hermes_tx.client.Client} wire it (or, at start, makes a fresh
             queue).
