@@ -64,8 +64,9 @@ class Component(BaseComponent):
     ):
         """
         @param notification_pipe: where items come from: an
-            L{hermes_tx.queues.EventQueue}, a L{twisted.internet.defer.DeferredQueue} or
-            anything whose C{get()} returns a Deferred.  C{None} lets a
+            L{hermes_tx.queues.EventQueue}, a
+            L{twisted.internet.defer.DeferredQueue} or anything whose
+            C{get()} returns a Deferred.  C{None} lets a
             L{hermes_tx.client.Client} wire it (or, at start, makes a fresh
             queue).
         @param error_strategy: an L{strategies.AbstractErrorStrategy};

@@ -91,9 +91,10 @@ class Options(usage.Options):
     """
     The options of C{twistd hermes}.  After parsing, C{self["dsn"]} is the
     DSN to use (from C{--dsn}, C{--dsn-file} or C{$HERMES_DSN}),
-    C{self["channels"]} the checked channel names and
-    C{self["processor_class"]} the imported processor class; a usage error
-    names the option and, for a number, its bounds (L{BOUNDS}).
+    C{self["channels"]} and C{self["topics"]} the checked channel names and
+    outbox topics, and C{self["processor_class"]} the processor class (of
+    C{--processor}, or the sink of C{--sink}); a usage error names the
+    option and, for a number, its bounds (L{BOUNDS}).
     """
 
     synopsis = "[--dsn DSN | --dsn-file PATH] --channel NAME [--channel NAME ...] [options]"
