@@ -123,6 +123,7 @@ class Client(ComponentGate):
                                  scrub=lambda text: dsnlib.scrub(text, secrets))
         self._window = None
         self._watcher = None
+        self._file_logged_at = None  # when a failover-file event was last logged
 
     def _make_probes(self, params, connector, factory):
         if connector is not None:
@@ -244,9 +245,13 @@ class Client(ComponentGate):
         if self._window is not None and self._window.open:
             self._window.extend()
             return
+        # A burst of file events while nothing answers opens (and at once
+        # closes) a window per event: say so once a second at most.
+        now = self.clock.seconds()
         if event_type == RECREATED:
             self.log.info("data directory {name} made again", name=name)
-        else:
+        elif self._file_logged_at is None or now - self._file_logged_at >= 1.0:
+            self._file_logged_at = now
             self.log.info("failover file {name} {event}", name=name, event=event_type)
         self._window = FileEventWindow(self.clock, self.monitor.check_now, self.role)
         self._window.start()

@@ -37,6 +37,10 @@ WAITING = "waiting"
 
 _channel_of = attrgetter("channel")
 
+#: a connection made again within this many seconds of its loss is not
+#: logged (the loss was, with the delay before trying again)
+QUIET_RECONNECT = 1.0
+
 #: seconds between two log lines about payloads that are not JSON
 UNDECODABLE_EVERY = 10.0
 
@@ -122,6 +126,8 @@ class PostgresNotificationListener(ConnectedComponent):
         self.pauses = 0
         #: when the last notification arrived (clock seconds), or None
         self.last_notification_at = None
+        # when the connection was lost, while it is being made again
+        self._lost_at = None
         # undecodable payloads since the last line about them, and when it was
         self._undecodable_seen = (0, None)
         self.supervisor.add_observer(self)
@@ -152,6 +158,8 @@ class PostgresNotificationListener(ConnectedComponent):
 
     def run_lost(self, component, error, delay):
         self.reconnects += 1
+        if self._lost_at is None:
+            self._lost_at = self.clock.seconds()
         self.log.warn(
             "{ident}: {error}; reconnecting in {delay:.2f} s",
             ident=self.ident, error=one_line(error), delay=delay,
@@ -165,10 +173,14 @@ class PostgresNotificationListener(ConnectedComponent):
     def _began_listening(self, when):
         first = not self._listened_before
         self._listened_before = True
-        self.log.info(
-            "{ident}: listening on {channels}",
-            ident=self.ident, channels=", ".join(repr(c) for c in self.channels),
-        )
+        lost_at, self._lost_at = self._lost_at, None
+        # Back after a blip (the loss line said "reconnecting in 0.10 s"):
+        # silence means it worked, and back-to-back kills stay a line each.
+        if lost_at is None or when - lost_at >= QUIET_RECONNECT:
+            self.log.info(
+                "{ident}: listening on {channels}",
+                ident=self.ident, channels=", ".join(repr(c) for c in self.channels),
+            )
         if not first:
             self.resyncs += 1
             self.notif_queue.put(Event("resync", received_at=when))
