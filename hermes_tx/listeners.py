@@ -134,8 +134,7 @@ class PostgresNotificationListener(ConnectedComponent):
         # when the connection was lost, while it is being made again
         self._lost_at = None
         self._loss_lines = LogLimit(self.clock, LOSS_LINES, 1.0)
-        # undecodable payloads since the last line about them, and when it was
-        self._undecodable_seen = (0, None)
+        self._undecodable_lines = LogLimit(self.clock, 1, UNDECODABLE_EVERY)
         self.supervisor.add_observer(self)
 
     @property
@@ -228,16 +227,11 @@ class PostgresNotificationListener(ConnectedComponent):
     def _undecodable(self, event):
         # Anyone allowed to NOTIFY can send what does not decode: one line,
         # then at most one line per UNDECODABLE_EVERY seconds with a count.
-        now = self.clock.seconds()
-        count, logged_at = self._undecodable_seen
-        count += 1
-        if logged_at is not None and now - logged_at < UNDECODABLE_EVERY:
-            self._undecodable_seen = (count, logged_at)
+        more = self._undecodable_lines.allow()
+        if more is None:
             return
-        more = f" ({count - 1} more since the last such line)" if count > 1 else ""
         self.log.warn(
             "{ident}: payload on channel {channel!r} is not JSON ({error}); "
             "delivered with decode_error set{more}",
             ident=self.ident, channel=event.channel, error=event.decode_error, more=more,
         )
-        self._undecodable_seen = (0, now)

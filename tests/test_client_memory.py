@@ -396,7 +396,7 @@ class ListenerRunTests(_Memory, unittest.TestCase):
         self.assertTrue(all(e.decode_error for e in events))
         lines = client_lines(log, LogLevel.warn)
         self.assertEqual(len(lines), 2, lines)
-        self.assertIn("(999 more since the last such line)", lines[1])
+        self.assertIn("(999 more like it left out)", lines[1])
 
     def test_stop_while_connecting(self):
         clock = task.Clock()
