@@ -67,6 +67,8 @@ class Client(ComponentGate):
         connector=None,
         queue_size=10000,
         connector_factory=None,
+        failover_interval=0.25,
+        failover_window=60.0,
     ):
         """
         @param dsn: the server's DSN (dict, C{key=value} string or URI),
@@ -94,6 +96,11 @@ class Client(ComponentGate):
             keywords of one host (a dict) and returning the connector that
             asks that host its role (default: a L{PostgresConnector} with
             application_name C{hermes-role}).
+        @param failover_interval: for C{failover_window} seconds after the
+            primary was last seen, check at least this often (seconds), so
+            a promotion is found quickly; C{None}: only
+            C{role_check_interval}.
+        @param failover_window: see C{failover_interval}.
         @raise InvalidConfigurationException: the DSN does not parse.
         """
         ComponentGate.__init__(self, queue_size=queue_size)
@@ -116,7 +123,7 @@ class Client(ComponentGate):
         self.monitor = RoleMonitor(
             clock, self._check_roles, self._apply, role_check_interval,
             Backoff(backoff_policy(initial=0.1, factor=1.5, max_delay=max_backoff)),
-            log=self.log,
+            log=self.log, failover_interval=failover_interval, failover_window=failover_window,
         )
         secrets = dsnlib.secrets(dsn)
         self._role_log = RoleLog(self.log, clock, multi_host=len(self.probes) > 1,

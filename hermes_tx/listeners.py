@@ -28,6 +28,7 @@ from hermes_tx.exceptions import (
     one_line,
 )
 from hermes_tx.listenrun import CONNECTING, LISTENING, ListenRun
+from hermes_tx.loglimit import LogLimit
 from hermes_tx.queues import EventQueue
 
 #: The listener's states besides C{STOPPED} (which is also the outcome of a
@@ -40,6 +41,10 @@ _channel_of = attrgetter("channel")
 #: a connection made again within this many seconds of its loss is not
 #: logged (the loss was, with the delay before trying again)
 QUIET_RECONNECT = 1.0
+
+#: at most this many lines a second about lost connections (the others are
+#: counted in the next line)
+LOSS_LINES = 5
 
 #: seconds between two log lines about payloads that are not JSON
 UNDECODABLE_EVERY = 10.0
@@ -128,8 +133,8 @@ class PostgresNotificationListener(ConnectedComponent):
         self.last_notification_at = None
         # when the connection was lost, while it is being made again
         self._lost_at = None
-        # undecodable payloads since the last line about them, and when it was
-        self._undecodable_seen = (0, None)
+        self._loss_lines = LogLimit(self.clock, LOSS_LINES, 1.0)
+        self._undecodable_lines = LogLimit(self.clock, 1, UNDECODABLE_EVERY)
         self.supervisor.add_observer(self)
 
     @property
@@ -160,9 +165,12 @@ class PostgresNotificationListener(ConnectedComponent):
         self.reconnects += 1
         if self._lost_at is None:
             self._lost_at = self.clock.seconds()
+        more = self._loss_lines.allow()
+        if more is None:
+            return  # losses in quick succession: the next line counts them
         self.log.warn(
-            "{ident}: {error}; reconnecting in {delay:.2f} s",
-            ident=self.ident, error=one_line(error), delay=delay,
+            "{ident}: {error}; reconnecting in {delay:.2f} s{more}",
+            ident=self.ident, error=one_line(error), delay=delay, more=more,
         )
 
     def run_terminated(self, component, error):
@@ -219,16 +227,11 @@ class PostgresNotificationListener(ConnectedComponent):
     def _undecodable(self, event):
         # Anyone allowed to NOTIFY can send what does not decode: one line,
         # then at most one line per UNDECODABLE_EVERY seconds with a count.
-        now = self.clock.seconds()
-        count, logged_at = self._undecodable_seen
-        count += 1
-        if logged_at is not None and now - logged_at < UNDECODABLE_EVERY:
-            self._undecodable_seen = (count, logged_at)
+        more = self._undecodable_lines.allow()
+        if more is None:
             return
-        more = f" ({count - 1} more since the last such line)" if count > 1 else ""
         self.log.warn(
             "{ident}: payload on channel {channel!r} is not JSON ({error}); "
             "delivered with decode_error set{more}",
             ident=self.ident, channel=event.channel, error=event.decode_error, more=more,
         )
-        self._undecodable_seen = (0, now)

@@ -22,7 +22,7 @@ from automat import TypeMachineBuilder
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hermes_tx.roles import UNKNOWN, RoleResult
+from hermes_tx.roles import PRIMARY, UNKNOWN, RoleResult
 
 
 class _Inputs(Protocol):
@@ -56,6 +56,9 @@ class _Core:
     followers: List[defer.Deferred] = field(default_factory=list)
     timer: Optional[Any] = None
     last: Optional[RoleResult] = None
+    failover_interval: Optional[float] = None
+    failover_window: float = 60.0
+    primary_seen_at: Optional[float] = None
 
     def begin(self, machine, waiters, scheduled):
         self.waiters = waiters
@@ -81,12 +84,29 @@ class _Core:
 
         @return: the seconds until the next scheduled check.
         """
+        if result.role == PRIMARY:
+            self.primary_seen_at = self.clock.seconds()
         if result.role != UNKNOWN:
             self.backoff.reset()
-            return self.interval
-        if self.scheduled:
-            return self.backoff.next_delay()
-        return self.backoff.policy(self.backoff.attempts)
+            delay = self.interval
+        elif self.scheduled:
+            delay = self.backoff.next_delay()
+        else:
+            delay = self.backoff.policy(self.backoff.attempts)
+        if result.role != PRIMARY and self._failing_over():
+            delay = min(delay, self.failover_interval)
+        return delay
+
+    def _failing_over(self):
+        """
+        True for C{failover_window} seconds after a primary was last seen:
+        a promotion is coming, look often.
+        """
+        return (
+            self.failover_interval is not None
+            and self.primary_seen_at is not None
+            and self.clock.seconds() - self.primary_seen_at < self.failover_window
+        )
 
     def finish(self, result):
         """
@@ -186,7 +206,8 @@ class RoleMonitor:
     @ivar last: the last L{RoleResult}, or C{None}.
     """
 
-    def __init__(self, clock, run_check, apply, interval, backoff, log=None):
+    def __init__(self, clock, run_check, apply, interval, backoff, log=None,
+                 failover_interval=None, failover_window=60.0):
         """
         @param clock: an C{IReactorTime}.
         @param run_check: a callable returning a Deferred firing with a
@@ -196,8 +217,13 @@ class RoleMonitor:
         @param interval: seconds between checks while some host answers.
         @param backoff: a L{hermes_tx.backoff.Backoff} for the checks while
             no host answers.
+        @param failover_interval: C{None}, or the longest wait between
+            checks for C{failover_window} seconds after the primary was last
+            seen (while a failover is under way, look often).
         """
-        self._core = _Core(clock, run_check, apply, interval, backoff, log or Logger())
+        self._core = _Core(clock, run_check, apply, interval, backoff, log or Logger(),
+                           failover_interval=failover_interval,
+                           failover_window=failover_window)
         self._machine = _Machine(self._core)
 
     @property

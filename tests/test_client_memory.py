@@ -97,6 +97,31 @@ class RoleFlappingTests(_Memory, unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class FailoverModeTests(_Memory, unittest.TestCase):
+    def test_look_often_while_a_promotion_is_due(self):
+        """
+        For a minute after the primary was last seen, a standby is asked
+        every 0.25 s (a promotion is coming); then every role_check_interval
+        again.  A standby that never was primary is asked every interval.
+        """
+        client, listen, collector = self.make()
+        self.role.answer = "standby"
+        self.clock.advance(1.0)  # the periodic check finds a standby
+        checks = self.role.checks
+        self.clock.pump([0.125] * 8)
+        self.assertEqual(self.role.checks - checks, 4)
+        self.clock.pump([1.0] * 60)
+        checks = self.role.checks
+        self.clock.pump([0.25] * 12)
+        self.assertEqual(self.role.checks - checks, 3)
+
+    def test_never_primary(self):
+        client, listen, collector = self.make(role_answer="standby")
+        checks = self.role.checks
+        self.clock.pump([0.25] * 12)
+        self.assertEqual(self.role.checks - checks, 3)
+
+
 class OverlappingCheckTests(_Memory, unittest.TestCase):
     def test_asking_during_a_check(self):
         """
@@ -371,7 +396,7 @@ class ListenerRunTests(_Memory, unittest.TestCase):
         self.assertTrue(all(e.decode_error for e in events))
         lines = client_lines(log, LogLevel.warn)
         self.assertEqual(len(lines), 2, lines)
-        self.assertIn("(999 more since the last such line)", lines[1])
+        self.assertIn("(999 more like it left out)", lines[1])
 
     def test_stop_while_connecting(self):
         clock = task.Clock()

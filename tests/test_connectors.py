@@ -165,3 +165,47 @@ class ConnectTimeoutTests(unittest.TestCase):
         error = yield self.assertFailure(c.connect(), ConnectionLostError)
         self.assertIn("0.3", str(error))
         self.assertFalse(c.is_connected)
+
+
+class HostNameTests(unittest.TestCase):
+    """
+    Issue 8 item 9: host names are looked up off the reactor thread and
+    handed to libpq as hostaddr, so libpq never resolves (and blocks).
+    """
+
+    @defer.inlineCallbacks
+    def test_names_are_resolved_by_the_given_resolver(self):
+        cluster = shared_primary()
+        asked = []
+
+        def resolve(name):
+            asked.append(name)
+            return defer.succeed(["127.0.0.1"])
+
+        c = PostgresConnector(f"host=db.invalid port={cluster.port} user=postgres dbname=postgres",
+                              resolver=resolve)
+        self.addCleanup(c.disconnect)
+        conn = yield c.connect()
+        self.assertEqual(asked, ["db.invalid"])
+        params = conn._connection.get_dsn_parameters()
+        self.assertEqual((params["host"], params["hostaddr"]), ("db.invalid", "127.0.0.1"))
+
+    @defer.inlineCallbacks
+    def test_a_name_that_does_not_resolve(self):
+        """
+        Nothing resolves: one clear error, from our lookup, not libpq's.
+        """
+        from hermes_tx.exceptions import ConnectFailedError
+
+        c = PostgresConnector("host=nowhere.invalid port=5432",
+                              resolver=lambda name: defer.succeed([]))
+        error = yield self.assertFailure(c.connect(), ConnectFailedError)
+        self.assertEqual(str(error), "could not translate host name 'nowhere.invalid' to an address")
+
+    @defer.inlineCallbacks
+    def test_the_reactor_resolver_for_localhost(self):
+        cluster = shared_primary()
+        c = PostgresConnector(f"host=localhost port={cluster.port} user=postgres dbname=postgres")
+        self.addCleanup(c.disconnect)
+        conn = yield c.connect()
+        self.assertIn(conn._connection.get_dsn_parameters()["hostaddr"], ("127.0.0.1", "::1"))
