@@ -13,6 +13,8 @@ from twisted.logger import Logger
 
 from hermes_tx import strategies
 from hermes_tx.backoff import Backoff, backoff_policy
+from hermes_tx.exceptions import one_line
+from hermes_tx.loglimit import LogLimit
 from hermes_tx.supervisor import Supervisor
 
 
@@ -150,14 +152,66 @@ class BaseComponent(service.Service):
     _backoff_attempts = 0
 
 
+#: at most this many lines a second about lost connections (the others are
+#: counted in the next line)
+LOSS_LINES = 5
+
+
 class ConnectedComponent(BaseComponent):
     """
-    A component that owns a connector (C{pg_connector}) and so must follow
-    the primary when a multi-host DSN's primary moves: the listener and the
-    outbox consumer.
+    A source that owns a connector (C{pg_connector}) and puts events on a
+    queue (C{notif_queue}): the listener and the outbox consumer.  Its runs
+    are connections (L{hermes_tx.runs.ConnectionRun}); it follows the
+    primary when a multi-host DSN's primary moves.
+
+    @ivar state: C{"stopped"}, C{"connecting"}, the run's working state
+        (C{"listening"}, C{"consuming"}), C{"waiting"} (for the next run) or
+        C{"stopping"}.
+    @ivar reconnects: lost connections so far (for metrics).
     """
 
     pg_connector = None
+    notif_queue = None
+
+    def __init__(self, pg_connector, notif_queue=None, **kwargs):
+        """
+        @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
+        @param notif_queue: where events go; C{None} lets the Client wire it
+            (or, at start, makes an unbounded queue).
+        @param kwargs: for L{BaseComponent}.
+        """
+        BaseComponent.__init__(self, **kwargs)
+        self.pg_connector = pg_connector
+        self.notif_queue = notif_queue
+        self.reconnects = 0
+        self._lost_at = None  # when the connection was lost, while it is made again
+        self._loss_lines = LogLimit(self.clock, LOSS_LINES, 1.0)
+        self.supervisor.add_observer(_LogLosses())
+
+    @property
+    def state(self):
+        supervised = self.supervisor.state
+        if supervised == "running":
+            run = self.supervisor.run
+            return getattr(run, "state", "connecting")
+        if supervised in ("idle", "terminated"):
+            return "stopped"
+        return supervised  # "waiting" or "stopping"
+
+    def startService(self):
+        if self.notif_queue is None:
+            from hermes_tx.queues import EventQueue
+
+            self.notif_queue = EventQueue()
+        BaseComponent.startService(self)
+
+    def back_since(self, when):
+        """
+        A connection works again at C{when}: how long it was away (seconds),
+        or C{None} when it was not lost.
+        """
+        lost_at, self._lost_at = self._lost_at, None
+        return None if lost_at is None else when - lost_at
 
     def follow_primary(self, entry):
         """
@@ -173,6 +227,29 @@ class ConnectedComponent(BaseComponent):
         if before is not None and self.supervisor.state in ("running", "waiting"):
             self.supervisor.stop()
             self.supervisor.start()
+
+
+class _LogLosses:
+    """
+    A connected component's own observer: one line per lost connection (at
+    most L{LOSS_LINES} a second) and per termination.
+    """
+
+    def run_lost(self, component, error, delay):
+        component.reconnects += 1
+        if component._lost_at is None:
+            component._lost_at = component.clock.seconds()
+        more = component._loss_lines.allow()
+        if more is None:
+            return  # losses in quick succession: the next line counts them
+        component.log.warn(
+            "{ident}: {error}; reconnecting in {delay:.2f} s{more}",
+            ident=component.ident, error=one_line(error), delay=delay, more=more,
+        )
+
+    def run_terminated(self, component, error):
+        component.log.warn("{ident}: terminated by {error}", ident=component.ident,
+                           error=one_line(error))
 
 
 class _ReportTermination:

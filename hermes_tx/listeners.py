@@ -18,18 +18,14 @@ from twisted.logger import Logger
 
 from hermes_tx.channels import validate_channels
 from hermes_tx.components import (
-    STOPPED,
-    BaseComponent,
     ConnectedComponent,
 )
 from hermes_tx.events import PAYLOAD_FORMATS, Event, decode_json_payload
 from hermes_tx.exceptions import (
     InvalidConfigurationException,
-    one_line,
 )
-from hermes_tx.listenrun import CONNECTING, LISTENING, ListenRun
+from hermes_tx.listenrun import LISTENING, ListenRun
 from hermes_tx.loglimit import LogLimit
-from hermes_tx.queues import EventQueue
 
 #: The listener's states besides C{STOPPED} (which is also the outcome of a
 #: run stopped on request: the same word), C{CONNECTING} and C{LISTENING}
@@ -41,10 +37,6 @@ _channel_of = attrgetter("channel")
 #: a connection made again within this many seconds of its loss is not
 #: logged (the loss was, with the delay before trying again)
 QUIET_RECONNECT = 1.0
-
-#: at most this many lines a second about lost connections (the others are
-#: counted in the next line)
-LOSS_LINES = 5
 
 #: seconds between two log lines about payloads that are not JSON
 UNDECODABLE_EVERY = 10.0
@@ -105,13 +97,11 @@ class PostgresNotificationListener(ConnectedComponent):
         @raise InvalidConfigurationException: a channel name or the payload
             format is invalid.
         """
-        BaseComponent.__init__(
-            self, error_strategy=error_strategy, error_queue=error_queue,
-            backoff_limit=backoff_limit, clock=clock,
+        ConnectedComponent.__init__(
+            self, pg_connector, notif_queue, error_strategy=error_strategy,
+            error_queue=error_queue, backoff_limit=backoff_limit, clock=clock,
         )
-        self.pg_connector = pg_connector
         self.channels = validate_channels(notif_channel)
-        self.notif_queue = notif_queue
         self.fire_on_start = fire_on_start
         self.liveness_timeout = liveness_timeout
         self.liveness_interval = liveness_interval
@@ -123,68 +113,30 @@ class PostgresNotificationListener(ConnectedComponent):
         self._listened_before = False
         #: notifications received, by channel (for metrics)
         self.received = Counter()
-        #: lost connections so far (for metrics)
-        self.reconnects = 0
         #: resync events queued so far (for metrics)
         self.resyncs = 0
         #: times reading paused because the queue was full (back-pressure)
         self.pauses = 0
         #: when the last notification arrived (clock seconds), or None
         self.last_notification_at = None
-        # when the connection was lost, while it is being made again
-        self._lost_at = None
-        self._loss_lines = LogLimit(self.clock, LOSS_LINES, 1.0)
         self._undecodable_lines = LogLimit(self.clock, 1, UNDECODABLE_EVERY)
-        self.supervisor.add_observer(self)
-
-    @property
-    def state(self):
-        supervised = self.supervisor.state
-        if supervised == "running":
-            run = self.supervisor.run
-            return run.state if run is not None else CONNECTING
-        if supervised in ("idle", "terminated"):
-            return STOPPED
-        return supervised  # "waiting" or "stopping"
 
     @property
     def is_listening(self):
         return self.state == LISTENING
 
-    def startService(self):
-        if self.notif_queue is None:
-            self.notif_queue = EventQueue()
-        BaseComponent.startService(self)
-
     def _new_run(self):
         return ListenRun(self)
-
-    # -- what the supervisor tells us -----------------------------------------
-
-    def run_lost(self, component, error, delay):
-        self.reconnects += 1
-        if self._lost_at is None:
-            self._lost_at = self.clock.seconds()
-        more = self._loss_lines.allow()
-        if more is None:
-            return  # losses in quick succession: the next line counts them
-        self.log.warn(
-            "{ident}: {error}; reconnecting in {delay:.2f} s{more}",
-            ident=self.ident, error=one_line(error), delay=delay, more=more,
-        )
-
-    def run_terminated(self, component, error):
-        self.log.warn("{ident}: terminated by {error}", ident=self.ident, error=one_line(error))
 
     # -- events ---------------------------------------------------------------
 
     def _began_listening(self, when):
         first = not self._listened_before
         self._listened_before = True
-        lost_at, self._lost_at = self._lost_at, None
+        away = self.back_since(when)
         # Back after a blip (the loss line said "reconnecting in 0.10 s"):
         # silence means it worked, and back-to-back kills stay a line each.
-        if lost_at is None or when - lost_at >= QUIET_RECONNECT:
+        if away is None or away >= QUIET_RECONNECT:
             self.log.info(
                 "{ident}: listening on {channels}",
                 ident=self.ident, channels=", ".join(repr(c) for c in self.channels),

@@ -16,14 +16,13 @@ number of processes, share a topic's work.
 
 from twisted.logger import Logger
 
-from hermes_tx.components import STOPPED, ConnectedComponent
+from hermes_tx.components import ConnectedComponent
 from hermes_tx.events import Change
-from hermes_tx.exceptions import InvalidConfigurationException, one_line
+from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox import sql
 from hermes_tx.outbox.claims import Ledger
-from hermes_tx.outbox.run import CONNECTING, CONSUMING, ConsumeRun
+from hermes_tx.outbox.run import CONSUMING, ConsumeRun
 from hermes_tx.outbox.names import DEFAULT_SCHEMA, channel, validate_schema, validate_topic
-from hermes_tx.queues import EventQueue
 
 
 class OutboxConsumer(ConnectedComponent):
@@ -74,10 +73,9 @@ class OutboxConsumer(ConnectedComponent):
         @raise InvalidConfigurationException: no topic, or a bad one.
         """
         ConnectedComponent.__init__(
-            self, error_strategy=error_strategy, error_queue=error_queue,
-            backoff_limit=backoff_limit, clock=clock,
+            self, pg_connector, notif_queue, error_strategy=error_strategy,
+            error_queue=error_queue, backoff_limit=backoff_limit, clock=clock,
         )
-        self.pg_connector = pg_connector
         topics = [topics] if isinstance(topics, str) else list(topics or ())
         if not topics:
             raise InvalidConfigurationException("at least one topic is required")
@@ -87,7 +85,6 @@ class OutboxConsumer(ConnectedComponent):
                 raise InvalidConfigurationException(f"{name} must be more than 0")
         if max_attempts < 1 or batch_size < 1:
             raise InvalidConfigurationException("max_attempts and batch_size must be at least 1")
-        self.notif_queue = notif_queue
         self.schema = validate_schema(schema)
         self.channel = channel(schema)
         self.poll_interval = poll_interval
@@ -101,26 +98,10 @@ class OutboxConsumer(ConnectedComponent):
             name: getattr(sql, name)(schema)
             for name in ("claim", "ack", "release", "dead_letter", "extend", "stats", "unclaim")
         }
-        self.supervisor.add_observer(self)
-
-    @property
-    def state(self):
-        supervised = self.supervisor.state
-        if supervised == "running":
-            run = self.supervisor.run
-            return run.state if run is not None else CONNECTING
-        if supervised in ("idle", "terminated"):
-            return STOPPED
-        return supervised
 
     @property
     def is_consuming(self):
         return self.state == CONSUMING
-
-    def startService(self):
-        if self.notif_queue is None:
-            self.notif_queue = EventQueue()
-        ConnectedComponent.startService(self)
 
     def stopService(self):
         """
@@ -148,14 +129,3 @@ class OutboxConsumer(ConnectedComponent):
 
     def _new_run(self):
         return ConsumeRun(self)
-
-    # -- what the supervisor tells us -----------------------------------------
-
-    def run_lost(self, component, error, delay):
-        self.log.warn(
-            "{ident}: {error}; reconnecting in {delay:.2f} s",
-            ident=self.ident, error=one_line(error), delay=delay,
-        )
-
-    def run_terminated(self, component, error):
-        self.log.warn("{ident}: terminated by {error}", ident=self.ident, error=one_line(error))

@@ -11,67 +11,52 @@ import uuid
 
 from twisted.internet import defer
 
-from hermes_tx import strategies
-from hermes_tx.runs import Run
-from hermes_tx.supervisor import LOST, STOPPED, TERMINATED, ComponentError, Outcome
 from hermes_tx.events import Change
-from hermes_tx.exceptions import StandbyServerError
 from hermes_tx.outbox import sql
 from hermes_tx.outbox.claims import Claim
+from hermes_tx.runs import ConnectionRun
 
 CONNECTING, CONSUMING = "connecting", "consuming"
 
 
-class ConsumeRun(Run):
+class ConsumeRun(ConnectionRun):
     """
     One connection's life: connect, check it is a primary, LISTEN for
     wake-ups, then claim, extend and write until lost or stopped.
 
-    @ivar state: C{"connecting"}, C{"consuming"} or C{"ended"}.
+    @ivar state: C{"connecting"}, C{"consuming"}, C{"stopping"} or
+        C{"ended"}.
     """
 
+    purpose = "claiming"
+
     def __init__(self, consumer):
-        Run.__init__(self, consumer)
+        ConnectionRun.__init__(self, consumer)
         self.consumer = consumer
-        self.state = CONNECTING
-        self.conn = None
         self._timers = {}
         self._claiming = False
         self._again = False
         self._waiting_for_room = False
 
-    # -- connecting -----------------------------------------------------------
+    def _listen_statement(self):
+        return sql.listen(self.consumer.schema)
 
-    def _work(self):
-        d = self.consumer.pg_connector.connect()
-        d.addCallback(self._prepare)
-        d.addCallbacks(self._consuming, self._failed)
+    def _notifies(self, batch):
+        # A wake-up: its payload is a topic with new changes.
+        topics = self.consumer.topics
+        if any(n.payload in topics for n in batch):
+            self._claim()
 
-    def _prepare(self, conn):
-        if self.state != CONNECTING:
-            return None
-        self.conn = conn
-        conn.notify_sink = self._wake
-        conn.notify_on_lost(lambda reason: self._loss(reason.value))
-        d = conn.runQuery("SELECT pg_is_in_recovery()")
-
-        def listen(rows):
-            if rows[0][0]:
-                raise StandbyServerError("the server is a standby; not claiming there")
-            return conn.runOperation(sql.listen(self.consumer.schema))
-
-        return d.addCallback(listen).addCallback(lambda _: conn)
-
-    def _consuming(self, conn):
-        if conn is None or self.state != CONNECTING:
-            return
+    def _working(self, conn):
         consumer = self.consumer
         self.state = CONSUMING
         consumer.ledger.writer = self._write
-        consumer.log.info(
-            "{ident}: consuming outbox topics {topics}",
-            ident=consumer.ident, topics=", ".join(repr(t) for t in consumer.topics),
-        )
+        away = consumer.back_since(consumer.clock.seconds())
+        if away is None or away >= 1.0:
+            consumer.log.info(
+                "{ident}: consuming outbox topics {topics}",
+                ident=consumer.ident, topics=", ".join(repr(t) for t in consumer.topics),
+            )
         self._every("poll", consumer.poll_interval, self._claim)
         self._every("extend", consumer.visibility_timeout / 3.0, self._extend)
         if consumer.stats_interval:
@@ -81,30 +66,14 @@ class ConsumeRun(Run):
         consumer.ledger.flush()
         self._claim()
 
-    def _failed(self, failure):
-        if self.state == CONNECTING:
-            self._loss(failure.value)
-
-    def _loss(self, error):
-        if self.state == "ended":
-            return
-        self._close()
-        consumer = self.consumer
-        expected, action = consumer.error_strategy.handle_exception(error)
-        if action in (strategies.BACKOFF, strategies.CONTINUE):
-            self.end(Outcome(LOST, error))
-        else:
-            self.end(Outcome(TERMINATED, error, ComponentError(expected, action, consumer, error)))
-
     def _close(self):
-        self.state = "ended"
         for call in self._timers.values():
             if call.active():
                 call.cancel()
         self._timers.clear()
         if self.consumer.ledger.writer == self._write:
             self.consumer.ledger.writer = None
-        self.consumer.pg_connector.disconnect()
+        ConnectionRun._close(self)
 
     def _every(self, name, interval, action):
         def tick():
@@ -115,11 +84,6 @@ class ConsumeRun(Run):
         self._timers[name] = self.consumer.clock.callLater(interval, tick)
 
     # -- claiming -------------------------------------------------------------
-
-    def _wake(self, batch):
-        topics = self.consumer.topics
-        if any(n.payload in topics for n in batch):
-            self._claim()
 
     def _claim(self):
         if self.state != CONSUMING:
@@ -260,13 +224,8 @@ class ConsumeRun(Run):
 
     def _end_work(self):
         if self.state != CONSUMING:
-            self._close()
-            self.end(Outcome(STOPPED))
+            ConnectionRun._end_work(self)
             return
         self.state = "stopping"
         d = self.consumer.ledger.flush()
-        d.addBoth(lambda _: (self._close(), self.end(Outcome(STOPPED))))
-
-    def _terminate_work(self, report):
-        self._close()
-        self.end(Outcome(TERMINATED, report.error, report))
+        d.addBoth(lambda _: ConnectionRun._end_work(self))
