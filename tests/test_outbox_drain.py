@@ -25,7 +25,20 @@ class Counter(Component):
             self.changes += 1
 
 
-class FewKeysTests(OutboxDatabase, unittest.TestCase):
+class _Draining(OutboxDatabase):
+    def start(self, topic, **kwargs):
+        client = Client(self.dsn, role_check_interval=0.5)
+        consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name="hermes-outbox-test"),
+                                  [topic], **kwargs)
+        counter = Counter()
+        client.add_outbox(consumer)
+        client.add_processor(counter)
+        client.startService()
+        self.addCleanup(lambda: client.stopService() if client.running else None)
+        return client, consumer, counter
+
+
+class FewKeysTests(_Draining, unittest.TestCase):
     @defer.inlineCallbacks
     def test_backlog_of_few_keys_drains_without_waiting_for_polls(self):
         """
@@ -38,17 +51,33 @@ class FewKeysTests(OutboxDatabase, unittest.TestCase):
             "INSERT INTO hermes.outbox (topic, key, payload)"
             " SELECT 'few', (g % 10)::text, '{}' FROM generate_series(1, 200) g"
         )
-        client = Client(self.dsn, role_check_interval=0.5)
-        consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name="hermes-outbox-test"),
-                                  ["few"], poll_interval=10.0)
-        counter = Counter()
-        client.add_outbox(consumer)
-        client.add_processor(counter)
-        client.startService()
-        self.addCleanup(client.stopService)
+        client, consumer, counter = self.start("few", poll_interval=10.0)
         try:
             yield wait_until(lambda: consumer.ledger.counts["acked"] >= 200, timeout=8,
                              what="200 acknowledgements")
         except AssertionError as e:
             self.fail(f"{e}: {consumer.ledger.counts['acked']} acknowledged")
         self.assertEqual(counter.changes, 200)
+
+
+class StopAfterDrainTests(_Draining, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_stops_promptly_after_a_large_drain(self):
+        """
+        After draining 5000 changes with a processor that does nothing
+        (acknowledgements settle far faster than they are written), the
+        consumer still stops at once.
+        """
+        self.query(
+            "INSERT INTO hermes.outbox (topic, key, payload)"
+            " SELECT 'many', g::text, '{}' FROM generate_series(1, 5000) g"
+        )
+        client, consumer, counter = self.start("many")
+        yield wait_until(lambda: consumer.ledger.counts["acked"] >= 5000, timeout=30,
+                         what="5000 acknowledgements")
+        stopped = client.stopService()
+        try:
+            yield wait_until(lambda: stopped.called, timeout=5, what="the stop")
+        except AssertionError as e:
+            self.fail(f"{e}: the consumer is {consumer.state}")
+        self.assertEqual(counter.changes, 5000)
