@@ -42,6 +42,19 @@ TOPIC = "bench"
 PAYLOAD = "jsonb_build_object('id', g, 'name', 'item ' || g, 'n', g * 7)"
 
 
+def make_tables(cur):
+    """
+    Make C{bench_queue} (the hand-written loop's table, equivalent to the
+    outbox) and C{items} (the table the capture workload updates).
+    """
+    cur.execute(
+        "CREATE TABLE bench_queue (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " topic text NOT NULL, key text NOT NULL, payload jsonb NOT NULL,"
+        " created_at timestamptz NOT NULL DEFAULT now())"
+    )
+    cur.execute("CREATE TABLE items (id int PRIMARY KEY, n int, name text, updated_at timestamptz)")
+
+
 def key_expression(keys):
     return "g::text" if keys is None else f"(g %% {keys})::text"
 
@@ -152,12 +165,7 @@ def main():
         conn.autocommit = True
         outbox_schema.install(conn)
         cur = conn.cursor()
-        cur.execute(
-            "CREATE TABLE bench_queue (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-            " topic text NOT NULL, key text NOT NULL, payload jsonb NOT NULL,"
-            " created_at timestamptz NOT NULL DEFAULT now())"
-        )
-        cur.execute("CREATE TABLE items (id int PRIMARY KEY, n int, name text, updated_at timestamptz)")
+        make_tables(cur)
 
         print(f"drain {args.rows} pending changes, batches of {BATCH}, median of {args.rounds} rounds")
         for keys in (None, 500, 10, 1):

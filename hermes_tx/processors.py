@@ -75,7 +75,10 @@ class JsonLinesProcessor(Component):
 
     Lines are written out in batches while a backlog is being worked through
     (at most L{FLUSH_EVERY} at a time), and at once whenever the queue runs
-    empty, so a line is never held back while nothing else is coming.
+    empty, so a line is never held back while nothing else is coming.  The
+    line of an outbox change (kind C{"change"}) is written before C{execute}
+    returns, since the change is then acknowledged: written to the
+    operating system, which keeps it when the process is killed.
 
     When writing fails with an C{OSError} (a full disk, a closed pipe) the
     event raises L{hermes_tx.outcomes.Retry}, so it is executed again later;
@@ -138,7 +141,12 @@ class JsonLinesProcessor(Component):
                 mark = len(self._buffer)
                 self._buffer += line.encode("utf-8", "backslashreplace")
             self._lines += 1
-        if self._lines >= FLUSH_EVERY or not getattr(self.notification_pipe, "pending", None):
+        # An outbox change is acknowledged (deleted from the outbox) once
+        # execute returns: its line must be written by then, or a crash
+        # loses it.  Notifications are kept in memory only, so batching
+        # their lines risks nothing more.
+        if (self._lines >= FLUSH_EVERY or getattr(event, "kind", None) == "change"
+                or not getattr(self.notification_pipe, "pending", None)):
             try:
                 self._drain()
             except OSError as e:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hermes_tx.backoff import backoff_policy
 from hermes_tx.exceptions import one_line
@@ -72,6 +73,11 @@ class Ledger:
         # "ack", "release" or "dead"
         self._owed = []
         self._writes = defer.DeferredLock()  # one write at a time
+        # the Deferreds of flushes waiting for the next write (None: no
+        # write waits for the lock): flushes coalesce into that one write,
+        # so the lock never has more than one waiter however fast changes
+        # are settled
+        self._next = None
         self._timer = None
         # set by the consumer's run: a function taking the owed writes and
         # returning a Deferred firing with (acked, released, dead) counts
@@ -85,7 +91,8 @@ class Ledger:
             return  # lost or already settled
         self._owed.append(write)
         if write[0] != "ack" or len(self._owed) >= ACK_BATCH:
-            self.flush()
+            if self._next is None:  # else the write waiting takes this too
+                self.flush()
         elif self._timer is None:
             self._timer = self.clock.callLater(ACK_DELAY, self.flush)
 
@@ -105,9 +112,24 @@ class Ledger:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if not self._owed or self.writer is None:
-            return self._writes.run(lambda: None)
-        return self._writes.run(self._write_owed)
+        done = defer.Deferred()
+        if self._next is not None:
+            self._next.append(done)
+        else:
+            self._next = [done]
+            self._writes.run(self._write_next)
+        return done
+
+    def _write_next(self):
+        waiting, self._next = self._next, None
+
+        def finished(result):
+            if isinstance(result, Failure):
+                self.log.failure("writing what the outbox is owed failed", result)
+            for done in waiting:
+                done.callback(None)
+
+        return defer.maybeDeferred(self._write_owed).addBoth(finished)
 
     def _write_owed(self):
         if not self._owed or self.writer is None:

@@ -6,9 +6,10 @@ It is a source, as the listener is: a component whose runs (one per
 connection) put events on the Client's queue.  Each run LISTENs on the
 schema's wake-up channel, claims batches with C{FOR UPDATE SKIP LOCKED}
 (L{hermes_tx.outbox.sql.claim}: per-key order across every consumer) when
-woken, every C{poll_interval} seconds, and at once while a claim comes back
-full; it never claims more than the queue has room for, never holds a
-transaction open while the processor works, keeps its claims alive
+woken, every C{poll_interval} seconds, at once while a claim comes back
+full and after acknowledgements (the next changes of their keys may be
+claimable now); it never claims more than the queue has room for, never
+holds a transaction open while the processor works, keeps its claims alive
 (C{extend}) while they are in flight, and writes what the processor's
 outcomes owe (L{hermes_tx.outbox.claims}).  Any number of consumers, in any
 number of processes, share a topic's work.

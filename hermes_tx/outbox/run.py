@@ -200,6 +200,11 @@ class ConsumeRun(ConnectionRun):
                     if change.id in moved:
                         dead += 1
                         self._log_dead(change, reason)
+        if (acked or dead) and self.state == CONSUMING:
+            # Changes that left the outbox may have been holding back the
+            # next changes of their keys: claim those now, not at the next
+            # poll.
+            self._claim()
         return acked, released, dead
 
     def _log_dead(self, change, reason):
