@@ -149,8 +149,9 @@ class KillTests(_EndToEnd, OutboxDatabase, unittest.TestCase):
         self.assertEqual(sum(i.killed for i in fleet.instances), 5)
         pids = {d["pid"] for d in read_lines(fleet.output)}
         self.assertGreaterEqual(len(pids), 6, "the work was not shared by the instances")
-        # A SIGKILL in the middle of a batch delivers its last change again.
-        self.assertGreater(verdict.duplicates, 0)
+        # A SIGKILL in the middle of a batch may deliver its last changes
+        # again (at least once), never many.
+        self.assertLessEqual(verdict.duplicates, 0.05 * verdict.expected, verdict.summary())
         self.assertEqual(self.query("SELECT count(*) FROM hermes.dead_letters"), [(0,)])
 
 

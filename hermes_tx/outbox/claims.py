@@ -22,9 +22,10 @@ from hermes_tx.backoff import backoff_policy
 from hermes_tx.exceptions import one_line
 
 #: write acknowledgements once this many are waiting (else after ACK_DELAY)
-ACK_BATCH = 256
-#: seconds an acknowledgement may wait to be written with others
-ACK_DELAY = 0.005
+ACK_BATCH = 1000
+#: seconds an acknowledgement may wait to be written with others: 0, the
+#: next reactor turn, once the processor's loop yields (a whole batch at once)
+ACK_DELAY = 0
 
 
 class Claim:
