@@ -168,14 +168,21 @@ class Change:
         first time).
     @ivar created_at: when it was written, in seconds since the epoch.
     @ivar payload: the JSON text as stored.
-    @ivar data: the decoded payload.
     @ivar claim: the claim token the consumer acknowledges with (opaque to
         processors).
     """
 
-    __slots__ = CHANGE_FIELDS + ("data", "claim")
+    __slots__ = CHANGE_FIELDS + ("_data", "claim")
 
-    def __init__(self, id, topic, key, attempts, created_at, payload, data, claim=None):
+    #: C{_data} until the payload is decoded
+    _UNDECODED = object()
+
+    def __init__(self, id, topic, key, attempts, created_at, payload, data=_UNDECODED, claim=None):
+        """
+        @param data: the decoded payload, or nothing: then it is decoded
+            from C{payload} when first asked for (a processor that forwards
+            the text, or ignores it, never pays for decoding).
+        """
         self.kind = "change"
         self.id = id
         self.topic = topic
@@ -183,8 +190,18 @@ class Change:
         self.attempts = attempts
         self.created_at = created_at
         self.payload = payload
-        self.data = data
+        self._data = data
         self.claim = claim
+
+    @property
+    def data(self):
+        """
+        The decoded payload (decoded on first use; the outbox stores
+        C{jsonb}, so it always decodes).
+        """
+        if self._data is Change._UNDECODED:
+            self._data = json.loads(self.payload)
+        return self._data
 
     def as_dict(self):
         """

@@ -112,6 +112,9 @@ class _EndToEnd:
                 f" {writer.unknown} unknown, {writer.refused} refused; logs:\n"
                 + "\n".join(i.log()[-1500:] for i in fleet.running())
             ) from None
+        # A twistd still starting has no SIGTERM handler yet (it would die
+        # of the signal): stop only instances that are up.
+        yield wait_until(fleet.consuming, timeout=30, what="every instance consuming")
         fleet.stop()
         yield wait_until(fleet.stopped, timeout=30, what="every instance stopped")
         counts, tokens = committed_on(dsn or self.dsn)

@@ -87,6 +87,9 @@ class Ledger:
     def add(self, change):
         self.in_flight[change.id] = change
 
+    def add_many(self, changes):
+        self.in_flight.update((change.id, change) for change in changes)
+
     def settle(self, change, write):
         if self.in_flight.pop(change.id, None) is None:
             return  # lost or already settled

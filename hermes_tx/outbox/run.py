@@ -6,8 +6,8 @@ then claim, keep claims alive and write what the processor's outcomes owe,
 until the connection is lost or the consumer stops.
 """
 
-import json
 import uuid
+from collections import Counter
 
 from twisted.internet import defer
 
@@ -17,6 +17,10 @@ from hermes_tx.outbox.claims import Claim
 from hermes_tx.runs import ConnectionRun
 
 CONNECTING, CONSUMING = "connecting", "consuming"
+
+
+#: full claims not followed ahead after a claim ahead came back short
+SKIP_AHEAD = 8
 
 
 def id_array(ids):
@@ -45,6 +49,8 @@ class ConsumeRun(ConnectionRun):
         self._timers = {}
         self._claiming = False
         self._again = False
+        self._ahead = False  # the claim in flight was made ahead of the acks
+        self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
         self._waiting_for_room = False
 
     def _listen_statement(self):
@@ -120,24 +126,25 @@ class ConsumeRun(ConnectionRun):
         token = uuid.uuid4()
         params = (consumer.topics, room, str(token), consumer.visibility_timeout)
         d = self.conn.runQuery(consumer.statements["claim"], params)
-        d.addCallback(self._claimed, Claim(consumer.ledger, str(token)))
+        d.addCallback(self._claimed, Claim(consumer.ledger, str(token)), room)
         d.addErrback(self._query_failed)
 
     def _room(self):
         self._waiting_for_room = False
         self._claim()
 
-    def _claimed(self, rows, claim):
+    def _claimed(self, rows, claim, limit):
         self._claiming = False
         if self.state != CONSUMING:
             return
         consumer = self.consumer
-        changes = []
-        for id_, topic, key, attempts, created_at, payload in rows:
-            change = Change(id_, topic, key, attempts, created_at, payload, json.loads(payload), claim)
-            consumer.ledger.add(change)
-            consumer.claimed[topic] = consumer.claimed.get(topic, 0) + 1
-            changes.append(change)
+        # data is decoded when a processor first asks for it.
+        changes = [Change(id_, topic, key, attempts, created_at, payload, claim=claim)
+                   for id_, topic, key, attempts, created_at, payload in rows]
+        consumer.ledger.add_many(changes)
+        claimed = consumer.claimed
+        for topic, count in Counter(c.topic for c in changes).items():
+            claimed[topic] = claimed.get(topic, 0) + count
         if changes:
             queue = consumer.notif_queue
             if hasattr(queue, "put_many"):
@@ -145,12 +152,23 @@ class ConsumeRun(ConnectionRun):
             else:
                 for change in changes:
                     queue.put(change)
-        # A full claim is not followed by another at once: with few keys
-        # every head would be in flight (a costly claim that finds nothing);
-        # the acknowledgements of this batch claim next, and wake-ups or
-        # the poll meanwhile set _again.
+        # Claiming ahead (the next batch while the processor works on this
+        # one) pays while claims keep coming back full; with few keys every
+        # head is soon in flight and a claim ahead walks them all for
+        # nothing: after one that comes back short, the next few full
+        # claims are not followed ahead (the acknowledgements claim next).
+        # Wake-ups and the poll set _again.
+        was_ahead, self._ahead = self._ahead, False
+        if was_ahead and len(rows) < limit // 2:
+            self._skip_ahead = SKIP_AHEAD
         if self._again:
             self._claim()
+        elif len(rows) >= limit:
+            if self._skip_ahead:
+                self._skip_ahead -= 1
+            else:
+                self._ahead = True
+                self._claim()
 
     def _query_failed(self, failure):
         self._claiming = False

@@ -49,7 +49,9 @@ class Instance:
         env.update(env_extra or {})
         self.log_path = log_path
         self.killed = False
-        with open(log_path, "ab") as log:
+        # A fresh log: a fleet made again in the same directory (a bench
+        # round) must not find the last round's "consuming" line.
+        with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [TWISTD, "-n", "--pidfile=", "hermes"] + list(args),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
