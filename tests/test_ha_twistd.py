@@ -66,7 +66,7 @@ class TwistdMultiHostTests(PrimaryStandbyFixtures, unittest.TestCase):
         SIGTERM them all, then fail listing every problem seen.  Each
         one's log is kept as C{<label>.log} in the test's temp directory.
         """
-        self.poller.stop()
+        yield self.poller.stop()
         yield defer.gatherResults([p.finish() for p in processes])
         logs = self.mktemp()
         os.makedirs(logs)

@@ -40,7 +40,7 @@ class HermesProcess(object):
         self.mark = 0
         self.problems = []
         self.bodies = []  # every status body received
-        self.status_failures = 0  # /ready requests that got no answer
+        self.status_failures = []  # why each /ready request got no answer
         self._agent = Agent(reactor, connectTimeout=2)
 
     def _ended(self, reason):
@@ -122,7 +122,8 @@ class HermesProcess(object):
                 self.problem(f"{err.count(phrase)} {phrase!r} in its log, first: "
                              + err[err.index(phrase):][:300].replace("\n", " | "))
         if self.status_failures:
-            self.problem(f"{self.status_failures} /ready requests got no answer")
+            self.problem(f"{len(self.status_failures)} /ready requests got no answer: "
+                         f"{self.status_failures[:3]}")
         busiest, _ = twistd_summary(err)
         if busiest > MAX_LINES_PER_SECOND:
             self.problem(f"{busiest} hermes_tx log lines within one second")
@@ -139,18 +140,27 @@ class StatusPoller(object):
         self.processes = processes
         self.failures = 0
         self._loop = task.LoopingCall(self._poll)
-        self._loop.start(interval, now=False)
+        self._done = self._loop.start(interval, now=False)
 
     @defer.inlineCallbacks
     def _poll(self):
         for p in self.processes:
             if p.ended is None:
-                code, _ = yield p.get("/ready")
-                p.status_failures += code is None
+                code, body = yield p.get("/ready")
+                if code is None:
+                    p.status_failures.append(f"{time.strftime('%H:%M:%S')} {body}")
 
     def stop(self):
+        """
+        Stop polling.
+
+        @return: a Deferred firing once a poll in flight has finished, so
+            that no request is still on its way when the processes are
+            stopped (it would count as unanswered).
+        """
         if self._loop.running:
             self._loop.stop()
+        return self._done
 
 
 @defer.inlineCallbacks
@@ -174,7 +184,11 @@ def phase(processes, cluster, what, since, gap=True, timeout=15.0, interval=0.05
                 p.problem(f"{what}: not delivering within {timeout} s "
                           f"(since the fault: {[k for k, _ in p.events(p.mark)][:8]})")
             break
-        probes += send_payloads(cluster, [f"{what} probe {len(probes)}"])
+        # In a thread: a connect to a server that is busy promoting or
+        # being cloned can take seconds, and the status polls must not
+        # wait for it (they would time out here, not in hermes).
+        probes += yield threads.deferToThread(
+            send_payloads, cluster, [f"{what} probe {len(probes)}"])
         yield sleep(interval)
         pending = [p for p in pending if not p.notifications(p.mark)]
     delivering = [p for p in processes if p.notifications(p.mark)]
