@@ -1,5 +1,5 @@
 """
-The river example of the README, end to end: a table captured with
+The river example of the docs (docs/outbox.rst), end to end: a table captured with
 hermes-tx, twistd hermes consuming its topic into an Elasticsearch bulk sink
 (the in-process stand-in of tests/support/fake_es.py: no Elasticsearch can
 be installed here), through the real processes.

@@ -54,7 +54,7 @@ def from_url(url, secret_file=None, clock=None, reactor=None, **component_kwargs
     """
     Make the sink for C{url}.
 
-    @param url: the sink URL (see the module docstring and README).
+    @param url: the sink URL (see the module docstring and the sinks page of the docs).
     @param secret_file: a file holding the password, token or HMAC secret
         (one trailing newline is stripped).
     @param clock: the clock for timers (default: the global reactor).
