@@ -161,7 +161,7 @@ class Bench:
                 times["sql"].append(outbox_sql.drain_hermes(cur, rows))
                 times["emit"].append(self.emit(cur, rows, keys))
                 times["hermes"].append(self.drain_twistd(dsn, cur, rows))
-                print(f"    round: " + ", ".join(f"{k} {rows / v[-1]:,.0f}/s" for k, v in times.items()),
+                print("    round: " + ", ".join(f"{k} {rows / v[-1]:,.0f}/s" for k, v in times.items()),
                       flush=True)
             rate = {k: rows / statistics.median(v) for k, v in times.items()}
             results[label] = rate
