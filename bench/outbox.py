@@ -19,6 +19,9 @@ hermes --outbox} processes on one throwaway server, peers in the same run
   capture  the same UPDATE workload with and without the capture trigger
   xmin     writers at full speed, one consumer, while another connection
            holds a REPEATABLE READ transaction open for 60 s
+  scale    a processor taking 5 ms per change (a Deferred, the reactor
+           free): 1, 2 and 4 instances draining the same 4,000 changes over
+           500 keys, committed at once once they all consume
 
 --quick shortens everything (5,000 changes, 20 s of pinned xmin, one round).
 Requires bench/requirements.txt.
@@ -177,9 +180,10 @@ class Bench:
         conn.close()
         self.peers(rows, results["own key each"]["hermes"])
 
-    def emit(self, cur, rows, keys):
+    def emit(self, cur, rows, keys, truncate=True):
         """Empty the outbox and emit C{rows} changes; @return: seconds."""
-        cur.execute("TRUNCATE hermes.outbox")
+        if truncate:
+            cur.execute("TRUNCATE hermes.outbox")
         key = outbox_sql.key_expression(keys)
         start = time.perf_counter()
         for first in range(1, rows + 1, 1000):
@@ -229,6 +233,42 @@ class Bench:
                      f"{rows / processed:,.0f}/s (hermes {hermes_rate * processed / rows:.0f}x);"
                      f" enqueue {rows / enqueued:,.0f}/s" + (f"; {left} left" if left else ""),
                      "hermes ahead")
+
+    # -- scale -------------------------------------------------------------------
+
+    def scale(self):
+        rows = 1000 if self.quick else 4000
+        print(f"scale: {rows} changes over 500 keys, 5 ms per change, 1/2/4 instances", flush=True)
+        dsn = self.database("scale")
+        conn, cur = self.connect(dsn)
+        rates = {}
+        for count in (1, 2, 4):
+            cur.execute("TRUNCATE hermes.outbox")
+            fleet = self.fleet(f"scale-{count}", dsn, outbox_sql.TOPIC, execute_delay=0.005)
+            try:
+                for _ in range(count):
+                    fleet.start()
+                wait_for(fleet.consuming, 60, f"{count} instances consuming")
+                start = time.perf_counter()
+                self.emit(cur, rows, 500, truncate=False)
+                while True:
+                    cur.execute("SELECT EXISTS (SELECT 1 FROM hermes.outbox)")
+                    if not cur.fetchone()[0]:
+                        break
+                    time.sleep(0.01)
+                elapsed = time.perf_counter() - start
+                fleet.stop()
+                wait_for(fleet.stopped, 30, "the instances stopped")
+            finally:
+                fleet.kill_all()
+            lines = read_lines(fleet.output)
+            pids = {line["pid"] for line in lines}
+            rates[count] = rows / elapsed
+            self.add(f"scale: {count} instance(s), 5 ms per change, {rows:,} changes",
+                     f"{rates[count]:,.0f}/s ({rates[count] / rates[1]:.2f}x one); "
+                     f"{len(lines):,} executed by {len(pids)} process(es)",
+                     "grows with instances" if count > 1 else "")
+        conn.close()
 
     # -- latency -----------------------------------------------------------------
 
@@ -345,12 +385,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", nargs="*", default=["chaos", "drain", "latency", "capture", "xmin"])
+    parser.add_argument("--only", nargs="*",
+                        default=["chaos", "drain", "scale", "latency", "capture", "xmin"])
     args = parser.parse_args()
     bench = Bench(args)
     try:
         for section in args.only:
-            {"chaos": bench.chaos, "drain": bench.drain, "latency": bench.latency,
+            {"chaos": bench.chaos, "drain": bench.drain, "scale": bench.scale, "latency": bench.latency,
              "capture": bench.capture_overhead, "xmin": bench.xmin}[section]()
     finally:
         bench.close()

@@ -77,6 +77,9 @@ class _Consuming(OutboxDatabase):
                             [(topic, k, n) for k, n in chunk])
             cur.execute("COMMIT")
 
+    def _consumers(self):
+        return self.__dict__.get("_started", [])
+
     def rows(self, table="outbox", topic=None):
         """
         @return: C{(id, key, attempts, claimed)} of the rows (of C{topic})
@@ -94,6 +97,7 @@ class _Consuming(OutboxDatabase):
         client = Client(self.dsn, role_check_interval=0.5)
         consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name="hermes-outbox-test"),
                                   list(topics), **kwargs)
+        self.__dict__.setdefault("_started", []).append(consumer)
         processor = processor or Recorder()
         client.add_outbox(consumer)
         client.add_processor(processor)
@@ -240,7 +244,8 @@ class StopTests(_Consuming, unittest.TestCase):
         recorder.script["k0"] = [gate]
         for i in range(10):
             self.emit("t", f"k{i}", 1)
-        client, consumer, _ = self.start(processor=recorder)
+        # No pacing: all ten are claimed at once, whatever the rate.
+        client, consumer, _ = self.start(processor=recorder, claim_horizon=None)
         yield wait_until(lambda: recorder.seen and len(consumer.ledger.in_flight) == 10,
                          what="10 claimed, one in progress")
         stopping = client.stopService()
@@ -292,3 +297,29 @@ class SharedWorkTests(_Consuming, unittest.TestCase):
         for key, ns in merged.items():
             self.assertEqual(ns, list(range(counters[key])), key)
         self.assertTrue(all(r.seen for r in recorders), "the work was not shared")
+
+    @defer.inlineCallbacks
+    def test_a_slow_processor_leaves_work_for_others(self):
+        """
+        A processor taking 10 ms a change: two consumers drain 300 changes
+        over 300 keys together, each doing a fair share, though the first
+        to wake could claim them all (batch_size 500).
+        """
+        from twisted.internet import reactor, task
+
+        class Slow(Recorder):
+            def execute(self, change):
+                Recorder.execute(self, change)
+                return task.deferLater(reactor, 0.01, lambda: None)
+
+        recorders = [Slow(), Slow()]
+        for recorder in recorders:
+            self.start(processor=recorder)
+        yield wait_until(lambda: all(c.is_consuming for c in self._consumers()), timeout=10,
+                         what="two consumers")
+        yield threads.deferToThread(self.emit_many, "t", [f"k{i}" for i in range(300)], 1)
+        yield wait_until(lambda: sum(len(r.seen) for r in recorders) >= 300, timeout=30,
+                         what="300 deliveries")
+        shares = sorted(len(r.seen) for r in recorders)
+        self.assertEqual(sum(shares), 300)
+        self.assertGreaterEqual(shares[0], 75, f"not shared: {shares}")

@@ -83,6 +83,9 @@ class Ledger:
         # set by the consumer's run: a function taking the owed writes and
         # returning a Deferred firing with (acked, released, dead) counts
         self.writer = None
+        # set by the consumer: its hermes_tx.outbox.pacing.ClaimPacer, told
+        # of every change settled
+        self.pacer = None
 
     def add(self, change):
         self.in_flight[change.id] = change
@@ -93,6 +96,8 @@ class Ledger:
     def settle(self, change, write):
         if self.in_flight.pop(change.id, None) is None:
             return  # lost or already settled
+        if self.pacer is not None and write[0] != "unclaim":  # given back: not processed
+            self.pacer.settled(bool(self.in_flight))
         self._owed.append(write)
         if write[0] != "ack" or len(self._owed) >= ACK_BATCH:
             if self._next is None:  # else the write waiting takes this too
@@ -161,6 +166,8 @@ class Ledger:
         for change_id in ids:
             if self.in_flight.pop(change_id, None) is not None:
                 self.counts["lost"] += 1
+        if not self.in_flight and self.pacer is not None:
+            self.pacer.idle()
 
     def forget_all(self):
         """
@@ -168,6 +175,8 @@ class Ledger:
         """
         changes = list(self.in_flight.values())
         self.in_flight.clear()
+        if self.pacer is not None:
+            self.pacer.idle()
         return changes
 
     def cancel(self):

@@ -23,6 +23,7 @@ from hermes_tx.events import Change
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox import sql
 from hermes_tx.outbox.claims import Ledger
+from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
 from hermes_tx.outbox.run import CONSUMING, ConsumeRun
 from hermes_tx.outbox.names import DEFAULT_SCHEMA, channel, validate_schema, validate_topic
 
@@ -34,6 +35,8 @@ class OutboxConsumer(ConnectedComponent):
 
     @ivar ledger: the L{hermes_tx.outbox.claims.Ledger} of changes in
         flight and writes owed.
+    @ivar pacer: the L{hermes_tx.outbox.pacing.ClaimPacer} saying how many
+        changes to hold in flight.
     @ivar claimed: changes claimed so far, by topic (for metrics).
     @ivar stats: the last per-topic figures read from the outbox: a dict of
         topic to C{(pending, in_flight, oldest_age, dead_letters)}.
@@ -52,6 +55,7 @@ class OutboxConsumer(ConnectedComponent):
         max_attempts=10,
         batch_size=500,
         max_in_flight=None,
+        claim_horizon=HORIZON,
         stats_interval=5.0,
         error_strategy=None,
         error_queue=None,
@@ -74,6 +78,11 @@ class OutboxConsumer(ConnectedComponent):
         @param max_in_flight: the most changes held (claimed, not yet
             settled) at once, so that other consumers share the work;
             C{None}: twice C{batch_size}.
+        @param claim_horizon: hold about this many seconds of the
+            processor's work (measured), between twice its C{max_batch} and
+            C{max_in_flight}, so that consumers in other processes share a
+            slow processor's work (L{hermes_tx.outbox.pacing}); C{None}:
+            always up to C{max_in_flight}.
         @param stats_interval: seconds between reads of the outbox's
             per-topic figures (for C{/metrics}); C{None}: never.
         @raise InvalidConfigurationException: no topic, or a bad one.
@@ -103,6 +112,7 @@ class OutboxConsumer(ConnectedComponent):
         pg_connector.cursor_factory = psycopg2.extensions.cursor
         self.stats_interval = stats_interval
         self.ledger = Ledger(self.clock, max_attempts=max_attempts)
+        self.pacer = self.ledger.pacer = ClaimPacer(self.clock, self.max_in_flight, horizon=claim_horizon)
         self.claimed = {}
         self.stats = {}
         self.statements = {
@@ -122,21 +132,36 @@ class OutboxConsumer(ConnectedComponent):
 
         @return: a Deferred firing once the connection is closed.
         """
-        self._withdraw_queued()
+        self.give_back()
         return ConnectedComponent.stopService(self)
 
-    def _withdraw_queued(self):
+    def give_back(self, count=None):
+        """
+        Take changes this consumer claimed out of the queue, the last
+        claimed first, and give them back to the outbox (their attempt not
+        counted), for any consumer to claim.
+
+        @param count: how many at most; C{None}: all of them.
+        @return: how many were given back.
+        """
         pending = getattr(self.notif_queue, "pending", None)
         if not pending:
-            return
-        mine = [e for e in pending if type(e) is Change and getattr(e.claim, "ledger", None) is self.ledger]
+            return 0
+        mine = []
+        for event in reversed(pending):
+            if count is not None and len(mine) >= count:
+                break
+            if type(event) is Change and getattr(event.claim, "ledger", None) is self.ledger:
+                mine.append(event)
         if not mine:
-            return
-        kept = [e for e in pending if not (type(e) is Change and e in mine)]
+            return 0
+        taken = set(map(id, mine))
+        kept = [e for e in pending if id(e) not in taken]
         pending.clear()
         pending.extend(kept)
-        for change in mine:
+        for change in reversed(mine):
             self.ledger.settle(change, ("unclaim", change.claim.token, change, None, None))
+        return len(mine)
 
     def _new_run(self):
         return ConsumeRun(self)

@@ -108,18 +108,29 @@ class ConsumeRun(ConnectionRun):
             return
         consumer = self.consumer
         queue = consumer.notif_queue
-        # Never hold more than max_in_flight changes (others share the
+        # Never hold more than the pacer's limit (about half a second of
+        # the processor's work, at most max_in_flight: others share the
         # work), never more than the queue has room for, and claim at least
         # half a batch at a time unless little is in flight (a few busy
         # keys: each acknowledgement may free the next change of a key).
+        limit = consumer.pacer.limit
+        batch = min(consumer.batch_size, max(1, limit // 2))
         in_flight = len(consumer.ledger.in_flight)
-        room = min(consumer.batch_size, consumer.max_in_flight - in_flight)
+        if in_flight > 2 * limit:
+            # Claimed before the processor's rate was known (or it slowed
+            # down): give back what it has not begun, for other consumers.
+            in_flight -= consumer.give_back(in_flight - limit)
+        room = min(batch, limit - in_flight)
         if getattr(queue, "maxsize", None) is not None:
-            room = min(room, queue.maxsize - len(queue.pending))
-        if room <= 0 or (room < consumer.batch_size // 2 and in_flight >= consumer.batch_size):
-            if room <= 0 and not self._waiting_for_room and getattr(queue, "maxsize", None):
-                self._waiting_for_room = True
-                queue.on_space(self._room)
+            space = queue.maxsize - len(queue.pending)
+            if space <= 0 < room:
+                # The queue is what is full: claim once it has room.
+                if not self._waiting_for_room:
+                    self._waiting_for_room = True
+                    queue.on_space(self._room)
+                return
+            room = min(room, space)
+        if room <= 0 or (room < batch // 2 and in_flight >= batch):
             return
         self._claiming = True
         self._again = False
@@ -142,6 +153,8 @@ class ConsumeRun(ConnectionRun):
         changes = [Change(id_, topic, key, attempts, created_at, payload, claim=claim)
                    for id_, topic, key, attempts, created_at, payload in rows]
         consumer.ledger.add_many(changes)
+        if changes:
+            consumer.pacer.claimed()
         claimed = consumer.claimed
         for topic, count in Counter(c.topic for c in changes).items():
             claimed[topic] = claimed.get(topic, 0) + count
