@@ -232,7 +232,8 @@ class Client(ComponentGate):
                     self._follow(component, result.primary)
             self._start_components()
         else:
-            self._stop_components()
+            self._stop_components().addErrback(
+                lambda f: self.log.failure("stopping the components failed", f))
 
     def _follow(self, component, entry):
         follow = getattr(component, "follow_primary", None)

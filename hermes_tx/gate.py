@@ -47,6 +47,9 @@ class ComponentGate(service.MultiService):
         self.processor = None
         self._error_wait = None
         self._failure_observers = []
+        # Bumped by every start and stop of the components: a stop sequence
+        # that waited for the processor goes on only if nothing came since.
+        self._turn = 0
 
     @property
     def is_open(self):
@@ -86,6 +89,7 @@ class ComponentGate(service.MultiService):
         self._check(consumer, "outbox consumer", self.outbox)
         self._add_source(consumer)
         self.outbox = consumer
+        self._pace_outbox()
 
     def _add_source(self, source):
         if getattr(source, "notif_queue", None) is None:
@@ -113,6 +117,14 @@ class ComponentGate(service.MultiService):
         self._wire(processor)
         self.processor = processor
         processor.setServiceParent(self)
+        self._pace_outbox()
+
+    def _pace_outbox(self):
+        # A batch processor's batches stay full only if the consumer holds
+        # at least two of them (hermes_tx.outbox.pacing).
+        pacer = getattr(self.outbox, "pacer", None)
+        if pacer is not None and self.processor is not None:
+            pacer.set_floor(2 * (self.processor.max_batch or 1))
 
     def _check(self, component, role, existing):
         if not isinstance(component, BaseComponent):
@@ -156,6 +168,7 @@ class ComponentGate(service.MultiService):
     # -- components ---------------------------------------------------------
 
     def _start_components(self):
+        self._turn += 1
         for component in self:
             if not component.running:
                 component.startService()
@@ -164,13 +177,21 @@ class ComponentGate(service.MultiService):
         """
         Stop the processor first (its last event's outcome is written by
         the outbox consumer, which is still connected), then the others.
+        A component whose stop is already under way is waited for.  If the
+        components are started (or stopped) again while the processor
+        stops, this sequence leaves the others to that newer one.
+
+        @return: a Deferred firing once they have stopped.
         """
-        first = [c for c in self if c is self.processor and c.running]
-        d = defer.gatherResults([defer.maybeDeferred(c.stopService) for c in first], consumeErrors=True)
+        self._turn += 1
+        turn = self._turn
+        d = _stopped(self.processor) if self.processor is not None else defer.succeed(None)
 
         def the_others(_):
+            if turn != self._turn:
+                return None
             return defer.gatherResults(
-                [defer.maybeDeferred(c.stopService) for c in reversed(list(self)) if c.running],
+                [_stopped(c) for c in reversed(list(self)) if c is not self.processor],
                 consumeErrors=True,
             )
 
@@ -214,3 +235,15 @@ class ComponentGate(service.MultiService):
             )
         if self.running:
             self._watch_errors()
+
+
+def _stopped(component):
+    """
+    Stop C{component}, or wait for its stop under way.
+
+    @return: a Deferred firing once its run has ended.
+    """
+    if component.running:
+        return defer.maybeDeferred(component.stopService)
+    supervisor = getattr(component, "supervisor", None)  # any IService may be added
+    return defer.succeed(None) if supervisor is None else supervisor.stop()

@@ -61,6 +61,7 @@ class HostProbe:
         self.clock = clock
         self.timeout = timeout
         self._waiters = []  # askers of the question that is out
+        self._closed = False  # close() was called: no new connection until asked again
 
     def ask(self):
         """
@@ -70,6 +71,7 @@ class HostProbe:
         """
         d = defer.Deferred()
         self._waiters.append(d)
+        self._closed = False
         if len(self._waiters) == 1:
             self._ask().addBoth(self._answered)
         return d
@@ -88,7 +90,8 @@ class HostProbe:
             # The kept connection may have died since the last check
             # (server restarted, failed over, path gone): one fresh
             # connection before concluding anything.
-            if not (kept and strategies.is_connection_error(error)):
+            # Not after close(): that is what ended the connection.
+            if self._closed or not (kept and strategies.is_connection_error(error)):
                 raise
             is_master = yield self._attempt()
         return PRIMARY if is_master else STANDBY
@@ -116,6 +119,11 @@ class HostProbe:
         return defer.maybeDeferred(self.connector.is_server_master).addBoth(done)
 
     def close(self):
+        """
+        Drop the kept connection; a question out fails (it is not asked
+        again on a fresh connection).
+        """
+        self._closed = True
         self.connector.disconnect()
 
 

@@ -104,8 +104,11 @@ class ConsumerLoop:
     def sleep(self, seconds):
         """
         @return: a Deferred firing after C{seconds}, or failing with
-            L{defer.CancelledError} when the loop stops first.
+            L{defer.CancelledError} when the loop stops first (at once
+            if it is stopping already).
         """
+        if self._stopping:
+            return defer.fail(defer.CancelledError())
         return self._wait(task.deferLater(self.clock, seconds, lambda: None))
 
     def put_back(self, items):

@@ -250,6 +250,75 @@ class AddedAfterStartTests(_Memory, unittest.TestCase):
         self.assertTrue(extra.running)
 
 
+class _Holding(Collector):
+    """A Collector whose notifications wait for C{self.hold} (a Deferred)."""
+
+    hold = None
+
+    def execute(self, event):
+        Collector.execute(self, event)
+        if event.kind == "notification" and self.hold is not None:
+            return self.hold
+        return None
+
+
+class StopOrderTests(_Memory, unittest.TestCase):
+    def make_holding(self):
+        self.clock = task.Clock()
+        self.role = FakeRoleConnector("primary")
+        client = Client("host=db port=5432", clock=self.clock, role_check_interval=1.0,
+                        connector=self.role)
+        listen = FakeListenConnector([p.entry for p in client.probes])
+        listener = PostgresNotificationListener(listen, "c", clock=self.clock,
+                                                liveness_timeout=None)
+        processor = _Holding()
+        processor.shutdown_timeout = 60
+        processor.clock = self.clock
+        client.add_listener(listener)
+        client.add_processor(processor)
+        client.startService()
+        self.addCleanup(lambda: client.stopService() if client.running else None)
+        processor.hold = defer.Deferred()
+        listen.current.deliver("slow")
+        self.clock.advance(0)
+        self.assertEqual(processor.notifications(), ["slow"])
+        return client, listener, processor
+
+    def test_sources_wait_for_a_processor_still_stopping(self):
+        """
+        Two checks on a standby while the processor finishes its event:
+        the listener stays until the processor has stopped (its event's
+        outcome may still need a source's connection).
+        """
+        client, listener, processor = self.make_holding()
+        self.role.answer = "standby"
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.assertFalse(processor.running)
+        self.assertTrue(listener.running)
+        processor.hold.callback(None)
+        self.clock.advance(0)
+        self.assertFalse(listener.running)
+
+    def test_a_stop_overtaken_by_a_start_leaves_the_components_running(self):
+        """
+        The role is unknown for one check while the processor finishes its
+        event, then primary again: once the event is done, the listener
+        and the processor run.
+        """
+        client, listener, processor = self.make_holding()
+        self.role.answer = DOWN
+        self.clock.advance(1.0)
+        self.assertFalse(processor.running)
+        self.role.answer = "primary"
+        self.clock.advance(1.0)
+        self.assertTrue(processor.running)
+        processor.hold.callback(None)
+        self.clock.advance(0)
+        self.assertTrue(listener.running)
+        self.assertTrue(processor.running)
+
+
 class MultiHostTests(_Memory, unittest.TestCase):
     DSN = "host=a,b,c port=1,2,3"
 

@@ -112,6 +112,23 @@ class RetryTests(unittest.TestCase):
         self.assertEqual([e.payload for e in c.notification_pipe.pending], ["a", "b"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_stop_before_the_event_asks_for_a_retry(self):
+        """
+        An event in progress when the stop comes, and which then asks to be
+        retried: the stop does not wait out the backoff; the event is put
+        back for the next run.
+        """
+        gate = defer.Deferred()
+        c = Scripted([lambda item: gate], clock=self.clock)
+        c.startService()
+        c.notification_pipe.put(note("a"))
+        stopping = c.stopService()
+        self.assertNoResult(stopping)
+        gate.errback(Retry("down"))
+        self.successResultOf(stopping)
+        self.assertEqual([e.payload for e in c.notification_pipe.pending], ["a"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_reject_skips_with_one_line(self):
         c = Scripted([Reject("400 bad request"), None], clock=self.clock)
         c.startService()

@@ -234,6 +234,22 @@ class HostProbeTests(unittest.TestCase):
         self.assertEqual(self.connector.disconnects, 1)
         self.assertFalse(self.connector.is_connected)
 
+    def test_close_with_a_question_out(self):
+        """
+        Closing (the Client stops) fails the question out: it is not asked
+        again on a fresh connection that would outlive the Client.
+        """
+        probe = self.probe(connected=True)
+        d = probe.ask()
+        probe.close()
+        self.failureResultOf(d, error.ConnectionDone)
+        self.assertEqual(self.connector.connections, 1)
+        self.assertFalse(self.connector.is_connected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Asked again later (the Client restarted): it connects.
+        probe.ask()
+        self.assertEqual(self.connector.connections, 2)
+
 
 class FakeProbe:
     def __init__(self, entry):
