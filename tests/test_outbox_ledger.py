@@ -57,3 +57,63 @@ class BacklogTests(unittest.TestCase):
         flushed = self.ledger.flush()
         self.assertTrue(flushed.called, "the ledger's writes are still locked")
         self.assertEqual(len(self.writer.writes), 2)
+
+
+class HostileOutcomeTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.ledger = Ledger(self.clock)
+        self.writer = self.ledger.writer = SlowWriter()
+
+    def change(self, id, token="token"):
+        change = Change(id, "t", str(id), 0, 0.0, "{}", {}, Claim(self.ledger, token))
+        self.ledger.add(change)
+        return change
+
+    def test_reason_with_nul_and_endless_retry_after(self):
+        """
+        A reason holding NUL and a retry_after PostgreSQL cannot hold are
+        written as text without NUL and a day at most.
+        """
+        a, b = self.change(1), self.change(2)
+        a.claim.reject(a, ValueError("bad\x00byte"))
+        self.writer.finish(0)
+        b.claim.retry(b, "later", retry_after=float("inf"))
+        written = [w for owed, _ in self.writer.writes for w in owed]
+        self.assertNotIn("\x00", written[0][4])
+        self.assertIn("bad", written[0][4])
+        self.assertEqual([w for w in written if w[0] == "release"][0][3], 86400.0)
+
+    def test_a_write_that_fails_for_another_reason_is_dropped_with_a_line(self):
+        """
+        A write failing for anything but a lost connection is not put
+        back at the head of every later write (which would then fail for
+        ever): it is logged, and later writes go through.
+        """
+        from tests.support.shared import capture_log
+
+        log = capture_log(self)
+        a = self.change(1)
+        a.claim.reject(a, "x")
+        self.writer.writes[0][1].errback(ValueError("A string literal cannot contain NUL"))
+        b = self.change(2)
+        b.claim.done(b)
+        self.clock.advance(0)
+        self.assertEqual([owed for owed, _ in self.writer.writes][1], [("ack", "token", b, None, None)])
+        from twisted.logger import formatEvent
+
+        lines = [formatEvent(e) for e in log]
+        self.assertIn("writing 1 outbox outcome(s) failed: ValueError: A string literal cannot contain "
+                      "NUL; their changes will be delivered again once their claims expire", lines)
+
+    def test_a_stale_change_does_not_settle_a_newer_claim(self):
+        """
+        The same change claimed again (another token) while its old copy
+        was queued: settling the old copy leaves the new claim in flight.
+        """
+        old = self.change(1, "old")
+        new = self.change(1, "new")
+        old.claim.done(old)
+        self.assertIs(self.ledger.in_flight[1], new)
+        new.claim.done(new)
+        self.assertEqual(self.ledger.in_flight, {})

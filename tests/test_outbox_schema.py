@@ -217,3 +217,17 @@ class EmitTests(OutboxDatabase, unittest.TestCase):
         conn = self.connect()
         self.assertEqual(statements.listen('a "b"').as_string(conn), 'LISTEN "a ""b"".outbox"')
         self.assertEqual(sql.Identifier(channel("x")).as_string(conn), '"x.outbox"')
+
+
+class RenderTests(unittest.TestCase):
+    def test_placeholder_text_in_the_schema_name(self):
+        """
+        A schema name holding a placeholder's text and a quote is quoted
+        once, wherever it goes: nothing it holds is replaced again.
+        """
+        from hermes_tx.outbox.schema import Migration
+
+        name = "x{schema}'); DROP TABLE t; --{channel_literal}"
+        text = Migration(1, "t", "SELECT {schema_literal}; CREATE SCHEMA {schema}").render(name)
+        literal = "'" + name.replace("'", "''") + "'"
+        self.assertEqual(text, f'SELECT {literal}; CREATE SCHEMA "{name}"')

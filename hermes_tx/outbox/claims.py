@@ -12,6 +12,7 @@ claim that expired meanwhile is simply not the consumer's any more; the
 change is delivered again, at least once).
 """
 
+import math
 from collections import OrderedDict
 
 from twisted.internet import defer
@@ -20,6 +21,7 @@ from twisted.python.failure import Failure
 
 from hermes_tx.backoff import backoff_policy
 from hermes_tx.exceptions import one_line
+from hermes_tx.strategies import is_connection_error
 
 #: write acknowledgements once this many are waiting (else after ACK_DELAY)
 ACK_BATCH = 1000
@@ -41,15 +43,29 @@ class Claim:
         self.ledger.settle(change, ("ack", self.token, change, None, None))
 
     def retry(self, change, reason, retry_after=None):
-        delay = max(self.ledger.retry_delay(change.attempts), retry_after or 0.0)
+        delay = max(self.ledger.retry_delay(change.attempts), _bounded(retry_after))
         self.ledger.settle(change, ("release", self.token, change, delay, _text(reason)))
 
     def reject(self, change, reason):
         self.ledger.settle(change, ("dead", self.token, change, None, _text(reason)))
 
 
+#: the longest wait a Retry(retry_after=...) may ask for (a day)
+MAX_RETRY_AFTER = 86400.0
+
+
+def _bounded(retry_after):
+    # An interval PostgreSQL cannot hold (inf, nan) would fail the release
+    # statement.
+    if not retry_after or retry_after != retry_after or retry_after < 0:
+        return 0.0
+    return min(retry_after, MAX_RETRY_AFTER)
+
+
 def _text(reason):
-    return one_line(reason) if isinstance(reason, BaseException) else str(reason)
+    text = one_line(reason) if isinstance(reason, BaseException) else str(reason)
+    # A text parameter cannot hold NUL (psycopg2 refuses the statement).
+    return text.replace("\x00", "\\x00")
 
 
 class Ledger:
@@ -94,8 +110,9 @@ class Ledger:
         self.in_flight.update((change.id, change) for change in changes)
 
     def settle(self, change, write):
-        if self.in_flight.pop(change.id, None) is None:
-            return  # lost or already settled
+        if self.in_flight.get(change.id) is not change:
+            return  # lost, already settled, or claimed again since (a newer claim's)
+        del self.in_flight[change.id]
         if self.pacer is not None and write[0] != "unclaim":  # given back: not processed
             self.pacer.settled(bool(self.in_flight))
         self._owed.append(write)
@@ -146,8 +163,18 @@ class Ledger:
         owed, self._owed = self._owed, []
 
         def failed(failure):
-            # The connection went: write these on the next one.
-            self._owed[:0] = owed
+            if is_connection_error(failure.value):
+                # The connection went: write these on the next one.
+                self._owed[:0] = owed
+                return None
+            # Anything else would fail again at the head of every later
+            # write: drop these (their claims expire and the changes are
+            # delivered again, at least once) and say so.
+            self.log.warn(
+                "writing {n} outbox outcome(s) failed: {error}; their changes will be "
+                "delivered again once their claims expire",
+                n=len(owed), error=one_line(failure.value),
+            )
             return None
 
         return self.writer(owed).addCallbacks(self._written, failed)

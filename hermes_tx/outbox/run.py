@@ -79,6 +79,11 @@ class ConsumeRun(ConnectionRun):
             self._read_stats()
         self.on_ready()
         consumer.ledger.flush()
+        if consumer.ledger.in_flight:
+            # Claims the processor still works on were last extended on the
+            # lost connection, maybe most of a timeout ago: now, not in a
+            # third of one.
+            self._extend()
         self._claim()
 
     def _close(self):
@@ -198,12 +203,15 @@ class ConsumeRun(ConnectionRun):
         for token, ids in by_token.items():
             d = self.conn.runQuery(consumer.statements["extend"],
                                    (id_array(ids), token, consumer.visibility_timeout))
-            d.addCallback(self._extended, ids)
+            d.addCallback(self._extended, ids, token)
             d.addErrback(self._query_failed)
 
-    def _extended(self, rows, ids):
+    def _extended(self, rows, ids, token):
         kept = {row[0] for row in rows}
-        lost = [i for i in ids if i not in kept and i in self.consumer.ledger.in_flight]
+        in_flight = self.consumer.ledger.in_flight
+        # Only changes still held under this token (one may have been
+        # claimed again since, under another).
+        lost = [i for i in ids if i not in kept and i in in_flight and in_flight[i].claim.token == token]
         if lost:
             self.consumer.ledger.lost(lost)
             self.consumer.log.warn(

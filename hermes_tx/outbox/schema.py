@@ -48,14 +48,16 @@ class Migration:
         literal = "'" + schema.replace("'", "''") + "'"
         chan = "'" + channel(schema).replace("'", "''") + "'"
         identifier = '"' + schema.replace('"', '""') + '"'
-        return (
-            self.text.replace("{schema_literal}", literal)
-            .replace("{channel_literal}", chan)
-            .replace("{schema}", identifier)
-        )
+        # One pass: a schema name holding a placeholder's text must not be
+        # replaced again inside what was already put in.
+        values = {"schema_literal": literal, "channel_literal": chan, "schema": identifier}
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.text)
 
     def __repr__(self):
         return f"<Migration {self.version:04d}_{self.name}>"
+
+
+_PLACEHOLDER = re.compile(r"\{(schema_literal|channel_literal|schema)\}")
 
 
 def migrations():
