@@ -75,8 +75,10 @@ class Event:
 #: level, so a few thousand levels would end in C{RecursionError})
 MAX_JSON_DEPTH = 128
 
-# A JSON string (skipped whole) or one bracket.
-_STRUCTURE = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+# A JSON string (skipped whole) or one bracket.  One way to match each
+# character of a string, so no backtracking blows up, and no possessive
+# quantifiers (Python 3.11+).
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 def _reject_constant(name):
@@ -198,8 +200,14 @@ class Change:
         """
         The decoded payload (decoded on first use; the outbox stores
         C{jsonb}, so it always decodes).
+
+        @raise ValueError: the payload nests deeper than L{MAX_JSON_DEPTH}
+            (C{jsonb} allows it; Python's decoder would recurse until
+            C{RecursionError}).
         """
         if self._data is Change._UNDECODED:
+            if json_depth_exceeds(self.payload):
+                raise ValueError(f"change {self.id}: payload nested deeper than {MAX_JSON_DEPTH} levels")
             self._data = json.loads(self.payload)
         return self._data
 

@@ -126,6 +126,22 @@ class WebhookTests(unittest.TestCase):
         self.assertEqual([e["id"] for e in self.resource.events()], [1])
 
     @defer.inlineCallbacks
+    def test_deeply_nested_change_rejected_alone(self):
+        """
+        A change whose jsonb payload nests 5,000 levels (PostgreSQL
+        accepts it; decoding it would end in RecursionError) goes to the
+        dead letters alone; the rest of its batch is sent.
+        """
+        url = self.serve()
+        sink = self.sink(url)
+        deep = Change(7, "t", "k7", 0, 1.0, "[" * 5000 + "]" * 5000)
+        good = make_changes(1, 1)
+        outcome = yield sink.execute([deep] + good)
+        self.assertEqual([e for e, _ in outcome.rejected], [deep])
+        self.assertIn("nested deeper than 128 levels", outcome.rejected[0][1])
+        self.assertEqual([e["id"] for e in self.resource.events()], [1])
+
+    @defer.inlineCallbacks
     def test_slow_answer_times_out_and_the_connection_is_dropped(self):
         url = self.serve(lambda n, body: SLOW if n == 0 else OK)
         sink = self.sink(url, timeout=0.3)

@@ -101,6 +101,10 @@ class Sink(Component):
                 prepared[id(e)] = self.prepare(e)
             except Unsendable as why:
                 skipped.reject_event(e, str(why))
+            except Exception as why:
+                # This event only (a payload nested too deep to decode...):
+                # the others of the batch go on.
+                skipped.reject_event(e, self.secrets.scrub(f"cannot be sent: {one_line(why)}"))
         sendable = [e for e in events if id(e) in prepared]
         if sendable:
             d = defer.maybeDeferred(self.send, sendable, prepared)
@@ -157,9 +161,11 @@ class Sink(Component):
         if isinstance(error, Reject):
             self.metrics.count_events(rejected=len(events))
             raise Reject(scrub(error))
-        text = one_line(error)
+        # The whole message, not only its first line, may hold a secret
+        # (the error strategy logs it with its traceback).
+        text = str(error)
         if scrub(text) != text:
-            raise SinkError(scrub(text))
+            raise SinkError(scrub(one_line(error)))
         return failure
 
 
