@@ -5,13 +5,13 @@ The service C{twistd hermes} runs, made from its parsed options
 """
 
 from hermes_tx import operations
-from hermes_tx.operations import EXIT_START_FAILED, fail
+from hermes_tx.operations import EXIT_START_FAILED, EXIT_USAGE, fail
 from hermes_tx.client import Client
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import one_line
 from hermes_tx.listeners import PostgresNotificationListener
 from hermes_tx.outbox.consumer import OutboxConsumer
-from hermes_tx.sinks import redact_url
+from hermes_tx.sinks import SinkURLError, redact_url
 from hermes_tx.status import StatusService, check_listen
 from hermes_tx.tapprocessor import make_processor
 
@@ -24,11 +24,15 @@ def makeService(options):
         C{--status-port}, the L{StatusService} (named C{"status"}).
         Starting it cannot fail for a status port already taken: that, and
         a processor whose constructor raises, print one line and exit 1
-        here.
+        here; a sink URL (or secret file) that cannot be used exits 2.
     """
     cls = options["processor_class"]
     try:
         processor = make_processor(cls, options)
+    except SinkURLError as e:
+        # The URL or its secret file cannot be used: a usage error, as the
+        # scheme's is (the message is redacted).
+        fail(f"--sink: {e}", EXIT_USAGE)
     except Exception as e:
         what = f"sink {redact_url(options['sink'])}" if options["sink"] else (
             f"processor {cls.__module__}.{cls.__qualname__}")

@@ -56,6 +56,9 @@ class OnDemandTests(unittest.TestCase):
         self.assertEqual(len(self.attempts), 2)
         self.attempts[1].callback(Conn())
         self.assertIsNot(self.successResultOf(d), conn)
+        # Not alive is not closed (an AMQP connection whose channel the
+        # broker closed keeps its socket): the old one is aborted.
+        self.assertTrue(conn.aborted)
 
     def test_timeout(self):
         d = self.od.get()

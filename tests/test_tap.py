@@ -310,6 +310,29 @@ class MakeServiceTests(unittest.TestCase):
                          "twistd hermes: error: processor tests.support.processors.FailingInit "
                          "failed to start: RuntimeError: cannot open the widget\n")
 
+    def test_unusable_sink_url_is_a_usage_error(self):
+        """
+        A sink URL that names a known scheme but cannot be used (no
+        stream), or an unreadable secret file: one line, exit 2, and the
+        password nowhere in it.
+        """
+        from hermes_tx.operations import EXIT_USAGE
+
+        for extra, expected in (
+            (["--sink", "redis://:pw-in-url@127.0.0.1:6379/0"], "stream"),
+            (["--sink", "http://127.0.0.1:9/hook", "--sink-secret-file", "/nonexistent/secret"],
+             "cannot read the secret file"),
+        ):
+            stderr = io.StringIO()
+            self.patch(sys, "stderr", stderr)
+            e = self.assertRaises(SystemExit, makeService, self.parse(*extra))
+            self.assertEqual(e.code, EXIT_USAGE)
+            line = stderr.getvalue()
+            self.assertTrue(line.startswith("twistd hermes: error: --sink: "), line)
+            self.assertIn(expected, line)
+            self.assertEqual(line.count("\n"), 1, line)
+            self.assertNotIn("pw-in-url", line)
+
     def test_status_port_taken_is_one_line(self):
         taken = socket.socket()
         self.addCleanup(taken.close)

@@ -24,10 +24,10 @@ from hermes_tx.sinks.urls import Secrets
 
 class SinkError(HermesException):
     """
-    An error of a sink that is neither L{Retry} nor L{Reject} (a bug or a
-    configuration the other side refuses, such as an exchange declared with
-    another type), with its message scrubbed of secrets.  It goes to the
-    component's error strategy.
+    An unexpected error of a sink (neither L{Retry} nor L{Reject}: a bug)
+    whose message held a secret, with the message scrubbed.  It goes to the
+    component's error strategy.  (Failing to connect, an exchange declared
+    with another type included, is a L{Retry}.)
     """
 
 

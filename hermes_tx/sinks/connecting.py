@@ -71,7 +71,10 @@ class OnDemand:
         if state == CONNECTED:
             return defer.succeed(self._current)
         if state == IDLE:
-            self._current = None
+            # A connection no longer alive may still hold its socket (an
+            # AMQP connection whose channel the broker closed): close it.
+            if self._current is not None:
+                self.drop()
             self._attempt = attempt = defer.maybeDeferred(self._connect)
             attempt.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
             attempt.addBoth(self._attempt_ended, attempt)
