@@ -256,6 +256,31 @@ class StopTests(_Consuming, unittest.TestCase):
         self.assertEqual({(r[2], r[3]) for r in rows}, {(0, False)})
 
 
+class StopDuringClaimTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_claim_answered_after_the_stop_is_given_back(self):
+        """
+        A claim still on its way when the consumer stops (here held up by
+        a table lock) is given back once it answers, its attempt not
+        counted: the keys are not blocked until the claims expire.
+        """
+        for i in range(5):
+            self.emit("t", f"k{i}", 1)
+        locker = self.connect(autocommit=False)
+        locker.cursor().execute("LOCK TABLE hermes.outbox IN EXCLUSIVE MODE")
+        client, consumer, recorder = self.start(stats_interval=None, poll_interval=60)
+        yield wait_until(lambda: consumer.is_consuming and consumer.supervisor.run._claiming,
+                         what="a claim waiting for the lock")
+        stopping = client.stopService()
+        yield sleep(0.2)
+        self.assertNoResult(stopping)
+        yield threads.deferToThread(locker.commit)
+        yield stopping
+        self.assertEqual(recorder.seen, [])
+        self.assertEqual([(r[1], r[2], r[3]) for r in self.rows()],
+                         [(f"k{i}", 0, False) for i in range(5)])
+
+
 class SharedWorkTests(_Consuming, unittest.TestCase):
     @defer.inlineCallbacks
     def test_three_consumers_and_concurrent_writers(self):

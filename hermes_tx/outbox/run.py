@@ -48,6 +48,7 @@ class ConsumeRun(ConnectionRun):
         self.consumer = consumer
         self._timers = {}
         self._claiming = False
+        self._claim_ended = None  # fires once the claim in flight is handled
         self._again = False
         self._ahead = False  # the claim in flight was made ahead of the acks
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
@@ -144,6 +145,8 @@ class ConsumeRun(ConnectionRun):
         d = self.conn.runQuery(consumer.statements["claim"], params)
         d.addCallback(self._claimed, Claim(consumer.ledger, str(token)), room)
         d.addErrback(self._query_failed)
+        # A stop waits for this claim, to give back what it took.
+        self._claim_ended = d.addBoth(lambda _: None)
 
     def _room(self):
         self._waiting_for_room = False
@@ -151,6 +154,9 @@ class ConsumeRun(ConnectionRun):
 
     def _claimed(self, rows, claim, limit):
         self._claiming = False
+        if self.state == "stopping":
+            self._give_back_claimed(rows, claim)
+            return
         if self.state != CONSUMING:
             return
         consumer = self.consumer
@@ -187,6 +193,17 @@ class ConsumeRun(ConnectionRun):
             else:
                 self._ahead = True
                 self._claim()
+
+    def _give_back_claimed(self, rows, claim):
+        # A claim that came back after the stop began: nothing of it was
+        # handed out; give it all back (attempt not counted) with the
+        # stop's last write, rather than leave the keys blocked until the
+        # claims expire.
+        ledger = self.consumer.ledger
+        for id_, topic, key, attempts, created_at, payload in rows:
+            change = Change(id_, topic, key, attempts, created_at, payload, claim=claim)
+            ledger.add(change)
+            ledger.settle(change, ("unclaim", claim.token, change, None, None))
 
     def _query_failed(self, failure):
         self._claiming = False
@@ -290,5 +307,6 @@ class ConsumeRun(ConnectionRun):
             ConnectionRun._end_work(self)
             return
         self.state = "stopping"
-        d = self.consumer.ledger.flush()
+        d = self._claim_ended if self._claiming else defer.succeed(None)
+        d.addBoth(lambda _: self.consumer.ledger.flush())
         d.addBoth(lambda _: ConnectionRun._end_work(self))
