@@ -15,8 +15,24 @@ class RedactTests(unittest.TestCase):
         self.assertEqual(redact_url("amqp://bob:hunter2@mq:5672/vh?exchange=x", ("exchange",)),
                          "amqp://bob:***@mq:5672/vh?exchange=x")
 
-    def test_user_without_password_kept(self):
-        self.assertEqual(redact_url("https://bob@h/p"), "https://bob@h/p")
+    def test_user_without_password(self):
+        """
+        An HTTP URL's user name with no password is a token: masked.  A
+        broker's user name (its password may come from a secret file) is
+        kept.
+        """
+        self.assertEqual(redact_url("https://sk_live_123@h/p"), "https://***@h/p")
+        self.assertEqual(redact_url("https://sk_live_123:@h/p"), "https://***@h/p")
+        self.assertEqual(redact_url("elasticsearch+https://tok@h/i"), "elasticsearch+https://***@h/i")
+        self.assertEqual(redact_url("amqp://guest@h/v?exchange=x", ("exchange",)),
+                         "amqp://guest@h/v?exchange=x")
+
+    def test_token_user_scrubbed(self):
+        from hermes_tx.sinks.urls import Secrets
+
+        secrets = Secrets()
+        secrets.add_basic_auth("sk_live_123", None)
+        self.assertEqual(secrets.scrub("401 for sk_live_123"), "401 for ***")
 
     def test_query_values_masked_unless_safe(self):
         self.assertEqual(redact_url("https://h/hook?token=abc&v=1", ("v",)),

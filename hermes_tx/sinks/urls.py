@@ -29,8 +29,12 @@ class SinkURLError(InvalidConfigurationException):
 def redact_url(url, safe_params=()):
     """
     The URL as it may be shown: the password of the user information
-    becomes C{***}, and so does the value of every query parameter not
-    named in C{safe_params} (a webhook's C{?token=...}).
+    becomes C{***}, and so does an HTTP URL's user name when no password
+    follows it (C{https://TOKEN@host/}, C{https://TOKEN:@host/}: then it is
+    the secret; a broker's user name, whose password may come from a
+    secret file, is shown), and the value of every query parameter not named in
+    C{safe_params} (a webhook's C{?token=...}).  The path is shown: do not
+    put a secret in it.
 
     @param url: a URL (text).
     @param safe_params: names of query parameters whose values are shown.
@@ -45,8 +49,13 @@ def redact_url(url, safe_params=()):
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:{MASK}@{hostport}" if has_password else f"{user}@{hostport}"
+        user, _, password = userinfo.partition(":")
+        if password:
+            netloc = f"{user}:{MASK}@{hostport}"
+        elif user and "http" in parts.scheme:
+            netloc = f"{MASK}@{hostport}"
+        else:
+            netloc = f"{user}@{hostport}" if user else hostport
     query = "&".join(
         f"{quote(name, safe='')}={quote(value, safe='') if name in safe_params else MASK}"
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
@@ -167,6 +176,10 @@ class Secrets:
         if password:
             self.add(password)
             self.add(basic_token(username, password))
+        elif username:
+            # A user name with no password is a token.
+            self.add(username)
+            self.add(basic_token(username, password or ""))
 
     def scrub(self, text):
         """
