@@ -84,8 +84,10 @@ class Client(ComponentGate):
             host answers.
         @param max_backoff: the longest wait, in seconds, between role
             checks while no host answers (0.1, 0.15, 0.225 ... with jitter).
-        @param role_check_timeout: seconds a role check may take before the
-            connection is declared dead.
+        @param role_check_timeout: seconds one attempt of a role check may
+            take before its connection is declared dead (an attempt on a
+            kept connection that fails is made once more on a fresh one, so
+            a hung host may take twice this).
         @param clock: an C{IReactorTime}; C{None} means the reactor.
         @param connector: C{None}, or one connector (anything with
             C{is_server_master()}, C{is_connected} and C{disconnect()}) to

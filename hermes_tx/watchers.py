@@ -175,7 +175,13 @@ class FailoverFileWatcher:
         self._watch = None
         if observer is None:
             return defer.succeed(None)
-        observer.stop()
+
+        def stop_and_join():
+            # watchdog's stop() joins its emitter threads: not on the
+            # reactor's thread.
+            observer.stop()
+            observer.join()
+
         return threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), observer.join
+            self.reactor, self.reactor.getThreadPool(), stop_and_join
         )
