@@ -12,7 +12,6 @@ claim that expired meanwhile is simply not the consumer's any more; the
 change is delivered again, at least once).
 """
 
-import math
 from collections import OrderedDict
 
 from twisted.internet import defer
