@@ -19,6 +19,7 @@ hermes --outbox} processes on one throwaway server, peers in the same run
   capture  the same UPDATE workload with and without the capture trigger
   xmin     writers at full speed, one consumer, while another connection
            holds a REPEATABLE READ transaction open for 60 s
+           (bench/outbox_xmin.py)
   scale    a processor taking 5 ms per change (a Deferred, the reactor
            free): 1, 2 and 4 instances draining the same 4,000 changes over
            500 keys, committed at once once they all consume
@@ -41,6 +42,7 @@ import psycopg2  # noqa: E402
 
 import outbox_peers  # noqa: E402
 import outbox_sql  # noqa: E402
+import outbox_xmin  # noqa: E402
 from hermes_tx.outbox.capture import capture, uncapture  # noqa: E402
 from hermes_tx.outbox.schema import install  # noqa: E402
 from tests.support.deliveries import judge, read_lines  # noqa: E402
@@ -197,16 +199,27 @@ class Bench:
 
     def drain_twistd(self, dsn, cur, rows):
         """Start twistd on the filled outbox; @return: seconds from consuming to empty."""
-        fleet = self.fleet("drain", dsn, outbox_sql.TOPIC, processor=NOOP)
+        return self.timed_drain(self.fleet("drain", dsn, outbox_sql.TOPIC, processor=NOOP), cur)
+
+    def timed_drain(self, fleet, cur, count=1, load=None, interval=0.005):
+        """
+        Start C{count} instances of C{fleet}, wait until they consume, call
+        C{load} (if any), wait until the outbox is empty, stop them.
+
+        @return: seconds from consuming (before C{load}) to empty.
+        """
         try:
-            instance = fleet.start()
-            wait_for(instance.consuming, 60, "consuming", interval=0.002)
+            for _ in range(count):
+                fleet.start()
+            wait_for(fleet.consuming, 60, f"{count} instance(s) consuming", interval=0.002)
             start = time.perf_counter()
+            if load is not None:
+                load()
             while True:
                 cur.execute("SELECT EXISTS (SELECT 1 FROM hermes.outbox)")
                 if not cur.fetchone()[0]:
                     break
-                time.sleep(0.005)
+                time.sleep(interval)
             elapsed = time.perf_counter() - start
             fleet.stop()
             wait_for(fleet.stopped, 30, "twistd stopped")
@@ -245,22 +258,8 @@ class Bench:
         for count in (1, 2, 4):
             cur.execute("TRUNCATE hermes.outbox")
             fleet = self.fleet(f"scale-{count}", dsn, outbox_sql.TOPIC, execute_delay=0.005)
-            try:
-                for _ in range(count):
-                    fleet.start()
-                wait_for(fleet.consuming, 60, f"{count} instances consuming")
-                start = time.perf_counter()
-                self.emit(cur, rows, 500, truncate=False)
-                while True:
-                    cur.execute("SELECT EXISTS (SELECT 1 FROM hermes.outbox)")
-                    if not cur.fetchone()[0]:
-                        break
-                    time.sleep(0.01)
-                elapsed = time.perf_counter() - start
-                fleet.stop()
-                wait_for(fleet.stopped, 30, "the instances stopped")
-            finally:
-                fleet.kill_all()
+            elapsed = self.timed_drain(fleet, cur, count, lambda: self.emit(cur, rows, 500, truncate=False),
+                                       interval=0.01)
             lines = read_lines(fleet.output)
             pids = {line["pid"] for line in lines}
             rates[count] = rows / elapsed
@@ -319,67 +318,6 @@ class Bench:
             self.add(f"capture: {label}, captured / not", f"{ratio:.2f}x", "<= 2x" if single else "")
         conn.close()
 
-    # -- xmin pinned -----------------------------------------------------------------
-
-    def xmin(self):
-        base, pinned, after, every = (6, 20, 6, 5) if self.quick else (15, 60, 15, 10)
-        print(f"xmin: {base} s, then {pinned} s pinned, then {after} s", flush=True)
-        dsn = self.database("xmin")
-        prepare_writer_tables(dsn, KEYS)
-        fleet = self.fleet("xmin", dsn, "t", processor=NOOP)
-        holder = psycopg2.connect(dsn, application_name="bench-holder")
-        try:
-            fleet.start()
-            wait_for(fleet.consuming, 60, "consuming")
-            writer = Writer(dsn, KEYS, rate=0, threads=2).start()
-            samples = [("no transaction open", t) for t in range(every, base + 1, every)]
-            samples += [("REPEATABLE READ open", t) for t in range(every, pinned + 1, every)]
-            samples += [("after it ended", t) for t in range(every, after + 1, every)]
-            self.statements_reset()
-            written = len(writer.acknowledged)
-            for phase, at in samples:
-                if phase == "REPEATABLE READ open" and at == every:
-                    holder.cursor().execute("BEGIN ISOLATION LEVEL REPEATABLE READ;"
-                                            " SELECT count(*) FROM e2e_counters")
-                if phase == "after it ended" and at == every:
-                    holder.commit()
-                time.sleep(every)
-                now = len(writer.acknowledged)
-                self.xmin_sample(dsn, phase, at, (now - written) / every, every)
-                written = now
-            writer.stop()
-            fleet.stop()
-            wait_for(fleet.stopped, 30, "twistd stopped")
-        finally:
-            holder.close()
-            fleet.kill_all()
-
-    def statements_reset(self):
-        self.cluster.execute("SELECT pg_stat_statements_reset()")
-
-    def xmin_sample(self, dsn, phase, at, written, every):
-        rows = self.cluster.execute(
-            "SELECT CASE WHEN query LIKE '%%.claim(%%' THEN 'claim' ELSE 'ack' END,"
-            " sum(calls)::bigint, sum(total_exec_time)::float8, sum(rows)::bigint FROM pg_stat_statements"
-            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'xmin')"
-            " AND (query LIKE '%%.claim(%%' OR query LIKE 'DELETE FROM \"hermes\".outbox o%%') GROUP BY 1")
-        self.statements_reset()
-        stats = {kind: (calls, total, n) for kind, calls, total, n in rows}
-        calls, total, _ = stats.get("claim", (0, 0.0, 0))
-        acked = stats.get("ack", (0, 0.0, 0))[2]
-        conn, cur = self.connect(dsn)
-        try:
-            cur.execute("SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
-                        " FROM hermes.outbox")
-            depth, lag = cur.fetchone()
-            cur.execute("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'hermes.outbox'::regclass")
-            dead = cur.fetchone()[0]
-        finally:
-            conn.close()
-        self.add(f"xmin: {phase}, {at} s", f"written {written:,.0f}/s, delivered {acked / every:,.0f}/s,"
-                 f" claim {total / calls if calls else 0:.1f} ms ({calls / every:.0f}/s), depth {depth:,},"
-                 f" lag {lag:.1f} s, dead tuples {dead:,}")
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
@@ -392,7 +330,8 @@ def main():
     try:
         for section in args.only:
             {"chaos": bench.chaos, "drain": bench.drain, "scale": bench.scale, "latency": bench.latency,
-             "capture": bench.capture_overhead, "xmin": bench.xmin}[section]()
+             "capture": bench.capture_overhead,
+             "xmin": lambda: outbox_xmin.xmin(bench, KEYS, NOOP)}[section]()
     finally:
         bench.close()
     width = max(len(r[0]) for r in bench.rows)
