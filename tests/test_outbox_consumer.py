@@ -13,10 +13,7 @@ from twisted.internet import defer, threads
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
-from hermes_tx.client import Client
 from hermes_tx.components import Component
-from hermes_tx.connectors import PostgresConnector
-from hermes_tx.outbox.consumer import OutboxConsumer
 from hermes_tx.outcomes import Reject, Retry
 from tests.support.outbox import OutboxDatabase
 from tests.support.shared import capture_log, sleep, wait_until
@@ -77,9 +74,6 @@ class _Consuming(OutboxDatabase):
                             [(topic, k, n) for k, n in chunk])
             cur.execute("COMMIT")
 
-    def _consumers(self):
-        return self.__dict__.get("_started", [])
-
     def rows(self, table="outbox", topic=None):
         """
         @return: C{(id, key, attempts, claimed)} of the rows (of C{topic})
@@ -94,15 +88,8 @@ class _Consuming(OutboxDatabase):
         return cur.fetchall()
 
     def start(self, topics=("t",), processor=None, **kwargs):
-        client = Client(self.dsn, role_check_interval=0.5)
-        consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name="hermes-outbox-test"),
-                                  list(topics), **kwargs)
-        self.__dict__.setdefault("_started", []).append(consumer)
         processor = processor or Recorder()
-        client.add_outbox(consumer)
-        client.add_processor(processor)
-        client.startService()
-        self.addCleanup(lambda: client.stopService() if client.running else None)
+        client, consumer = self.start_consumer(topics, processor, **kwargs)
         return client, consumer, processor
 
 
@@ -338,9 +325,8 @@ class SharedWorkTests(_Consuming, unittest.TestCase):
                 return task.deferLater(reactor, 0.01, lambda: None)
 
         recorders = [Slow(), Slow()]
-        for recorder in recorders:
-            self.start(processor=recorder)
-        yield wait_until(lambda: all(c.is_consuming for c in self._consumers()), timeout=10,
+        consumers = [self.start(processor=recorder)[1] for recorder in recorders]
+        yield wait_until(lambda: all(c.is_consuming for c in consumers), timeout=10,
                          what="two consumers")
         yield threads.deferToThread(self.emit_many, "t", [f"k{i}" for i in range(300)], 1)
         yield wait_until(lambda: sum(len(r.seen) for r in recorders) >= 300, timeout=30,

@@ -7,10 +7,7 @@ becomes claimable only once the one before is acknowledged.
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from hermes_tx.client import Client
 from hermes_tx.components import Component
-from hermes_tx.connectors import PostgresConnector
-from hermes_tx.outbox.consumer import OutboxConsumer
 from tests.support.outbox import OutboxDatabase
 from tests.support.shared import wait_until
 
@@ -27,14 +24,8 @@ class Counter(Component):
 
 class _Draining(OutboxDatabase):
     def start(self, topic, **kwargs):
-        client = Client(self.dsn, role_check_interval=0.5)
-        consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name="hermes-outbox-test"),
-                                  [topic], **kwargs)
         counter = Counter()
-        client.add_outbox(consumer)
-        client.add_processor(counter)
-        client.startService()
-        self.addCleanup(lambda: client.stopService() if client.running else None)
+        client, consumer = self.start_consumer([topic], counter, **kwargs)
         return client, consumer, counter
 
 

@@ -82,6 +82,27 @@ class OutboxDatabase(ClassFixtures):
         self.addCleanup(conn.close)
         return conn
 
+    def start_consumer(self, topics, processor, **kwargs):
+        """
+        Start a Client on the class's database with an outbox consumer of
+        C{topics} (keyword arguments go to it) and C{processor}; stopped at
+        cleanup.
+
+        @return: C{(client, consumer)}.
+        """
+        from hermes_tx.client import Client
+        from hermes_tx.connectors import PostgresConnector
+        from hermes_tx.outbox.consumer import OutboxConsumer
+
+        client = Client(self.dsn, role_check_interval=0.5)
+        consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name="hermes-outbox-test"),
+                                  list(topics), **kwargs)
+        client.add_outbox(consumer)
+        client.add_processor(processor)
+        client.startService()
+        self.addCleanup(lambda: client.stopService() if client.running else None)
+        return client, consumer
+
     def query(self, statement, params=None):
         """
         @return: the rows of one autocommit statement.
