@@ -30,10 +30,11 @@ def client_lines(events, level=None):
 
 
 class _Memory:
-    def make(self, dsn="host=db port=5432", role_answer="primary", hosts=None, **kwargs):
+    def make(self, dsn="host=db port=5432", role_answer="primary", hosts=None, collector=None,
+             **kwargs):
         """
         A started Client on fakes: a listener on channel C{c} with a
-        L{FakeListenConnector}, a L{Collector}.
+        L{FakeListenConnector}, a L{Collector} (or C{collector}).
 
         @return: C{(client, listen_connector, collector)}.
         """
@@ -48,7 +49,7 @@ class _Memory:
         listen = FakeListenConnector(entries)
         listener = PostgresNotificationListener(listen, "c", clock=self.clock,
                                                 liveness_timeout=None)
-        collector = Collector()
+        collector = collector or Collector()
         collector.clock = self.clock
         client.add_listener(listener)
         client.add_processor(collector)
@@ -264,25 +265,14 @@ class _Holding(Collector):
 
 class StopOrderTests(_Memory, unittest.TestCase):
     def make_holding(self):
-        self.clock = task.Clock()
-        self.role = FakeRoleConnector("primary")
-        client = Client("host=db port=5432", clock=self.clock, role_check_interval=1.0,
-                        connector=self.role)
-        listen = FakeListenConnector([p.entry for p in client.probes])
-        listener = PostgresNotificationListener(listen, "c", clock=self.clock,
-                                                liveness_timeout=None)
         processor = _Holding()
         processor.shutdown_timeout = 60
-        processor.clock = self.clock
-        client.add_listener(listener)
-        client.add_processor(processor)
-        client.startService()
-        self.addCleanup(lambda: client.stopService() if client.running else None)
+        client, listen, _ = self.make(collector=processor)
         processor.hold = defer.Deferred()
         listen.current.deliver("slow")
         self.clock.advance(0)
         self.assertEqual(processor.notifications(), ["slow"])
-        return client, listener, processor
+        return client, client.listener, processor
 
     def test_sources_wait_for_a_processor_still_stopping(self):
         """
