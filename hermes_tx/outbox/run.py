@@ -14,6 +14,7 @@ from twisted.internet import defer
 from hermes_tx.events import Change
 from hermes_tx.outbox import sql
 from hermes_tx.outbox.claims import Claim
+from hermes_tx.outbox.writes import id_array, write_owed
 from hermes_tx.runs import ConnectionRun
 
 CONNECTING, CONSUMING = "connecting", "consuming"
@@ -23,13 +24,13 @@ CONNECTING, CONSUMING = "connecting", "consuming"
 SKIP_AHEAD = 8
 
 
-def id_array(ids):
+def _changes(rows, claim):
     """
-    @return: C{ids} as one PostgreSQL array literal (C{"{1,2,3}"}), which the
-        statements cast to C{bigint[]}: psycopg2 adapts a list element by
-        element, about 0.4 ms per 500 ids.
+    @return: the L{Change}s of a claim's rows (their data is decoded when a
+        processor first asks for it).
     """
-    return "{" + ",".join(map(str, ids)) + "}"
+    return [Change(id_, topic, key, attempts, created_at, payload, claim=claim)
+            for id_, topic, key, attempts, created_at, payload in rows]
 
 
 class ConsumeRun(ConnectionRun):
@@ -160,9 +161,7 @@ class ConsumeRun(ConnectionRun):
         if self.state != CONSUMING:
             return
         consumer = self.consumer
-        # data is decoded when a processor first asks for it.
-        changes = [Change(id_, topic, key, attempts, created_at, payload, claim=claim)
-                   for id_, topic, key, attempts, created_at, payload in rows]
+        changes = _changes(rows, claim)
         consumer.ledger.add_many(changes)
         if changes:
             consumer.pacer.claimed()
@@ -200,9 +199,9 @@ class ConsumeRun(ConnectionRun):
         # stop's last write, rather than leave the keys blocked until the
         # claims expire.
         ledger = self.consumer.ledger
-        for id_, topic, key, attempts, created_at, payload in rows:
-            change = Change(id_, topic, key, attempts, created_at, payload, claim=claim)
-            ledger.add(change)
+        changes = _changes(rows, claim)
+        ledger.add_many(changes)
+        for change in changes:
             ledger.settle(change, ("unclaim", claim.token, change, None, None))
 
     def _query_failed(self, failure):
@@ -237,58 +236,22 @@ class ConsumeRun(ConnectionRun):
                 ident=self.consumer.ident, n=len(lost),
             )
 
-    @defer.inlineCallbacks
     def _write(self, owed):
         """
-        Write acknowledgements, releases, dead letters and unclaims, one
-        statement per kind and claim token.
+        Write what the processor's outcomes owe (L{write_owed}).
 
         @return: a Deferred firing with C{(acked, released, dead)}.
         """
-        consumer = self.consumer
-        statements = consumer.statements
-        groups = {}
-        for kind, token, change, delay, reason in owed:
-            groups.setdefault((kind, token), []).append((change, delay, reason))
-        acked = released = dead = 0
-        for (kind, token), items in groups.items():
-            ids = id_array(change.id for change, _, _ in items)
-            if kind == "ack":
-                rows = yield self.conn.runQuery(statements["ack"], (ids, token))
-                acked += len(rows)
-            elif kind == "unclaim":
-                yield self.conn.runQuery(statements["unclaim"], (ids, token))
-            elif kind == "release":
-                params = (ids, token, [d for _, d, _ in items], [r for _, _, r in items],
-                          consumer.ledger.max_attempts)
-                rows = yield self.conn.runQuery(statements["release"], params)
-                outcome = dict((row[0], row[1]) for row in rows)
-                released += sum(1 for v in outcome.values() if v == "retry")
-                for change, _, reason in items:
-                    if outcome.get(change.id) == "dead":
-                        dead += 1
-                        self._log_dead(change, reason)
-            else:
-                rows = yield self.conn.runQuery(statements["dead_letter"], (ids, token, [r for _, _, r in items]))
-                moved = {row[0] for row in rows}
-                for change, _, reason in items:
-                    if change.id in moved:
-                        dead += 1
-                        self._log_dead(change, reason)
-        if (acked or dead) and self.state == CONSUMING:
-            # Changes that left the outbox may have been holding back the
-            # next changes of their keys: claim those now, not at the next
-            # poll.
-            self._claim()
-        return acked, released, dead
+        def written(counts):
+            acked, _, dead = counts
+            if (acked or dead) and self.state == CONSUMING:
+                # Changes that left the outbox may have been holding back
+                # the next changes of their keys: claim those now, not at
+                # the next poll.
+                self._claim()
+            return counts
 
-    def _log_dead(self, change, reason):
-        self.consumer.log.warn(
-            "{ident}: outbox change {id} (topic {topic!r}, key {key!r}) moved to the dead letters "
-            "after {n} attempt(s): {reason}",
-            ident=self.consumer.ident, id=change.id, topic=change.topic, key=change.key,
-            n=change.attempts + 1, reason=reason,
-        )
+        return write_owed(self.conn, self.consumer, owed).addCallback(written)
 
     def _read_stats(self):
         d = self.conn.runQuery(self.consumer.statements["stats"])
