@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="hermes_tx",
@@ -6,7 +6,7 @@ setup(
     description="Hermes: Postgres-talking, event-driven, failure-handling Twisted services",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
-    packages=["hermes_tx", "hermes_tx.outbox", "hermes_tx.sinks", "twisted.plugins"],
+    packages=find_packages(include=["hermes_tx", "hermes_tx.*"]) + ["twisted.plugins"],
     package_data={
         "twisted": ["plugins/hermes_plugin.py"],
         "hermes_tx.outbox": ["migrations/*.sql"],

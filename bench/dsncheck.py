@@ -1,5 +1,5 @@
 """
-How long does hermes_tx.dsncheck.check_options take?  It asks libpq to
+How long does hermes_tx.postgres.dsncheck.check_options take?  It asks libpq to
 start an asynchronous connection to a socket path that cannot exist, so it
 should cost a fraction of a millisecond and never wait on a name lookup or
 the network.  2000 checks of each DSN below; milliseconds.
@@ -11,7 +11,7 @@ import statistics
 import sys
 import time
 
-from hermes_tx.dsncheck import check_options
+from hermes_tx.postgres.dsncheck import check_options
 from hermes_tx.exceptions import InvalidConfigurationException
 
 DSNS = [

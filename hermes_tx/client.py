@@ -8,8 +8,8 @@ What makes the Client check the server's role (C{pg_is_in_recovery()}, on
 every host of the DSN at once): start-up; a timer (every
 C{role_check_interval} seconds while some host answers, backing off while
 none does); a change of a failover file under C{watch_path}; and a
-component losing its connection.  A L{hermes_tx.monitor.RoleMonitor} owns
-that schedule; each component's L{hermes_tx.supervisor.Supervisor} owns
+component losing its connection.  A L{hermes_tx.failover.monitor.RoleMonitor} owns
+that schedule; each component's L{hermes_tx.runtime.supervisor.Supervisor} owns
 its restarts.
 """
 
@@ -17,15 +17,20 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hermes_tx import dsn as dsnlib
-from hermes_tx.backoff import Backoff, backoff_policy
 from hermes_tx.connectors import PostgresConnector
-from hermes_tx.following import FileEventWindow, RoleLog
-from hermes_tx.gate import ComponentGate
-from hermes_tx.hosts import HostEntry, join_hosts, split_hosts
-from hermes_tx.monitor import RoleMonitor
-from hermes_tx.roles import PRIMARY, UNKNOWN, HostProbe, check_roles
-from hermes_tx.watchers import DEFAULT_FAILOVER_FILES, RECREATED, FailoverFileWatcher
+from hermes_tx.failover.files import (
+    DEFAULT_FAILOVER_FILES,
+    RECREATED,
+    FailoverFileWatcher,
+    FileEventWindow,
+)
+from hermes_tx.failover.log import RoleLog
+from hermes_tx.failover.monitor import RoleMonitor
+from hermes_tx.failover.roles import PRIMARY, UNKNOWN, HostProbe, check_roles
+from hermes_tx.postgres import dsn as dsnlib
+from hermes_tx.postgres.hosts import HostEntry, join_hosts, split_hosts
+from hermes_tx.runtime.backoff import Backoff, backoff_policy
+from hermes_tx.runtime.gate import ComponentGate
 
 
 class Client(ComponentGate):
@@ -39,12 +44,12 @@ class Client(ComponentGate):
 
     The Client wires the sources' queue to the processor's pipe and every
     component to its error queue (unless they were given their own; see
-    L{hermes_tx.gate.ComponentGate}).  Put it in any
+    L{hermes_tx.runtime.gate.ComponentGate}).  Put it in any
     L{service.MultiService} with C{setServiceParent}.
 
     @ivar role: C{"primary"}, C{"standby"} or C{"unknown"} (not yet known, or
         no host can be reached).
-    @ivar primary_host: the L{hermes_tx.hosts.HostEntry} found to be the
+    @ivar primary_host: the L{hermes_tx.postgres.hosts.HostEntry} found to be the
         primary, or C{None}.
     @ivar notification_queue: the queue between listener and processor.
     @ivar error_queue: where components report L{ComponentError}s.

@@ -4,12 +4,12 @@ Components as Twisted services.
 
   - L{BaseComponent}: the lifecycle every component shares.  Each start
     begins a I{run} (C{set_up}, the work, C{tear_down}); a
-    L{hermes_tx.supervisor.Supervisor} owns the runs, restarts lost ones
+    L{hermes_tx.runtime.supervisor.Supervisor} owns the runs, restarts lost ones
     after a backoff, and reports terminated ones on the error queue.
   - L{Component}: the seed's component, a queue consumer: it takes items
     from its C{notification_pipe} and runs C{pre_execute()},
     C{execute(pre_exec_value)} and C{post_execute(exec_value)} for each, in
-    a L{hermes_tx.runloop.ConsumerLoop}.  Processors subclass it.
+    a L{hermes_tx.runtime.loop.ConsumerLoop}.  Processors subclass it.
 
 Each step may return a plain value or a
 L{Deferred <twisted.internet.defer.Deferred>}.  Exceptions go to the
@@ -17,16 +17,17 @@ error strategy, which says whether to go on, back off or terminate;
 L{hermes_tx.outcomes} lets a processor say more (try again, never).
 """
 
-from hermes_tx.lifecycle import BaseComponent, ConnectedComponent  # noqa: F401 (their old home)
-from hermes_tx.queues import EventQueue
-from hermes_tx.runs import ConsumerRun, Run  # noqa: F401 (Run: for subclasses of BaseComponent)
-from hermes_tx.supervisor import (  # noqa: F401 (ComponentError: the seed's name, here)
+from hermes_tx.runtime.component import BaseComponent  # noqa: F401 (for subclasses: its old home)
+from hermes_tx.runtime.queue import EventQueue
+from hermes_tx.runtime.run import ConsumerRun, Run  # noqa: F401 (Run: for subclasses of BaseComponent)
+from hermes_tx.runtime.supervisor import (  # noqa: F401 (ComponentError: the seed's name, here)
     LOST,
     STOPPED,
     TERMINATED,
     ComponentError,
     Outcome,
 )
+from hermes_tx.sources.component import ConnectedComponent  # noqa: F401 (its old home)
 
 
 class Component(BaseComponent):
@@ -64,7 +65,7 @@ class Component(BaseComponent):
     ):
         """
         @param notification_pipe: where items come from: an
-            L{hermes_tx.queues.EventQueue}, a
+            L{hermes_tx.runtime.queue.EventQueue}, a
             L{twisted.internet.defer.DeferredQueue} or anything whose
             C{get()} returns a Deferred.  C{None} lets a
             L{hermes_tx.client.Client} wire it (or, at start, makes a fresh
@@ -87,7 +88,7 @@ class Component(BaseComponent):
         @param execute_timeout: C{None}, or seconds an C{execute} that
             returned a Deferred may take; it is then cancelled and handled
             by the error strategy as an
-            L{hermes_tx.runloop.ExecuteTimeout}.  A subclass may set it as
+            L{hermes_tx.exceptions.ExecuteTimeout}.  A subclass may set it as
             a class attribute instead.
         """
         BaseComponent.__init__(

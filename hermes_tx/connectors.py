@@ -4,7 +4,7 @@ L{PostgresConnector}: one asynchronous PostgreSQL connection, made and
 remade on demand, over txpostgres (through L{HermesConnection}, which files
 down txpostgres's sharp edges).
 
-Each connection attempt is an object of its own (L{hermes_tx.attempts.ConnectAttempt}) owning
+Each connection attempt is an object of its own (L{hermes_tx.postgres.attempt.ConnectAttempt}) owning
 its name lookups, its libpq connection and its timeout, so abandoning one
 (a timeout, L{PostgresConnector.disconnect}) leaves nothing behind.
 """
@@ -14,10 +14,10 @@ import psycopg2.extensions
 import psycopg2.extras
 from twisted.internet import defer
 
-from hermes_tx import dsn as dsnlib
-from hermes_tx.attempts import ConnectAttempt
-from hermes_tx.connection import HermesConnection  # noqa: F401 (its home before hermes_tx.connection)
-from hermes_tx.hosts import reactor_resolver, split_hosts
+from hermes_tx.postgres import dsn as dsnlib
+from hermes_tx.postgres.attempt import ConnectAttempt
+from hermes_tx.postgres.connection import HermesConnection  # noqa: F401 (its home before hermes_tx.postgres.connection)
+from hermes_tx.postgres.hosts import reactor_resolver, split_hosts
 
 #: target_session_attrs values that already mean "a primary" for LISTEN.
 _PRIMARY_ATTRS = ("primary", "read-write")
@@ -39,7 +39,7 @@ class PostgresConnector:
     @ivar dsn: the DSN as given, with hermes_tx's keywords added (may hold a
         password: never log it).
     @ivar safe_dsn: C{dsn} with passwords redacted, for messages.
-    @ivar hosts: the L{hermes_tx.hosts.HostEntry}s of the DSN, in order.
+    @ivar hosts: the L{hermes_tx.postgres.hosts.HostEntry}s of the DSN, in order.
     @ivar pinned: the entry connections go to, or C{None} for all of them.
     @ivar connection: the open L{HermesConnection}, or C{None}.
     """
@@ -111,7 +111,7 @@ class PostgresConnector:
         primary), or to all of them again with C{None}.  The open
         connection, if any, is left alone.
 
-        @param entry: a L{hermes_tx.hosts.HostEntry} (matched against this
+        @param entry: a L{hermes_tx.postgres.hosts.HostEntry} (matched against this
             DSN's hosts by host, address and port, then by host and port),
             or C{None}.
         @return: True when connections now go to that host alone.

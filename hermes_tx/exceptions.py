@@ -38,20 +38,15 @@ class StandbyServerError(HermesException):
     """
 
 
-def one_line(error, secrets=()):
+def one_line(error):
     """
-    @param secrets: strings that must not show (L{hermes_tx.dsn.secrets} of
-        the DSN the error is about): each is scrubbed from the line.
     @return: C{error} as a single line for a log: its class and the first
-        line of its message (libpq messages run over several lines).
+        line of its message (libpq messages run over several lines).  It
+        may quote what the error quotes: scrub it of secrets
+        (L{hermes_tx.postgres.dsn.scrub}) where it may hold any.
     """
     text = str(error).strip().splitlines()
-    line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-    if secrets:
-        from hermes_tx.dsn import scrub  # hermes_tx.dsn imports this module
-
-        line = scrub(line, secrets)
-    return line
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def failure_of(error):
@@ -66,4 +61,11 @@ class ConnectFailedError(ConnectionLostError):
     A connection to PostgreSQL could not be made (refused, timed out, wrong
     password, no such database, no primary among the hosts ...).  The
     message is libpq's, first line only, with the DSN's secrets removed.
+    """
+
+
+class ExecuteTimeout(HermesException):
+    """
+    A processor's C{execute} (its Deferred) did not finish within the
+    component's C{execute_timeout}; it was cancelled.
     """

@@ -4,10 +4,10 @@ L{PostgresNotificationListener}: LISTEN on PostgreSQL channels and queue
 every notification as an L{Event} (see L{hermes_tx.events} for the start,
 notification and resync kinds).
 
-Each connection is one run (L{hermes_tx.listenrun.ListenRun}): connect, check on that very
+Each connection is one run (L{hermes_tx.sources.listening.ListenRun}): connect, check on that very
 connection that the server is not a standby, LISTEN, deliver, until the
 connection is lost or the listener stops.  The listener's
-L{hermes_tx.supervisor.Supervisor} starts the next run after its backoff,
+L{hermes_tx.runtime.supervisor.Supervisor} starts the next run after its backoff,
 which starts again from the shortest delay once a run was LISTENing.
 """
 
@@ -16,16 +16,12 @@ from operator import attrgetter
 
 from twisted.logger import Logger
 
-from hermes_tx.channels import validate_channels
-from hermes_tx.components import (
-    ConnectedComponent,
-)
 from hermes_tx.events import PAYLOAD_FORMATS, Event, decode_json_payload
-from hermes_tx.exceptions import (
-    InvalidConfigurationException,
-)
-from hermes_tx.listenrun import LISTENING, ListenRun
-from hermes_tx.loglimit import LogLimit
+from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.postgres.channels import validate_channels
+from hermes_tx.runtime.loglimit import LogLimit
+from hermes_tx.sources.component import ConnectedComponent
+from hermes_tx.sources.listening import LISTENING, ListenRun
 
 #: The listener's states besides C{STOPPED} (which is also the outcome of a
 #: run stopped on request: the same word), C{CONNECTING} and C{LISTENING}
@@ -78,7 +74,7 @@ class PostgresNotificationListener(ConnectedComponent):
         @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
         @param notif_channel: a channel name or a list of them.
         @param notif_queue: where L{Event}s go: an
-            L{hermes_tx.queues.EventQueue} (whose bound pauses reading when
+            L{hermes_tx.runtime.queue.EventQueue} (whose bound pauses reading when
             full) or a C{DeferredQueue}; C{None} lets the Client wire it (or,
             at start, makes an unbounded EventQueue).
         @param error_strategy: classifies connection errors; C{None} means

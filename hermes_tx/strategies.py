@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_strategies -*-
 """
 Error strategies decide what a component does about an exception (backoff
-policies, which decide how long it waits, live in L{hermes_tx.backoff}).
+policies, which decide how long it waits, live in L{hermes_tx.runtime.backoff}).
 
 An error strategy's C{handle_exception(error)} returns C{(expected, action)}:
 C{expected} says whether the error is part of normal life (a dropped
@@ -12,7 +12,6 @@ L{BACKOFF} or L{TERMINATE}.
 import psycopg2
 from twisted.internet import error as _twisted_error
 
-from hermes_tx.backoff import backoff_policy  # noqa: F401 (its home before hermes_tx.backoff)
 from hermes_tx.exceptions import ConnectionLostError, StandbyServerError
 
 #: Log the error and go on with the next item at once.

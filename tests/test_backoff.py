@@ -1,5 +1,5 @@
 """
-Tests for L{hermes_tx.backoff}: the pure policy (exact values, the cap, huge
+Tests for L{hermes_tx.runtime.backoff}: the pure policy (exact values, the cap, huge
 attempt counts, jitter bounds) and L{Backoff}'s attempt count.
 """
 
@@ -7,8 +7,8 @@ import random
 
 from twisted.trial import unittest
 
-from hermes_tx import backoff, strategies
-from hermes_tx.backoff import Backoff, backoff_policy, shrink_up_to_tenth
+
+from hermes_tx.runtime.backoff import Backoff, backoff_policy, shrink_up_to_tenth
 
 
 class BackoffPolicyTests(unittest.TestCase):
@@ -107,12 +107,6 @@ class BackoffPolicyTests(unittest.TestCase):
         lowest = backoff_policy(max_delay=16.0)(100)
         self.assertTrue(14.4 <= lowest < 16.0, lowest)
         self.assertAlmostEqual(lowest, 14.4, places=9)
-
-    def test_strategies_reexports_the_same_policy(self):
-        """
-        The policy's former home keeps working for existing imports.
-        """
-        self.assertIs(strategies.backoff_policy, backoff.backoff_policy)
 
 
 class BackoffTests(unittest.TestCase):

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from hermes_tx.client import Client
 from hermes_tx.exceptions import ConnectionLostError
-from hermes_tx.hosts import HostEntry
+from hermes_tx.postgres.hosts import HostEntry
 from hermes_tx.listeners import PostgresNotificationListener
 from tests.support.fakes import FakeHosts, FakeListenConnector, FakeRoleConnector
 from tests.support.shared import Collector, capture_log
@@ -419,7 +419,7 @@ class ListenerRunTests(_Memory, unittest.TestCase):
     def test_backpressure_pauses_and_resumes(self):
         clock = task.Clock()
         listen = FakeListenConnector()
-        from hermes_tx.queues import EventQueue
+        from hermes_tx.runtime.queue import EventQueue
 
         queue = EventQueue(maxsize=4)
         listener = PostgresNotificationListener(listen, "c", notif_queue=queue, clock=clock,

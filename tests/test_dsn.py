@@ -1,5 +1,5 @@
 """
-Tests for L{hermes_tx.dsn} and L{hermes_tx.dsncheck}: adding keywords
+Tests for L{hermes_tx.postgres.dsn} and L{hermes_tx.postgres.dsncheck}: adding keywords
 through libpq, secrets that never reach a message, options checked before
 use.
 """
@@ -14,8 +14,8 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from hermes_tx import dsn as dsnlib
-from hermes_tx.dsncheck import NOWHERE, check_options, probe_dsn
+from hermes_tx.postgres import dsn as dsnlib
+from hermes_tx.postgres.dsncheck import NOWHERE, check_options, probe_dsn
 from hermes_tx.exceptions import InvalidConfigurationException, one_line
 
 parse_dsn = psycopg2.extensions.parse_dsn
@@ -135,7 +135,7 @@ class SecretsTests(unittest.TestCase):
             psycopg2.connect(dsn)
         except psycopg2.OperationalError as e:
             error = e
-        self.assertEqual(one_line(error, dsnlib.secrets(dsn)),
+        self.assertEqual(dsnlib.scrub(one_line(error), dsnlib.secrets(dsn)),
                          'OperationalError: could not translate host name "***@127.0.0.1" to '
                          "address: Name or service not known")
         self.assertIn("ngPassXYZ", one_line(error))

@@ -1,6 +1,6 @@
 """
-A failing test for L{hermes_tx.runloop}'s C{execute_timeout}, found while
-testing L{hermes_tx.roles} (same mistake): reported to the lead, who is
+A failing test for L{hermes_tx.runtime.loop}'s C{execute_timeout}, found while
+testing L{hermes_tx.failover.roles} (same mistake): reported to the lead, who is
 editing runloop.py, rather than fixed here.
 """
 
@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 from hermes_tx import strategies
 from hermes_tx.components import Component
-from hermes_tx.runloop import ExecuteTimeout
+from hermes_tx.exceptions import ExecuteTimeout
 
 
 class _Recording(strategies.AbstractErrorStrategy):

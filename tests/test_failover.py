@@ -3,7 +3,7 @@ Tests for the L{hermes_tx.client.Client}'s role-based behaviour on real
 primary/standby pairs: components run only on a primary, promotion starts
 them (with and without a watched data directory), a multi-host DSN follows a
 failover and a demotion, an unreachable server is retried with backoff (the
-failover-file watcher's own tests are in tests.test_watchers).
+failover-file watcher's own tests are in tests.test_failover_files).
 
 Each class that promotes or stops a server has its own pair (made once per
 class, about 2 s).  Servers are stopped and promoted from a worker thread,

@@ -1,8 +1,8 @@
 """
 Hostile input and operations, through the real C{twistd hermes} process:
 payloads, processors, DSNs, signals, log rotation, start-up mistakes.
-(Options and services in memory are in tests.test_tap, tests.test_dsn and
-tests.test_operations.)
+(Options and services in memory are in tests.test_twistd_options, tests.test_dsn and
+tests.test_twistd_process.)
 """
 
 import json

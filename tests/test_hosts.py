@@ -1,5 +1,5 @@
 """
-Tests for L{hermes_tx.hosts}: splitting a DSN into one entry per host and
+Tests for L{hermes_tx.postgres.hosts}: splitting a DSN into one entry per host and
 joining entries back (checked against libpq's own parser), the C{PG*}
 environment defaults, DSNs left whole, and resolving names with a fake
 resolver and with the real reactor's.
@@ -11,7 +11,7 @@ import psycopg2.extensions
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from hermes_tx.hosts import (
+from hermes_tx.postgres.hosts import (
     HostEntry,
     is_multi_host,
     join_hosts,

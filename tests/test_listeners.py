@@ -8,7 +8,7 @@ from twisted.trial import unittest
 from hermes_tx import strategies
 from hermes_tx.connectors import PostgresConnector
 from hermes_tx.exceptions import InvalidConfigurationException
-from hermes_tx.channels import validate_channels
+from hermes_tx.postgres.channels import validate_channels
 from hermes_tx.listeners import LISTENING, PostgresNotificationListener
 from tests.support.shared import shared_primary, take, wait_until
 

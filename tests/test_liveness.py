@@ -1,12 +1,12 @@
 """
-Tests for L{hermes_tx.liveness}, on a L{task.Clock}.  The real case (a
+Tests for L{hermes_tx.postgres.liveness}, on a L{task.Clock}.  The real case (a
 backend stopped with SIGSTOP) is in tests.test_faults.
 """
 
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from hermes_tx.liveness import LivenessProbe
+from hermes_tx.postgres.liveness import LivenessProbe
 
 
 class LivenessProbeTests(unittest.TestCase):

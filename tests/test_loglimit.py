@@ -1,11 +1,11 @@
 """
-Tests for L{hermes_tx.loglimit}.
+Tests for L{hermes_tx.runtime.loglimit}.
 """
 
 from twisted.internet import task
 from twisted.trial import unittest
 
-from hermes_tx.loglimit import LogLimit
+from hermes_tx.runtime.loglimit import LogLimit
 
 
 class LogLimitTests(unittest.TestCase):

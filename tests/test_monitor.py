@@ -1,5 +1,5 @@
 """
-Tests for L{hermes_tx.monitor.RoleMonitor}, in memory: role checks are
+Tests for L{hermes_tx.failover.monitor.RoleMonitor}, in memory: role checks are
 Deferreds the tests fire, time is a L{task.Clock}.
 """
 
@@ -7,10 +7,10 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.trial import unittest
 
-from hermes_tx.backoff import Backoff, backoff_policy
-from hermes_tx.hosts import HostEntry
-from hermes_tx.monitor import RoleMonitor
-from hermes_tx.roles import PRIMARY, STANDBY, UNKNOWN, HostStatus, RoleResult
+from hermes_tx.runtime.backoff import Backoff, backoff_policy
+from hermes_tx.postgres.hosts import HostEntry
+from hermes_tx.failover.monitor import RoleMonitor
+from hermes_tx.failover.roles import PRIMARY, STANDBY, UNKNOWN, HostStatus, RoleResult
 
 HOST = HostEntry("db", "", "5432")
 INTERVAL = 10

@@ -1,6 +1,6 @@
 """
 Tests for what a processor can say about its events (L{hermes_tx.outcomes})
-and what the run loop does with it (L{hermes_tx.settle}): notifications to
+and what the run loop does with it (L{hermes_tx.runtime.settle}): notifications to
 retry are executed again, never skipped; rejected ones are logged and
 skipped; outbox changes are acknowledged, released or dead-lettered through
 their claim.  Also the execute timeout and the reactor's turn.
@@ -13,7 +13,8 @@ from twisted.trial import unittest
 from hermes_tx.components import Component
 from hermes_tx.events import Change, Event
 from hermes_tx.outcomes import BatchOutcome, Reject, Retry
-from hermes_tx.runloop import ConsumerLoop, ExecuteTimeout
+from hermes_tx.exceptions import ExecuteTimeout
+from hermes_tx.runtime.loop import ConsumerLoop
 from tests.support.shared import capture_log
 
 

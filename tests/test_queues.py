@@ -1,11 +1,11 @@
 """
-Tests for L{hermes_tx.queues.EventQueue}.
+Tests for L{hermes_tx.runtime.queue.EventQueue}.
 """
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from hermes_tx.queues import EventQueue
+from hermes_tx.runtime.queue import EventQueue
 
 
 class EventQueueTests(unittest.TestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{hermes_tx.roles}, in memory: L{HostProbe} with a fake
+Tests for L{hermes_tx.failover.roles}, in memory: L{HostProbe} with a fake
 connector whose role queries are Deferreds the tests fire, and
 L{check_roles} with fake probes.
 """
@@ -9,8 +9,8 @@ from twisted.internet import defer, error, task
 from twisted.trial import unittest
 
 from hermes_tx.exceptions import ConnectionLostError
-from hermes_tx.hosts import HostEntry
-from hermes_tx.roles import (
+from hermes_tx.postgres.hosts import HostEntry
+from hermes_tx.failover.roles import (
     PRIMARY,
     STANDBY,
     UNKNOWN,

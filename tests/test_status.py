@@ -1,5 +1,5 @@
 """
-Tests for L{hermes_tx.status}: the HTTP endpoint, against a Client on a real
+Tests for L{hermes_tx.status.site}: the HTTP endpoint, against a Client on a real
 server, fetched over real HTTP.
 """
 

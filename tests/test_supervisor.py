@@ -1,5 +1,5 @@
 """
-Tests for L{hermes_tx.supervisor.Supervisor}, in memory: a fake component
+Tests for L{hermes_tx.runtime.supervisor.Supervisor}, in memory: a fake component
 whose runs the tests end by hand, and a L{task.Clock} for the backoff.
 """
 
@@ -7,8 +7,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 
-from hermes_tx.backoff import Backoff, backoff_policy
-from hermes_tx.supervisor import (
+from hermes_tx.runtime.backoff import Backoff, backoff_policy
+from hermes_tx.runtime.supervisor import (
     LOST,
     STOPPED,
     TERMINATED,

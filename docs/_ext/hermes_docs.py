@@ -2,7 +2,7 @@
 Sphinx directives that write parts of the documentation from the code:
 
   - C{.. hermes-twistd-options::}: every C{twistd hermes} option, from
-    C{hermes_tx.tap.Options} and C{hermes_tx.tap.BOUNDS};
+    C{hermes_tx.twistd.options.Options} and C{hermes_tx.twistd.options.BOUNDS};
   - C{.. hermes-argparse:: module:function}: every command and option of the
     argument parser C{function()} returns (C{hermes-tx}); while C{module}
     does not exist, a note saying so;
@@ -32,7 +32,7 @@ class TwistdOptions(SphinxDirective):
     """
 
     def run(self):
-        from hermes_tx import tap
+        from hermes_tx.twistd import options as tap
 
         self.env.note_dependency(_source(tap))
         options = tap.Options()

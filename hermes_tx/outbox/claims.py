@@ -5,7 +5,7 @@ acknowledgement, a release (with a backoff), or a move to the dead
 letters, each written in batches on the consumer's connection.
 
 A L{Claim} is one claimed batch (one token); the processor's run loop
-settles each change through it (L{hermes_tx.settle}).  The L{Ledger} keeps
+settles each change through it (L{hermes_tx.runtime.settle}).  The L{Ledger} keeps
 what is in flight and what is still to be written, and survives lost
 connections: writes that could not be made are made on the next one (a
 claim that expired meanwhile is simply not the consumer's any more; the
@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hermes_tx.backoff import backoff_policy
+from hermes_tx.runtime.backoff import backoff_policy
 from hermes_tx.exceptions import one_line
 from hermes_tx.strategies import is_connection_error
 

@@ -18,13 +18,13 @@ number of processes, share a topic's work.
 import psycopg2.extensions
 from twisted.logger import Logger
 
-from hermes_tx.components import ConnectedComponent
 from hermes_tx.events import Change
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox import sql
 from hermes_tx.outbox.claims import Ledger
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
 from hermes_tx.outbox.run import CONSUMING, ConsumeRun
+from hermes_tx.sources.component import ConnectedComponent
 from hermes_tx.outbox.names import DEFAULT_SCHEMA, channel, validate_schema, validate_topic
 
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import psycopg2
 
-from hermes_tx import dsn as dsnlib
+from hermes_tx.postgres import dsn as dsnlib
 from hermes_tx.exceptions import HermesException
 
 

@@ -15,7 +15,7 @@ from hermes_tx.events import Change
 from hermes_tx.outbox import sql
 from hermes_tx.outbox.claims import Claim
 from hermes_tx.outbox.writes import id_array, write_owed
-from hermes_tx.runs import ConnectionRun
+from hermes_tx.sources.run import ConnectionRun
 
 CONNECTING, CONSUMING = "connecting", "consuming"
 

@@ -10,14 +10,14 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from hermes_tx.exceptions import ConnectionLostError
-from hermes_tx.hosts import HostEntry
+from hermes_tx.postgres.hosts import HostEntry
 
 Notify = namedtuple("Notify", "channel payload pid")
 
 
 class FakeConnection:
     """
-    What a listener run uses of a L{hermes_tx.connection.HermesConnection}.
+    What a listener run uses of a L{hermes_tx.postgres.connection.HermesConnection}.
 
     @ivar in_recovery: what C{pg_is_in_recovery()} answers.
     @ivar hung: when true, C{SELECT 1} (the liveness probe) never answers.

@@ -7,7 +7,7 @@ from twisted.application.service import ServiceMaker
 
 hermes = ServiceMaker(
     "hermes",
-    "hermes_tx.tap",
+    "hermes_tx.twistd",
     "LISTEN on PostgreSQL channels and process every notification",
     "hermes",
 )

@@ -1,0 +1,111 @@
+# -*- test-case-name: tests.test_components,tests.test_listeners -*-
+"""
+L{ConnectedComponent}: a source that owns a connector and follows the
+primary (the listener and the outbox consumer): its runs are connections
+(L{hermes_tx.sources.run.ConnectionRun}), and each lost connection is one
+log line (at most L{LOSS_LINES} a second).
+"""
+
+from hermes_tx.exceptions import one_line
+from hermes_tx.runtime.component import BaseComponent
+from hermes_tx.runtime.loglimit import LogLimit
+
+#: at most this many lines a second about lost connections (the others are
+#: counted in the next line)
+LOSS_LINES = 5
+
+
+class ConnectedComponent(BaseComponent):
+    """
+    A source that owns a connector (C{pg_connector}) and puts events on a
+    queue (C{notif_queue}): the listener and the outbox consumer.  Its runs
+    are connections (L{hermes_tx.sources.run.ConnectionRun}); it follows the
+    primary when a multi-host DSN's primary moves.
+
+    @ivar state: C{"stopped"}, C{"connecting"}, the run's working state
+        (C{"listening"}, C{"consuming"}), C{"waiting"} (for the next run) or
+        C{"stopping"}.
+    @ivar reconnects: lost connections so far (for metrics).
+    """
+
+    pg_connector = None
+    notif_queue = None
+
+    def __init__(self, pg_connector, notif_queue=None, **kwargs):
+        """
+        @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
+        @param notif_queue: where events go; C{None} lets the Client wire it
+            (or, at start, makes an unbounded queue).
+        @param kwargs: for L{BaseComponent}.
+        """
+        BaseComponent.__init__(self, **kwargs)
+        self.pg_connector = pg_connector
+        self.notif_queue = notif_queue
+        self.reconnects = 0
+        self._lost_at = None  # when the connection was lost, while it is made again
+        self._loss_lines = LogLimit(self.clock, LOSS_LINES, 1.0)
+        self.supervisor.add_observer(_LogLosses())
+
+    @property
+    def state(self):
+        supervised = self.supervisor.state
+        if supervised == "running":
+            run = self.supervisor.run
+            return getattr(run, "state", "connecting")
+        if supervised in ("idle", "terminated"):
+            return "stopped"
+        return supervised  # "waiting" or "stopping"
+
+    def startService(self):
+        if self.notif_queue is None:
+            from hermes_tx.runtime.queue import EventQueue
+
+            self.notif_queue = EventQueue()
+        BaseComponent.startService(self)
+
+    def back_since(self, when):
+        """
+        A connection works again at C{when}: how long it was away (seconds),
+        or C{None} when it was not lost.
+        """
+        lost_at, self._lost_at = self._lost_at, None
+        return None if lost_at is None else when - lost_at
+
+    def follow_primary(self, entry):
+        """
+        The Client found the primary at C{entry} (a
+        L{hermes_tx.postgres.hosts.HostEntry} of a multi-host DSN): connect there
+        from now on, moving a connection that is elsewhere (a new run).
+        """
+        connector = self.pg_connector
+        before = getattr(connector, "pinned", None)
+        pin = getattr(connector, "pin", None)
+        if pin is None or not pin(entry) or connector.pinned == before:
+            return
+        if before is not None and self.supervisor.state in ("running", "waiting"):
+            self.supervisor.stop()
+            self.supervisor.start()
+
+
+class _LogLosses:
+    """
+    A connected component's own observer: one line per lost connection (at
+    most L{LOSS_LINES} a second) and per termination.
+    """
+
+    def run_lost(self, component, error, delay):
+        component.reconnects += 1
+        if component._lost_at is None:
+            component._lost_at = component.clock.seconds()
+        more = component._loss_lines.allow()
+        if more is None:
+            return  # losses in quick succession: the next line counts them
+        component.log.warn(
+            "{ident}: {error}; reconnecting in {delay:.2f} s{more}",
+            ident=component.ident, error=one_line(error), delay=delay, more=more,
+        )
+
+    def run_terminated(self, component, error):
+        component.log.warn("{ident}: terminated by {error}", ident=component.ident,
+                           error=one_line(error))
+

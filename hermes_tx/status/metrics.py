@@ -1,0 +1,123 @@
+# -*- test-case-name: tests.test_status -*-
+"""
+L{ClientCollector}: the Client's figures for Prometheus, read at scrape time.
+"""
+
+import math
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from hermes_tx.failover.roles import ROLES
+from hermes_tx.sinks.metrics import SinkMetrics
+from hermes_tx.sinks.metrics import collect as collect_sink_metrics
+
+
+class ClientCollector:
+    """
+    A Prometheus collector reading a Client's counters when scraped, so the
+    notification path only bumps plain integers.
+    """
+
+    def __init__(self, client):
+        self.client = client
+
+    def collect(self):
+        client = self.client
+        listener = client.listener
+        processor = client.processor
+        received = CounterMetricFamily(
+            "hermes_notifications_received", "Notifications received, by channel",
+            labels=["channel"],
+        )
+        for channel, count in sorted(getattr(listener, "received", {}).items()):
+            received.add_metric([channel], count)
+        yield received
+        processed = CounterMetricFamily(
+            "hermes_notifications_processed", "Notifications processed without error, by channel",
+            labels=["channel"],
+        )
+        for channel, count in sorted(getattr(processor, "processed", {}).items()):
+            processed.add_metric([channel], count)
+        yield processed
+        yield CounterMetricFamily(
+            "hermes_processor_failures", "Exceptions raised while processing events",
+            value=getattr(processor, "failures", 0),
+        )
+        yield CounterMetricFamily(
+            "hermes_reconnects", "Listener reconnect attempts after a lost connection",
+            value=getattr(listener, "reconnects", 0),
+        )
+        yield CounterMetricFamily(
+            "hermes_resync_events", "Resync events queued after a gap in listening",
+            value=getattr(listener, "resyncs", 0),
+        )
+        role = GaugeMetricFamily("hermes_role", "1 for the server's current role", labels=["role"])
+        for name in ROLES:
+            role.add_metric([name], 1 if client.role == name else 0)
+        yield role
+        yield GaugeMetricFamily(
+            "hermes_listening", "1 while the listener is listening",
+            value=1 if getattr(listener, "is_listening", False) else 0,
+        )
+        yield GaugeMetricFamily(
+            "hermes_queue_depth", "Events queued for the processor",
+            value=len(getattr(client.notification_queue, "pending", ())),
+        )
+        since = getattr(processor, "busy_since", None)
+        yield GaugeMetricFamily(
+            "hermes_processor_busy_seconds",
+            "Seconds the processor has spent on the event in progress (0 when idle)",
+            value=0.0 if since is None else max(0.0, client.clock.seconds() - since),
+        )
+        yield GaugeMetricFamily(
+            "hermes_processor_terminated", "1 once the processor was terminated by its error strategy",
+            value=1 if getattr(processor, "terminated", None) is not None else 0,
+        )
+        yield from _outbox_metrics(client.outbox)
+        if isinstance(getattr(processor, "metrics", None), SinkMetrics):
+            yield from collect_sink_metrics([processor.metrics])
+        last = getattr(listener, "last_notification_at", None)
+        yield GaugeMetricFamily(
+            "hermes_seconds_since_last_notification",
+            "Seconds since the last notification arrived (NaN before the first)",
+            value=math.nan if last is None else max(0.0, client.clock.seconds() - last),
+        )
+
+
+def _outbox_metrics(consumer):
+    """
+    The outbox consumer's counters, and the per-topic figures it last read
+    from the outbox (depth, lag, dead letters).
+    """
+    if consumer is None:
+        return
+    claimed = CounterMetricFamily("hermes_outbox_claimed", "Outbox changes claimed, by topic",
+                                  labels=["topic"])
+    for topic, count in sorted(consumer.claimed.items()):
+        claimed.add_metric([topic], count)
+    yield claimed
+    counts = consumer.ledger.counts
+    for name, key, text in (
+        ("hermes_outbox_acked", "acked", "Outbox changes acknowledged (processed)"),
+        ("hermes_outbox_retried", "released", "Outbox changes released for a retry"),
+        ("hermes_outbox_dead_lettered", "dead", "Outbox changes moved to the dead letters"),
+        ("hermes_outbox_claims_lost", "lost", "Claims that expired before their change was settled"),
+    ):
+        yield CounterMetricFamily(name, text, value=counts[key])
+    yield GaugeMetricFamily("hermes_outbox_in_flight_here", "Changes this consumer holds",
+                            value=len(consumer.ledger.in_flight))
+    gauges = [
+        GaugeMetricFamily("hermes_outbox_pending", "Outbox changes waiting, by topic", labels=["topic"]),
+        GaugeMetricFamily("hermes_outbox_in_flight", "Outbox changes claimed by any consumer",
+                          labels=["topic"]),
+        GaugeMetricFamily("hermes_outbox_oldest_age_seconds",
+                          "Age of the oldest change still in the outbox (the lag)", labels=["topic"]),
+        GaugeMetricFamily("hermes_outbox_dead_letters", "Dead letters in the outbox, by topic",
+                          labels=["topic"]),
+    ]
+    for topic in sorted(set(consumer.topics) | set(consumer.stats)):
+        figures = consumer.stats.get(topic, (0, 0, None, 0))
+        for gauge, value in zip(gauges, figures):
+            gauge.add_metric([topic], 0.0 if value is None else float(value))
+    yield from gauges
+

@@ -1,0 +1,53 @@
+# -*- test-case-name: tests.test_status -*-
+"""
+L{readiness}: whether a Client can deliver now, and why not.
+"""
+
+from hermes_tx.exceptions import one_line
+from hermes_tx.failover.roles import PRIMARY
+
+
+def readiness(client):
+    """
+    @return: C{(ready, details)}: ready is True when the server is the
+        primary, the listener is listening, the outbox consumer (if any) is
+        consuming and the processor is working (not terminated, not stuck on
+        one event for longer than its C{execute_timeout}); details is a dict
+        for humans.
+    """
+    listener = client.listener
+    processor = client.processor
+    listening = bool(getattr(listener, "is_listening", False))
+    details = {"role": client.role, "listening": listening}
+    if client.role != PRIMARY:
+        details["reason"] = f"server role is {client.role}"
+    elif listener is not None and not listening:
+        details["reason"] = f"listener is {getattr(listener, 'state', 'missing')}"
+    elif client.outbox is not None and not client.outbox.is_consuming:
+        details["reason"] = f"outbox consumer is {client.outbox.state}"
+    elif processor is not None and getattr(processor, "terminated", None) is not None:
+        details["reason"] = "processor terminated: " + one_line(processor.terminated.error)
+    elif processor is not None and not processor.running:
+        details["reason"] = "processor is stopped"
+    elif getattr(processor, "failing", None) is not None:
+        reason, since = processor.failing
+        details["reason"] = f"processor failing since {client.clock.seconds() - since:.0f} s: {reason}"
+    else:
+        stuck = _stuck_for(client, processor)
+        if stuck is not None:
+            details["reason"] = f"processor busy with one event for {stuck:.0f} s"
+    return "reason" not in details, details
+
+
+def _stuck_for(client, processor):
+    """
+    @return: seconds the processor has spent on its current event when that
+        exceeds its C{execute_timeout}, else C{None}.
+    """
+    timeout = getattr(processor, "execute_timeout", None)
+    since = getattr(processor, "busy_since", None)
+    if not timeout or since is None:
+        return None
+    age = client.clock.seconds() - since
+    return age if age > timeout else None
+
