@@ -17,7 +17,10 @@ error strategy, which says whether to go on, back off or terminate;
 L{hermes_tx.outcomes} lets a processor say more (try again, never).
 """
 
+from hermes_tx.runtime.backoff import Backoff, backoff_policy
+from hermes_tx.runtime.breaker import Breaker
 from hermes_tx.runtime.component import BaseComponent  # noqa: F401 (for subclasses: its old home)
+from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.runtime.queue import EventQueue
 from hermes_tx.runtime.run import ConsumerRun, Run  # noqa: F401 (Run: for subclasses of BaseComponent)
 from hermes_tx.runtime.supervisor import (  # noqa: F401 (ComponentError: the seed's name, here)
@@ -28,6 +31,11 @@ from hermes_tx.runtime.supervisor import (  # noqa: F401 (ComponentError: the se
     Outcome,
 )
 from hermes_tx.sources.component import ConnectedComponent  # noqa: F401 (its old home)
+
+
+#: at most this many lines a second about events that failed (the next line
+#: counts those left out)
+FAILURE_LINES = 5
 
 
 class Component(BaseComponent):
@@ -44,6 +52,13 @@ class Component(BaseComponent):
     @ivar current_item: the item being processed, or C{None} between items.
     @ivar processed: notifications processed without error, by channel.
     @ivar failures: exceptions and undelivered outcomes so far.
+    @ivar breaker: the L{hermes_tx.runtime.breaker.Breaker} that backs the
+        whole processor off while deliveries keep failing (a dependency is
+        down); one failing event never does.
+    @ivar retry_backoff: the L{hermes_tx.runtime.backoff.Backoff} of
+        notifications executed again in memory, and of the C{BACKOFF}
+        action for them (1, 2, 4 ... up to C{backoff_limit} seconds; reset
+        by a success).
     """
 
     _wired_pipe = False  # True when a Client supplied notification_pipe
@@ -104,6 +119,20 @@ class Component(BaseComponent):
         self.current_item = None
         self.processed = {}
         self.failures = 0
+        self.retry_backoff = Backoff(self._retry_delay)
+        self.breaker = Breaker(self.clock, Backoff(self._breaker_delay), name=lambda: self.ident,
+                               log=self.log)
+        self.failure_lines = LogLimit(self.clock, FAILURE_LINES, 1.0)
+
+    # backoff_limit is read when a delay is needed: twistd sets it after
+    # construction.
+
+    def _retry_delay(self, attempt):
+        return backoff_policy(initial=1.0, factor=2.0, max_delay=self.backoff_limit,
+                              jitter=None)(attempt)
+
+    def _breaker_delay(self, attempt):
+        return backoff_policy(initial=1.0, factor=2.0, max_delay=self.backoff_limit)(attempt)
 
     # -- the seed's extension points ----------------------------------------
 

@@ -8,6 +8,8 @@ from twisted.trial import unittest
 
 from hermes_tx import strategies
 from hermes_tx.components import Component, ComponentError
+from hermes_tx.runtime.backoff import Backoff
+from hermes_tx.runtime.breaker import Breaker
 
 
 class Recorder(Component):
@@ -149,12 +151,15 @@ class ComponentErrorTests(unittest.TestCase):
     def test_backoff_doubles_up_to_limit_and_resets(self):
         """
         BACKOFF waits 1, 2, 4, 8, then stays at backoff_limit (8 here), on the
-        clock; a success resets the next backoff to 1 s.
+        clock; a success resets the next backoff to 1 s.  (The circuit
+        breaker, which would open after five failures in a row, is out of
+        the way: tests.test_breaker.)
         """
         errors = [ValueError(i) for i in range(6)]
         strategy = FixedStrategy(False, strategies.BACKOFF)
         c = Scripted(errors + [None, ValueError("again")], clock=self.clock,
                      error_strategy=strategy, backoff_limit=8)
+        c.breaker = Breaker(self.clock, Backoff(lambda attempt: 1.0), threshold=100, span=1000)
         c.startService()
         for i in range(8):
             c.notification_pipe.put(i)

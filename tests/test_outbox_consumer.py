@@ -105,10 +105,11 @@ class DrainTests(_Consuming, unittest.TestCase):
         client, consumer, recorder = self.start(batch_size=100)
         yield wait_until(lambda: len(recorder.seen) >= 1000, timeout=30, what="1000 changes")
         yield wait_until(lambda: not self.rows(), timeout=10, what="an empty outbox")
+        # The last acknowledgement's answer may still be on its way.
+        yield wait_until(lambda: consumer.ledger.counts["acked"] == 1000, timeout=10, what="1000 acks")
         self.assertEqual(len(recorder.seen), 1000)
         for key, ns in recorder.by_key().items():
             self.assertEqual(ns, list(range(20)), key)
-        self.assertEqual(consumer.ledger.counts["acked"], 1000)
         self.assertEqual(consumer.claimed, {"t": 1000})
         self.assertEqual(list(consumer.ledger.in_flight), [])
 
@@ -178,6 +179,47 @@ class RetryTests(_Consuming, unittest.TestCase):
                  and "dead letters" in formatEvent(e)]
         self.assertEqual(len(lines), 2, lines)
         self.assertTrue(any("after 3 attempt(s)" in line for line in lines), lines)
+
+
+class BreakerTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_dependency_down_pauses_claims_and_gives_back(self):
+        """
+        Everything failing: after five failures in a row the processor's
+        circuit opens, the consumer gives back what it holds (attempts not
+        counted) and claims nothing more until the probe, whose failure is
+        not counted either (the dependency is at fault, not the change); the
+        dependency back, everything is delivered, in order per key.
+        """
+        down = [True]
+
+        class Flaky(Recorder):
+            def execute(self, change):
+                Recorder.execute(self, change)
+                if down[0]:
+                    raise Retry("connection refused")
+
+        recorder = Flaky(backoff_limit=1)
+        keys = [f"k{i}" for i in range(20)]
+        self.emit_many("down", keys, 3)
+        client, consumer, _ = self.start(["down"], processor=recorder, poll_interval=0.1)
+        consumer.ledger.retry_delay = lambda attempts: 0.05
+        yield wait_until(lambda: recorder.breaker.state == "open", timeout=10, what="the circuit open")
+        def nothing_held():
+            return not consumer.ledger.in_flight and not any(r[3] for r in self.rows(topic="down"))
+
+        yield wait_until(nothing_held, timeout=5, what="nothing held")
+        self.assertEqual(len(recorder.seen), 5)
+        self.assertEqual(sum(r[2] for r in self.rows(topic="down")), 5)
+        yield wait_until(lambda: len(recorder.seen) >= 7, timeout=10, what="two probes")
+        yield wait_until(nothing_held, timeout=5, what="nothing held")
+        self.assertEqual(sum(r[2] for r in self.rows(topic="down")), 5)
+        down[0] = False
+        yield wait_until(lambda: not self.rows(topic="down"), timeout=20, what="an empty outbox")
+        self.assertEqual(recorder.breaker.state, "closed")
+        for key, ns in recorder.by_key().items():
+            self.assertEqual(sorted(set(ns)), [0, 1, 2], key)
+            self.assertEqual(ns, sorted(ns), key)
 
 
 class VisibilityTests(_Consuming, unittest.TestCase):

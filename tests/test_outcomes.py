@@ -240,22 +240,30 @@ class TurnTests(unittest.TestCase):
     def test_a_long_backlog_gives_the_reactor_turns(self):
         """
         A synchronous processor working through a backlog yields to the
-        reactor once its turn budget is spent, so timers run in between
-        (issue 8 item 10).
+        reactor once its turn budget (10 ms) is spent, however few items
+        that took, so timers run in between: at 4 ms of CPU per event, a
+        turn after every third event.
         """
+        clock = task.Clock()
 
-        class Ticking(task.Clock):
-            def seconds(self):
-                self.rightNow += 0.0001  # every look at the clock costs time
-                return self.rightNow
+        class Burning(Scripted):
+            def execute(self, item):
+                clock.advance(0.004)  # the processor's CPU time
+                return Scripted.execute(self, item)
 
-        clock = Ticking()
-        c = Scripted([], clock=clock)
+        turns = []  # how many events were executed at each turn given
+        schedule = clock.callLater
+
+        def callLater(delay, f, *args, **kwargs):
+            turns.append(len(c.calls))
+            return schedule(delay, f, *args, **kwargs)
+
+        clock.callLater = callLater
+        c = Burning([], clock=clock)
         c.startService()
-        c.notification_pipe.put_many([note(str(i)) for i in range(5000)])
-        done = len(c.calls)
-        self.assertLess(done, 5000)
-        self.assertGreaterEqual(done, ConsumerLoop.turn_budget and 256)
-        while len(c.calls) < 5000:
-            clock.advance(0)
-        self.assertEqual(c.processed, {"c": 5000})
+        c.notification_pipe.put_many([note(str(i)) for i in range(30)])
+        self.assertEqual(len(c.calls), 3)
+        clock.advance(0)
+        self.assertEqual(turns, [3, 6, 9, 12, 15, 18, 21, 24, 27])
+        self.assertEqual(c.processed, {"c": 30})
+        self.assertEqual(clock.getDelayedCalls(), [])

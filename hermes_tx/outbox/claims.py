@@ -48,6 +48,14 @@ class Claim:
     def reject(self, change, reason):
         self.ledger.settle(change, ("dead", self.token, change, None, _text(reason)))
 
+    def give_back(self, change):
+        """
+        Give the change back, its delivery not counted (it failed while
+        the processor's circuit was open or probing: the dependency, not
+        the change, is at fault).
+        """
+        self.ledger.settle(change, ("unclaim", self.token, change, None, None))
+
 
 #: the longest wait a Retry(retry_after=...) may ask for (a day)
 MAX_RETRY_AFTER = 86400.0

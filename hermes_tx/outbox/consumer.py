@@ -115,6 +115,7 @@ class OutboxConsumer(ConnectedComponent):
         self.pacer = self.ledger.pacer = ClaimPacer(self.clock, self.max_in_flight, horizon=claim_horizon)
         self.claimed = {}
         self.stats = {}
+        self.breaker = None  # the processor's circuit breaker (follow_breaker)
         self.statements = {
             name: getattr(sql, name)(schema)
             for name in ("claim", "ack", "release", "dead_letter", "extend", "stats", "unclaim")
@@ -134,6 +135,32 @@ class OutboxConsumer(ConnectedComponent):
         """
         self.give_back()
         return ConnectedComponent.stopService(self)
+
+    def follow_breaker(self, breaker):
+        """
+        Claim according to the processor's circuit breaker (the Client
+        wires it): nothing while it is open (what is held and not begun is
+        given back at once, its attempts not counted), one processor batch
+        while it probes, as usual once closed.
+
+        @param breaker: a L{hermes_tx.runtime.breaker.Breaker}.
+        """
+        self.breaker = breaker
+        breaker.add_observer(self)
+
+    def breaker_opened(self, breaker):
+        self.give_back()
+
+    def breaker_half_open(self, breaker):
+        self._claim_now()
+
+    def breaker_closed(self, breaker):
+        self._claim_now()
+
+    def _claim_now(self):
+        run = self.supervisor.run
+        if run is not None and self.is_consuming:
+            run.claim()
 
     def give_back(self, count=None):
         """

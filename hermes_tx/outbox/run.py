@@ -15,6 +15,7 @@ from hermes_tx.events import Change
 from hermes_tx.outbox import sql
 from hermes_tx.outbox.claims import Claim
 from hermes_tx.outbox.writes import id_array, write_owed
+from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN
 from hermes_tx.sources.run import ConnectionRun
 
 CONNECTING, CONSUMING = "connecting", "consuming"
@@ -107,6 +108,12 @@ class ConsumeRun(ConnectionRun):
 
     # -- claiming -------------------------------------------------------------
 
+    def claim(self):
+        """
+        Claim now if there is room (the processor's circuit closed again).
+        """
+        self._claim()
+
     def _claim(self):
         if self.state != CONSUMING:
             return
@@ -114,6 +121,10 @@ class ConsumeRun(ConnectionRun):
             self._again = True
             return
         consumer = self.consumer
+        breaker = consumer.breaker
+        if breaker is not None and breaker.state != CLOSED:
+            if breaker.state != HALF_OPEN or consumer.ledger.in_flight:
+                return  # open: nothing; probing: one batch at a time
         queue = consumer.notif_queue
         # Never hold more than the pacer's limit (about half a second of
         # the processor's work, at most max_in_flight: others share the
@@ -122,6 +133,8 @@ class ConsumeRun(ConnectionRun):
         # keys: each acknowledgement may free the next change of a key).
         limit = consumer.pacer.limit
         batch = min(consumer.batch_size, max(1, limit // 2))
+        if breaker is not None and breaker.state == HALF_OPEN:
+            limit = batch = max(1, consumer.pacer.floor // 2)  # one processor batch
         in_flight = len(consumer.ledger.in_flight)
         if in_flight > 2 * limit:
             # Claimed before the processor's rate was known (or it slowed

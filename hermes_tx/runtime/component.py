@@ -137,18 +137,6 @@ class BaseComponent(service.Service):
         if run is not None:
             run.terminate(report)
 
-    def backoff_delay(self):
-        """
-        @return: the seconds to wait for this backoff (1, 2, 4 ... up to
-            C{backoff_limit}), counting it as one more attempt.
-        """
-        policy = backoff_policy(initial=1.0, factor=2.0, max_delay=self.backoff_limit, jitter=None)
-        delay = policy(self._backoff_attempts)
-        self._backoff_attempts += 1
-        return delay
-
-    _backoff_attempts = 0
-
 
 class _ReportTermination:
     """

@@ -121,10 +121,17 @@ class ComponentGate(service.MultiService):
 
     def _pace_outbox(self):
         # A batch processor's batches stay full only if the consumer holds
-        # at least two of them (hermes_tx.outbox.pacing).
+        # at least two of them (hermes_tx.outbox.pacing); while its circuit
+        # is open the consumer claims nothing (hermes_tx.runtime.breaker).
+        if self.outbox is None or self.processor is None:
+            return
         pacer = getattr(self.outbox, "pacer", None)
-        if pacer is not None and self.processor is not None:
+        if pacer is not None:
             pacer.set_floor(2 * (self.processor.max_batch or 1))
+        breaker = getattr(self.processor, "breaker", None)
+        follow = getattr(self.outbox, "follow_breaker", None)
+        if breaker is not None and follow is not None:
+            follow(breaker)
 
     def _check(self, component, role, existing):
         if not isinstance(component, BaseComponent):

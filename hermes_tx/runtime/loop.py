@@ -9,11 +9,16 @@ item while items are queued (they are popped straight from the pipe's
 pending list), no call to the default C{pre_execute}/C{post_execute}, and no
 C{isinstance(x, Deferred)} on values of types already known to be plain
 (Deferred's ABC metaclass makes each such check cost about as much as a
-trivial step).  It gives the reactor a turn at least every
-L{ConsumerLoop.turn_budget} seconds, so a backlog worked through by a
-synchronous processor cannot starve liveness probes and role checks.
+trivial step).  It gives the reactor a turn whenever
+L{ConsumerLoop.turn_budget} seconds of work have passed since the last one
+(the clock is read after every item), so a backlog worked through by a
+synchronous processor, however slow each item, cannot starve liveness
+probes, role checks and the status endpoint.
 
-What happens to an item after C{execute} is in L{hermes_tx.runtime.settle}.
+Before each item it asks the processor's circuit breaker
+(L{hermes_tx.runtime.breaker}) whether it may go on: while the circuit is
+open (deliveries kept failing: a dependency is down) it waits.  What
+happens to an item after C{execute} is in L{hermes_tx.runtime.settle}.
 """
 
 from twisted.internet import defer, task
@@ -22,12 +27,10 @@ from twisted.python.failure import Failure
 from hermes_tx.events import Event
 from hermes_tx.exceptions import ExecuteTimeout
 from hermes_tx.outcomes import BatchOutcome
+from hermes_tx.runtime.breaker import CLOSED
 from hermes_tx.runtime.settle import settle_failure, settle_outcome, settle_success
 
 _PLAIN_TYPES = {type(None)}
-
-#: check the clock for the turn budget after this many items in a row
-_CHECK_EVERY = 256
 
 
 def _is_deferred(value):
@@ -52,8 +55,9 @@ class ConsumerLoop:
     @ivar started_at: clock time at which C{current} was taken.
     @ivar report: the L{hermes_tx.components.ComponentError} that
         terminated the loop, or C{None}.
-    @ivar failing: C{None}, or C{(reason, since)} while events that were not
-        delivered are being tried again (no progress until one succeeds).
+    @ivar failing: C{None}, or C{(reason, since)} while notifications that
+        were not delivered are being tried again (no progress until one
+        succeeds).
     """
 
     #: seconds of uninterrupted work after which the reactor gets a turn
@@ -66,8 +70,29 @@ class ConsumerLoop:
         self.started_at = None
         self.report = None
         self.failing = None
+        self.breaker = component.breaker
         self._stopping = False
         self._waits = set()  # Deferreds to cancel when stopping
+        # whether the last delivery failed: the breaker then hears of the
+        # next success (successes in a row cost it nothing)
+        self._last_failed = False
+
+    def succeeded(self):
+        """
+        A delivery succeeded (or the other side answered for good).
+        """
+        self.component.retry_backoff.reset()
+        self.failing = None
+        if self._last_failed:
+            self._last_failed = False
+            self.breaker.succeeded()
+
+    def failed(self, reason):
+        """
+        A delivery failed (told to the breaker).
+        """
+        self._last_failed = True
+        self.breaker.failed(reason)
 
     @property
     def stopping(self):
@@ -145,27 +170,36 @@ class ConsumerLoop:
             post_execute = None
         plain = _PLAIN_TYPES
         clock = self.clock
-        in_a_row = 0
+        breaker = self.breaker
+        budget = self.turn_budget
         turn_began = clock.seconds()
         retry = None  # items to execute again before taking new ones
         while not self._stopping:
+            if breaker.state != CLOSED:
+                wait = breaker.admitted()
+                if wait is not None:
+                    # The circuit is open: nothing is taken until it
+                    # half-opens (then one delivery probes).
+                    try:
+                        yield self._wait(wait)
+                    except defer.CancelledError:
+                        break
+                    turn_began = clock.seconds()
+                    continue
             if retry is not None:
                 item, retry = retry, None
             elif pending:
+                if clock.seconds() - turn_began >= budget:
+                    # Let the reactor run timers and read sockets.
+                    check_space()
+                    try:
+                        yield self.sleep(0)
+                    except defer.CancelledError:
+                        break
+                    turn_began = clock.seconds()
+                    if not pending:
+                        continue
                 item = _take_batch(pipe, max_batch, None) if max_batch else take_one()
-                in_a_row += 1
-                if in_a_row >= _CHECK_EVERY:
-                    in_a_row = 0
-                    now = clock.seconds()
-                    if now - turn_began >= self.turn_budget:
-                        # Let the reactor run timers and read sockets.
-                        check_space()
-                        try:
-                            yield self.sleep(0)
-                        except defer.CancelledError:
-                            self.put_back(item if max_batch else [item])
-                            break
-                        turn_began = clock.seconds()
             else:
                 check_space()
                 try:
@@ -174,7 +208,6 @@ class ConsumerLoop:
                     break
                 if max_batch:
                     item = _take_batch(pipe, max_batch, item)
-                in_a_row = 0
                 turn_began = clock.seconds()
             self.current = component.current_item = item
             self.started_at = clock.seconds()
@@ -205,12 +238,11 @@ class ConsumerLoop:
                 retry = yield settle_failure(self, item, error)
                 continue
             self.current = component.current_item = None
-            component._backoff_attempts = 0
-            if self.failing is not None:
-                self.failing = None
             if outcome is not None:
                 retry = yield settle_outcome(self, item, outcome)
                 continue
+            if self._last_failed or self.failing is not None:
+                self.succeeded()
             # Success: the hot path counts notifications inline.
             if max_batch:
                 for event in item:

@@ -164,6 +164,9 @@ class ConsumerRun(Run):
         d.addBoth(lambda _: self._loop_ended())
 
     def _loop_ended(self):
+        # A new run starts with a closed circuit: what failed before a stop
+        # (a standby period, a shutdown) is old news.
+        self.component.breaker.reset()
         report = self.loop.report
         if report is not None:
             self.end(Outcome(TERMINATED, report.error, report))

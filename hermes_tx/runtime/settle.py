@@ -1,22 +1,30 @@
-# -*- test-case-name: tests.test_components -*-
+# -*- test-case-name: tests.test_outcomes,tests.test_components -*-
 """
 What happens to an item after its processor ran: success, an outcome
 (L{hermes_tx.outcomes}), or an exception for the error strategy.
 
-Two kinds of item are settled differently:
+One failure, one consequence.  Two kinds of item are settled differently:
 
   - outbox changes (L{hermes_tx.events.Change}) carry their claim: done
-    acknowledges, "try again" releases the row with a backoff (the outbox
-    keeps it, and counts the attempt toward the dead letters), "never"
-    moves it to the dead letters;
+    acknowledges, "try again" releases the row with a delay of its own
+    (the outbox keeps it, per-key order holds: later changes of its key
+    wait for it, and counts the attempt toward the dead letters), "never"
+    moves it to the dead letters.  The processor goes straight on with
+    the next item: a failing change never pauses the others;
   - everything else (notifications, start, resync) lives only in memory:
     "try again" executes the same events again after a backoff (they are
     never skipped), "never" logs and skips them.
 
 Any other exception goes to the component's error strategy, as in the
 seed: C{CONTINUE} skips the item, C{BACKOFF} waits and then goes on,
-C{TERMINATE} ends the run.  Skipping a change releases it to the outbox
-instead: nothing is dropped.
+C{TERMINATE} ends the run.  A change is never skipped: C{CONTINUE} and
+C{BACKOFF} release it with its own delay.
+
+Every failed delivery is told to the processor's
+L{hermes_tx.runtime.breaker.Breaker}, which backs the whole processor off
+only when deliveries keep failing with no success in between (a
+dependency that is down).  Lines about failed events are limited to a few
+a second (the next line counts those left out).
 """
 
 from twisted.internet import defer
@@ -25,6 +33,7 @@ from hermes_tx import strategies
 from hermes_tx.events import Change
 from hermes_tx.exceptions import failure_of, one_line
 from hermes_tx.outcomes import Reject, Retry
+from hermes_tx.runtime.breaker import CLOSED
 from hermes_tx.runtime.supervisor import ComponentError
 
 
@@ -37,6 +46,11 @@ def _where(batch):
     topics = sorted({e.topic for e in batch if type(e) is Change})
     parts = [f"channel {c!r}" for c in channels] + [f"topic {t!r}" for t in topics]
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def _ids(changes):
+    ids = [str(c.id) for c in changes[:5]]
+    return ", ".join(ids) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "")
 
 
 def settle_success(loop, change):
@@ -57,31 +71,50 @@ def _settle_done(loop, events):
             processed[event.channel] = processed.get(event.channel, 0) + 1
 
 
-def _release(changes, reason, retry_after=None):
+def _release(loop, changes, reason, retry_after=None):
+    """
+    Give failed changes back to the outbox: with a delay of their own, the
+    delivery counted toward the dead letters; or, when the delivery was the
+    probe of an open circuit (the dependency is down, not the change at
+    fault), at once and not counted.
+    """
+    probing = loop.breaker.state != CLOSED
     for change in changes:
-        if change.claim is not None:
-            change.claim.retry(change, reason, retry_after)
+        claim = change.claim
+        if claim is None:
+            continue
+        if probing and hasattr(claim, "give_back"):
+            claim.give_back(change)
+        else:
+            claim.retry(change, reason, retry_after)
+
+
+def _warn(loop, text, **fields):
+    """
+    One line about failed events, at most a few a second.
+    """
+    component = loop.component
+    more = component.failure_lines.allow()
+    if more is not None:
+        component.log.warn(text + "{more}", ident=component.ident, more=more, **fields)
 
 
 def _reject(loop, events, reason):
-    component = loop.component
     changes = [e for e in events if type(e) is Change]
     others = [e for e in events if type(e) is not Change]
     for change in changes:
         if change.claim is not None:
             change.claim.reject(change, reason)
     if others:
-        component.log.warn(
-            "{ident}: skipped {n} event(s) the processor rejected for good: {reason}{where}",
-            ident=component.ident, n=len(others), reason=one_line(reason), where=_where(others),
-        )
+        _warn(loop, "{ident}: skipped {n} event(s) the processor rejected for good: {reason}{where}",
+              n=len(others), reason=one_line(reason), where=_where(others))
 
 
 @defer.inlineCallbacks
 def _retry(loop, events, reason, retry_after):
     """
-    Events were not delivered: changes go back to the outbox, the others
-    are executed again after the backoff.
+    Events were not delivered: changes go back to the outbox, each with its
+    own delay, at once; the others are executed again after the backoff.
 
     @return: a Deferred firing with the events to execute again (a list),
         or C{None}.
@@ -89,22 +122,23 @@ def _retry(loop, events, reason, retry_after):
     component = loop.component
     changes = [e for e in events if type(e) is Change]
     others = [e for e in events if type(e) is not Change]
-    _release(changes, reason, retry_after)
-    delay = max(component.backoff_delay(), retry_after or 0.0)
-    if others:
-        loop.failing = (one_line(reason), loop.clock.seconds())
-    component.log.warn(
-        "{ident}: {n} event(s) not delivered ({reason}){where}; {what} in {delay:.3g} s",
-        ident=component.ident, n=len(events), reason=one_line(reason), where=_where(events),
-        what="retrying" if others else "going on", delay=delay,
-    )
+    _release(loop, changes, reason, retry_after)
+    if changes:
+        _warn(loop, "{ident}: change(s) {ids} not delivered ({reason}){where}; each is retried "
+              "on its own schedule", ids=_ids(changes), reason=one_line(reason),
+              where=_where(changes))
+    if not others:
+        return None
+    delay = max(component.retry_backoff.next_delay(), retry_after or 0.0)
+    loop.failing = (one_line(reason), loop.clock.seconds())
+    _warn(loop, "{ident}: {n} event(s) not delivered ({reason}){where}; retrying in {delay:.3g} s",
+          n=len(others), reason=one_line(reason), where=_where(others), delay=delay)
     try:
         yield loop.sleep(delay)
     except defer.CancelledError:
-        if others:
-            loop.put_back(others)
+        loop.put_back(others)
         return None
-    return others or None
+    return others
 
 
 def _as_item(loop, events):
@@ -117,23 +151,31 @@ def _as_item(loop, events):
 def settle_outcome(loop, item, outcome):
     """
     Apply a L{hermes_tx.outcomes.BatchOutcome} to C{item} (an event or a
-    batch).
+    batch).  Some event done, or some rejected (the other side answered),
+    is a success for the breaker; only retries is a failure.
 
     @return: a Deferred firing with the item to execute again, or C{None}.
     """
     batch = _batch_of(loop, item)
-    _settle_done(loop, outcome.done(batch))
+    done = outcome.done(batch)
+    _settle_done(loop, done)
     if outcome.rejected:
         for event, reason in outcome.rejected:
             _reject(loop, [event], reason)
     if not outcome.retry:
-        loop.component._backoff_attempts = 0
+        loop.succeeded()
         return None
     loop.component.failures += 1
     events = [event for event, _, _ in outcome.retry]
     reason = outcome.retry[0][1]
     after = max((a for _, _, a in outcome.retry if a is not None), default=None)
-    again = yield _retry(loop, events, reason, after)
+    if done or outcome.rejected:
+        loop.succeeded()
+    # Released (given back while probing) before the breaker hears of it.
+    retried = _retry(loop, events, reason, after)
+    if not (done or outcome.rejected):
+        loop.failed(one_line(reason) if isinstance(reason, BaseException) else str(reason))
+    again = yield retried
     return _as_item(loop, again)
 
 
@@ -147,47 +189,57 @@ def settle_failure(loop, item, error):
     component = loop.component
     batch = _batch_of(loop, item)
     component.failures += 1
-    if isinstance(error, Retry):
-        again = yield _retry(loop, batch, error, error.retry_after)
-        return _as_item(loop, again)
     if isinstance(error, Reject):
+        loop.succeeded()  # the other side answered: nothing is down
         _reject(loop, batch, error)
         return None
+    if isinstance(error, Retry):
+        retried = _retry(loop, batch, error, error.retry_after)
+        loop.failed(one_line(error))
+        again = yield retried
+        return _as_item(loop, again)
     expected, action = component.error_strategy.handle_exception(error)
     where = _where(batch)
-    _release([e for e in batch if type(e) is Change], error)
+    changes = [e for e in batch if type(e) is Change]
+    _release(loop, changes, error)
+    loop.failed(one_line(error))
+    others = [e for e in batch if type(e) is not Change]
     ident = component.ident
-    if action == strategies.CONTINUE:
-        component.log.warn(
-            "{ident}: skipped an item after {error}{where}",
-            ident=ident, error=one_line(error), where=where,
-        )
-        return None
-    if action == strategies.BACKOFF:
-        delay = component.backoff_delay()
-        if expected:
-            component.log.warn(
-                "{ident}: {error}{where}; backing off {delay:g} s",
-                ident=ident, error=one_line(error), where=where, delay=delay,
-            )
-        else:
-            component.log.failure(
-                "{ident}: unexpected error{where}; backing off {delay:g} s",
-                failure=failure_of(error), ident=ident, where=where, delay=delay,
-            )
-        try:
-            yield loop.sleep(delay)
-        except defer.CancelledError:
-            pass
-        return None
     if action == strategies.TERMINATE:
         component.log.warn(
             "{ident}: terminated by {error}{where}", ident=ident, error=one_line(error), where=where,
         )
-    else:
+    elif action not in (strategies.CONTINUE, strategies.BACKOFF):
         component.log.failure(
             "{ident}: error strategy returned unknown action {action!r}",
             failure=failure_of(error), ident=ident, action=action,
         )
-    loop.terminate(ComponentError(expected, action, component, error))
+    if action not in (strategies.CONTINUE, strategies.BACKOFF):
+        loop.terminate(ComponentError(expected, action, component, error))
+        return None
+    delay = component.retry_backoff.next_delay() if action == strategies.BACKOFF and others else None
+    more = component.failure_lines.allow()
+    if more is not None:
+        what = _what_next(changes, others, action, delay)
+        if expected:
+            component.log.warn("{ident}: {error}{where}; {what}{more}", ident=ident,
+                               error=one_line(error), where=where, what=what, more=more)
+        else:
+            component.log.failure("{ident}: unexpected error{where}; {what}{more}",
+                                  failure=failure_of(error), ident=ident, where=where, what=what,
+                                  more=more)
+    if delay is not None:
+        try:
+            yield loop.sleep(delay)
+        except defer.CancelledError:
+            pass
     return None
+
+
+def _what_next(changes, others, action, delay):
+    parts = []
+    if changes:
+        parts.append(f"change(s) {_ids(changes)} retried on their own schedule")
+    if others:
+        parts.append("skipped" if delay is None else f"backing off {delay:g} s")
+    return "; ".join(parts)

@@ -8,6 +8,7 @@ import math
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hermes_tx.failover.roles import ROLES
+from hermes_tx.runtime.breaker import CLOSED
 from hermes_tx.sinks.metrics import SinkMetrics
 from hermes_tx.sinks.metrics import collect as collect_sink_metrics
 
@@ -72,6 +73,16 @@ class ClientCollector:
         yield GaugeMetricFamily(
             "hermes_processor_terminated", "1 once the processor was terminated by its error strategy",
             value=1 if getattr(processor, "terminated", None) is not None else 0,
+        )
+        breaker = getattr(processor, "breaker", None)
+        yield GaugeMetricFamily(
+            "hermes_processor_paused",
+            "1 while the processor's circuit breaker is open or probing (deliveries kept failing)",
+            value=0 if breaker is None or breaker.state == CLOSED else 1,
+        )
+        yield CounterMetricFamily(
+            "hermes_processor_pauses", "Times the processor's circuit breaker opened",
+            value=0 if breaker is None else breaker.opens,
         )
         yield from _outbox_metrics(client.outbox)
         if isinstance(getattr(processor, "metrics", None), SinkMetrics):

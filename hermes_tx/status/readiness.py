@@ -5,15 +5,16 @@ L{readiness}: whether a Client can deliver now, and why not.
 
 from hermes_tx.exceptions import one_line
 from hermes_tx.failover.roles import PRIMARY
+from hermes_tx.runtime.breaker import CLOSED
 
 
 def readiness(client):
     """
     @return: C{(ready, details)}: ready is True when the server is the
         primary, the listener is listening, the outbox consumer (if any) is
-        consuming and the processor is working (not terminated, not stuck on
-        one event for longer than its C{execute_timeout}); details is a dict
-        for humans.
+        consuming and the processor is working (not terminated, not paused
+        by its circuit breaker, not stuck on one event for longer than its
+        C{execute_timeout}); details is a dict for humans.
     """
     listener = client.listener
     processor = client.processor
@@ -29,6 +30,8 @@ def readiness(client):
         details["reason"] = "processor terminated: " + one_line(processor.terminated.error)
     elif processor is not None and not processor.running:
         details["reason"] = "processor is stopped"
+    elif _circuit_open(processor):
+        details["reason"] = _paused(client, processor.breaker)
     elif getattr(processor, "failing", None) is not None:
         reason, since = processor.failing
         details["reason"] = f"processor failing since {client.clock.seconds() - since:.0f} s: {reason}"
@@ -37,6 +40,25 @@ def readiness(client):
         if stuck is not None:
             details["reason"] = f"processor busy with one event for {stuck:.0f} s"
     return "reason" not in details, details
+
+
+def _circuit_open(processor):
+    breaker = getattr(processor, "breaker", None)
+    return breaker is not None and breaker.state != CLOSED
+
+
+def _paused(client, breaker):
+    """
+    @return: why an open (or half-open) circuit pauses the processor.
+    """
+    text = f"processor paused: {breaker.failures} deliveries failed in a row"
+    if breaker.reason:
+        text += f" (last: {breaker.reason})"
+    if breaker.retry_at is not None:
+        text += f"; next try in {max(0.0, breaker.retry_at - client.clock.seconds()):.1f} s"
+    else:
+        text += "; trying again now"
+    return text
 
 
 def _stuck_for(client, processor):
