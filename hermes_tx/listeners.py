@@ -126,7 +126,12 @@ class PostgresNotificationListener(ConnectedComponent):
 
     # -- events ---------------------------------------------------------------
 
-    def _began_listening(self, when):
+    def began_listening(self, when):
+        """
+        A run is LISTENing (its connection was made at C{when}): queue
+        C{start} the first time (when C{fire_on_start}), C{resync} after
+        any gap.
+        """
         first = not self._listened_before
         self._listened_before = True
         away = self.back_since(when)
@@ -143,11 +148,12 @@ class PostgresNotificationListener(ConnectedComponent):
         elif self.fire_on_start:
             self.notif_queue.put(Event("start", received_at=when))
 
-    def _on_notifies(self, batch):
+    def receive(self, batch):
         """
-        The hot path, once per socket read: one clock read, one Event per
-        notification (a comprehension), counting in C (Counter.update), one
-        hand-over to the queue.
+        Queue notifications (a list of psycopg2 C{Notify}), as the run reads
+        them.  The hot path, once per socket read: one clock read, one Event
+        per notification (a comprehension), counting in C (Counter.update),
+        one hand-over to the queue.
 
         @return: True when the queue is full now (the caller pauses).
         """

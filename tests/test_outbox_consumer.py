@@ -126,7 +126,9 @@ class DrainTests(_Consuming, unittest.TestCase):
         self.emit("woken", "k", 2)
         yield wait_until(lambda: recorder.seen, timeout=3, what="the change")
         self.assertEqual(recorder.seen, [("k", 2, 0)])
-        self.assertEqual([r[1] for r in self.rows()], ["k"])  # the other topic's
+        # Its acknowledgement follows (the other topic's row stays).
+        yield wait_until(lambda: len(self.rows()) == 1, timeout=3, what="the acknowledgement")
+        self.assertEqual(self.rows(topic="other-topic")[0][1], "k")
 
 
 class RetryTests(_Consuming, unittest.TestCase):
@@ -209,7 +211,9 @@ class BreakerTests(_Consuming, unittest.TestCase):
             return not consumer.ledger.in_flight and not any(r[3] for r in self.rows(topic="down"))
 
         yield wait_until(nothing_held, timeout=5, what="nothing held")
-        self.assertEqual(len(recorder.seen), 5)
+        # Five deliveries opened the circuit; a probe may have followed (on
+        # a loaded machine), not counted.
+        self.assertIn(len(recorder.seen), (5, 6))
         self.assertEqual(sum(r[2] for r in self.rows(topic="down")), 5)
         yield wait_until(lambda: len(recorder.seen) >= 7, timeout=10, what="two probes")
         yield wait_until(nothing_held, timeout=5, what="nothing held")
@@ -220,6 +224,34 @@ class BreakerTests(_Consuming, unittest.TestCase):
         for key, ns in recorder.by_key().items():
             self.assertEqual(sorted(set(ns)), [0, 1, 2], key)
             self.assertEqual(ns, sorted(ns), key)
+
+
+class HungBackendTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_frozen_backend_is_left_within_the_liveness_timeout(self):
+        """
+        The consumer's backend is frozen (SIGSTOP) while the consumer is
+        idle: the liveness probe (or the deadline of whatever query is in
+        flight) declares the connection dead within liveness_timeout, and a
+        change written meanwhile is delivered on a new connection.
+        """
+        import os
+        import signal
+
+        recorder = Recorder()
+        client, consumer, _ = self.start(["hung"], processor=recorder, liveness_timeout=2.0,
+                                         liveness_interval=0.5, application_name="hung-outbox")
+        yield wait_until(lambda: consumer.is_consuming, what="consuming")
+        (frozen,) = self.cluster.backend_pids("hung-outbox")
+        os.kill(frozen, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(frozen, signal.SIGCONT))
+        self.emit("hung", "k", 1)
+        # Without a deadline nothing would ever come (the frozen backend
+        # holds the connection open): the bound is generous on purpose.
+        yield wait_until(lambda: recorder.seen, timeout=8, what="the change on a new connection")
+        self.assertEqual(recorder.seen, [("k", 1, 0)])
+        self.assertEqual(len([p for p in self.cluster.backend_pids("hung-outbox") if p != frozen]), 1)
+        self.assertEqual(consumer.reconnects, 1)
 
 
 class VisibilityTests(_Consuming, unittest.TestCase):
@@ -298,7 +330,7 @@ class StopDuringClaimTests(_Consuming, unittest.TestCase):
         locker = self.connect(autocommit=False)
         locker.cursor().execute("LOCK TABLE hermes.outbox IN EXCLUSIVE MODE")
         client, consumer, recorder = self.start(stats_interval=None, poll_interval=60)
-        yield wait_until(lambda: consumer.is_consuming and consumer.supervisor.run._claiming,
+        yield wait_until(lambda: consumer.is_consuming and consumer.supervisor.run.pump.state == "claiming",
                          what="a claim waiting for the lock")
         stopping = client.stopService()
         yield sleep(0.2)

@@ -24,9 +24,9 @@ class SlowWriter:
         self.writes.append((list(owed), d))
         return d
 
-    def finish(self, index):
+    def finish(self, index, failed=()):
         owed, d = self.writes[index]
-        d.callback((sum(1 for w in owed if w[0] == "ack"), 0, 0))
+        d.callback((sum(1 for w in owed if w[0] == "ack"), 0, 0, list(failed)))
 
 
 class BacklogTests(unittest.TestCase):
@@ -84,27 +84,41 @@ class HostileOutcomeTests(unittest.TestCase):
         self.assertIn("bad", written[0][4])
         self.assertEqual([w for w in written if w[0] == "release"][0][3], 86400.0)
 
-    def test_a_write_that_fails_for_another_reason_is_dropped_with_a_line(self):
+    def test_a_statement_that_fails_for_another_reason_is_tried_again_alone(self):
         """
-        A write failing for anything but a lost connection is not put
-        back at the head of every later write (which would then fail for
-        ever): it is logged, and later writes go through.
+        A statement failing for anything but a lost connection (a missing
+        grant, a statement timeout) does not hold up later writes and is
+        never dropped: it is tried again alone after 1, 2, 4 ... s, with one
+        line (at most one in ten seconds), until it is written.
         """
+        from twisted.logger import formatEvent
+
         from tests.support.shared import capture_log
 
         log = capture_log(self)
         a = self.change(1)
         a.claim.reject(a, "x")
-        self.writer.writes[0][1].errback(ValueError("A string literal cannot contain NUL"))
+        error = ValueError("permission denied for table dead_letters")
+        self.writer.finish(0, failed=[(self.writer.writes[0][0], error)])
         b = self.change(2)
         b.claim.done(b)
         self.clock.advance(0)
-        self.assertEqual([owed for owed, _ in self.writer.writes][1], [("ack", "token", b, None, None)])
-        from twisted.logger import formatEvent
-
+        self.assertEqual(self.writer.writes[1][0], [("ack", "token", b, None, None)])
+        self.writer.finish(1)
         lines = [formatEvent(e) for e in log]
-        self.assertIn("writing 1 outbox outcome(s) failed: ValueError: A string literal cannot contain "
-                      "NUL; their changes will be delivered again once their claims expire", lines)
+        self.assertIn("writing 1 outbox outcome(s) failed: ValueError: permission denied for table "
+                      "dead_letters; trying again in 1 s", lines)
+        self.clock.advance(1.0)
+        self.assertEqual([w[0] for w in self.writer.writes[2][0]], ["dead"])
+        self.writer.finish(2, failed=[(self.writer.writes[2][0], error)])
+        self.clock.advance(1.9)
+        self.assertEqual(len(self.writer.writes), 3)
+        self.clock.advance(0.1)
+        self.assertEqual([w[0] for w in self.writer.writes[3][0]], ["dead"])
+        self.writer.finish(3)
+        self.assertEqual(self.ledger.owed, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len([line for line in lines if "failed" in line]), 1)
 
     def test_a_stale_change_does_not_settle_a_newer_claim(self):
         """

@@ -14,7 +14,6 @@ from hermes_tx.components import Component
 from hermes_tx.events import Change, Event
 from hermes_tx.outcomes import BatchOutcome, Reject, Retry
 from hermes_tx.exceptions import ExecuteTimeout
-from hermes_tx.runtime.loop import ConsumerLoop
 from tests.support.shared import capture_log
 
 

@@ -18,7 +18,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hermes_tx.runtime.backoff import backoff_policy
+from hermes_tx.runtime.backoff import Backoff, backoff_policy
+from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.exceptions import one_line
 from hermes_tx.strategies import is_connection_error
 
@@ -103,8 +104,15 @@ class Ledger:
         # are settled
         self._next = None
         self._timer = None
+        # writes whose statement failed (not for a lost connection), tried
+        # again after a delay growing while they keep failing
+        self._later = []
+        self._later_timer = None
+        self._later_backoff = Backoff(backoff_policy(initial=1.0, factor=2.0, max_delay=30.0, jitter=None))
+        self._failure_lines = LogLimit(clock, 1, 10.0)
         # set by the consumer's run: a function taking the owed writes and
-        # returning a Deferred firing with (acked, released, dead) counts
+        # returning a Deferred firing with (acked, released, dead, failed)
+        # (see hermes_tx.outbox.writes.write_owed)
         self.writer = None
         # set by the consumer: its hermes_tx.outbox.pacing.ClaimPacer, told
         # of every change settled
@@ -169,28 +177,45 @@ class Ledger:
             return None
         owed, self._owed = self._owed, []
 
-        def failed(failure):
-            if is_connection_error(failure.value):
-                # The connection went: write these on the next one.
-                self._owed[:0] = owed
-                return None
-            # Anything else would fail again at the head of every later
-            # write: drop these (their claims expire and the changes are
-            # delivered again, at least once) and say so.
-            self.log.warn(
-                "writing {n} outbox outcome(s) failed: {error}; their changes will be "
-                "delivered again once their claims expire",
-                n=len(owed), error=one_line(failure.value),
-            )
+        def lost(failure):
+            # The connection went: write these on the next one.
+            self._owed[:0] = owed
+            if not is_connection_error(failure.value):
+                return failure  # a bug: logged by the flush
             return None
 
-        return self.writer(owed).addCallbacks(self._written, failed)
+        return self.writer(owed).addCallbacks(self._written, lost)
 
     def _written(self, outcome):
-        acked, released, dead = outcome
+        acked, released, dead, failed = outcome
         self.counts["acked"] += acked
         self.counts["released"] += released
         self.counts["dead"] += dead
+        if not failed:
+            if not self._later and self._later_timer is None:
+                self._later_backoff.reset()
+            return
+        # A statement that failed for another reason than a lost connection
+        # (a missing grant, a statement timeout) is tried again alone, later:
+        # what it owes is never dropped, and it does not hold up the others.
+        for writes, _ in failed:
+            self._later.extend(writes)
+        if self._later_timer is None:
+            delay = self._later_backoff.next_delay()
+            self._later_timer = self.clock.callLater(delay, self._again)
+            more = self._failure_lines.allow()
+            if more is not None:
+                writes, error = failed[0]
+                self.log.warn(
+                    "writing {n} outbox outcome(s) failed: {error}; trying again in {delay:.2g} s"
+                    "{more}", n=sum(len(w) for w, _ in failed), error=one_line(error),
+                    delay=delay, more=more)
+
+    def _again(self):
+        self._later_timer = None
+        later, self._later = self._later, []
+        self._owed[:0] = later
+        self.flush()
 
     def lost(self, ids):
         """
@@ -214,6 +239,9 @@ class Ledger:
         return changes
 
     def cancel(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._later_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._later_timer = None
+        self._owed[:0] = self._later
+        self._later = []

@@ -22,8 +22,10 @@ from hermes_tx.events import Change
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox import sql
 from hermes_tx.outbox.claims import Ledger
+from hermes_tx.outbox.figures import Figures
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
 from hermes_tx.outbox.run import CONSUMING, ConsumeRun
+from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.sources.component import ConnectedComponent
 from hermes_tx.outbox.names import DEFAULT_SCHEMA, channel, validate_schema, validate_topic
 
@@ -38,8 +40,6 @@ class OutboxConsumer(ConnectedComponent):
     @ivar pacer: the L{hermes_tx.outbox.pacing.ClaimPacer} saying how many
         changes to hold in flight.
     @ivar claimed: changes claimed so far, by topic (for metrics).
-    @ivar stats: the last per-topic figures read from the outbox: a dict of
-        topic to C{(pending, in_flight, oldest_age, dead_letters)}.
     """
 
     log = Logger()
@@ -57,6 +57,8 @@ class OutboxConsumer(ConnectedComponent):
         max_in_flight=None,
         claim_horizon=HORIZON,
         stats_interval=5.0,
+        liveness_timeout=10.0,
+        liveness_interval=1.0,
         error_strategy=None,
         error_queue=None,
         backoff_limit=16,
@@ -83,8 +85,15 @@ class OutboxConsumer(ConnectedComponent):
             C{max_in_flight}, so that consumers in other processes share a
             slow processor's work (L{hermes_tx.outbox.pacing}); C{None}:
             always up to C{max_in_flight}.
-        @param stats_interval: seconds between reads of the outbox's
-            per-topic figures (for C{/metrics}); C{None}: never.
+        @param stats_interval: seconds the outbox's per-topic figures (for
+            C{/metrics}, read when asked: L{figures}) are kept before they
+            are read again; C{None}: never read.
+        @param liveness_timeout: seconds any query (a claim, an
+            acknowledgement, the liveness probe) may go unanswered before the
+            connection is declared dead and made again (C{None}: no limit,
+            no probe).
+        @param liveness_interval: seconds without any answer after which a
+            liveness probe (C{SELECT 1}) is sent.
         @raise InvalidConfigurationException: no topic, or a bad one.
         """
         ConnectedComponent.__init__(
@@ -111,19 +120,35 @@ class OutboxConsumer(ConnectedComponent):
         # its connector.
         pg_connector.cursor_factory = psycopg2.extensions.cursor
         self.stats_interval = stats_interval
+        self.liveness_timeout = liveness_timeout
+        self.liveness_interval = liveness_interval
         self.ledger = Ledger(self.clock, max_attempts=max_attempts)
         self.pacer = self.ledger.pacer = ClaimPacer(self.clock, self.max_in_flight, horizon=claim_horizon)
         self.claimed = {}
-        self.stats = {}
+        self._figures = Figures(self.clock, self.schema, self.topics, stats_interval, self.log)
+        self._dead_lines = LogLimit(self.clock, 5, 1.0)
         self.breaker = None  # the processor's circuit breaker (follow_breaker)
         self.statements = {
             name: getattr(sql, name)(schema)
-            for name in ("claim", "ack", "release", "dead_letter", "extend", "stats", "unclaim")
+            for name in ("claim", "ack", "release", "dead_letter", "extend", "unclaim")
         }
 
     @property
     def is_consuming(self):
         return self.state == CONSUMING
+
+    def figures(self):
+        """
+        The outbox's per-topic figures for C{/metrics}
+        (L{hermes_tx.outbox.figures}): the last ones read, read again in the
+        background when older than C{stats_interval}.
+
+        @return: a dict of topic to C{(pending, in_flight, oldest_age,
+            dead_letters)}.
+        """
+        run = self.supervisor.run
+        session = run.session if run is not None and self.is_consuming else None
+        return self._figures.current(session)
 
     def stopService(self):
         """
@@ -161,6 +186,21 @@ class OutboxConsumer(ConnectedComponent):
         run = self.supervisor.run
         if run is not None and self.is_consuming:
             run.claim()
+
+    def dead_lettered(self, change, reason):
+        """
+        One line for a change moved to the dead letters (at most a few a
+        second; the next line counts those left out).
+        """
+        more = self._dead_lines.allow()
+        if more is None:
+            return
+        self.log.warn(
+            "{ident}: outbox change {id} (topic {topic!r}, key {key!r}) moved to the dead letters "
+            "after {n} attempt(s): {reason}{more}",
+            ident=self.ident, id=change.id, topic=change.topic, key=change.key,
+            n=change.attempts + 1, reason=reason, more=more,
+        )
 
     def give_back(self, count=None):
         """

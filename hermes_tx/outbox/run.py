@@ -1,9 +1,18 @@
-# -*- test-case-name: tests.test_outbox_consumer -*-
+# -*- test-case-name: tests.test_outbox_run,tests.test_outbox_consumer -*-
 """
 L{ConsumeRun}: one connection's life of an
 L{hermes_tx.outbox.consumer.OutboxConsumer}: connect, LISTEN for wake-ups,
 then claim, keep claims alive and write what the processor's outcomes owe,
 until the connection is lost or the consumer stops.
+
+The connection's lifecycle (connecting, working, draining for a stop,
+closed) is L{hermes_tx.sources.run.ConnectionRun}'s state machine, whose
+session puts a deadline on every query; when to claim is a
+L{hermes_tx.outbox.pump.ClaimPump}.  This run owns the timers of its
+working state: the poll, the claims' extension (at most one in flight) and
+the liveness probe.  A claim whose answer was lost with the connection is
+not the consumer's problem: its rows are claimed by a backend that is gone,
+which any consumer may take over at once (L{hermes_tx.outbox.sql.claim}).
 """
 
 import uuid
@@ -12,11 +21,14 @@ from collections import Counter
 from twisted.internet import defer
 
 from hermes_tx.events import Change
-from hermes_tx.outbox import sql
+from hermes_tx.exceptions import ConnectionLostError
 from hermes_tx.outbox.claims import Claim
+from hermes_tx.outbox.pump import ClaimPump
 from hermes_tx.outbox.writes import id_array, write_owed
+from hermes_tx.postgres.liveness import LivenessProbe
 from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN
 from hermes_tx.sources.run import ConnectionRun
+from hermes_tx.outbox import sql
 
 CONNECTING, CONSUMING = "connecting", "consuming"
 
@@ -34,6 +46,30 @@ def _changes(rows, claim):
             for id_, topic, key, attempts, created_at, payload in rows]
 
 
+class Repeating:
+    """
+    The run's repeating timers: each calls its action every interval
+    until the run stops them all.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._calls = {}
+
+    def every(self, name, interval, action):
+        def tick():
+            self._calls[name] = self.clock.callLater(interval, tick)
+            action()
+
+        self._calls[name] = self.clock.callLater(interval, tick)
+
+    def stop(self):
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            if call.active():
+                call.cancel()
+
+
 class ConsumeRun(ConnectionRun):
     """
     One connection's life: connect, check it is a primary, LISTEN for
@@ -44,30 +80,29 @@ class ConsumeRun(ConnectionRun):
     """
 
     purpose = "claiming"
+    working_state = CONSUMING
 
     def __init__(self, consumer):
         ConnectionRun.__init__(self, consumer)
         self.consumer = consumer
-        self._timers = {}
-        self._claiming = False
-        self._claim_ended = None  # fires once the claim in flight is handled
-        self._again = False
-        self._ahead = False  # the claim in flight was made ahead of the acks
+        self.pump = ClaimPump(self._claim_once)
+        self._timers = Repeating(consumer.clock)
+        self._probe = None
+        self._extending = None  # the extension in flight, if any
+        self._ahead = False  # the next claim is made ahead of the acks
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
-        self._waiting_for_room = False
 
     def _listen_statement(self):
         return sql.listen(self.consumer.schema)
 
-    def _notifies(self, batch):
+    def notifies(self, batch):
         # A wake-up: its payload is a topic with new changes.
         topics = self.consumer.topics
         if any(n.payload in topics for n in batch):
-            self._claim()
+            self.pump.want()
 
-    def _working(self, conn):
+    def _working(self, session):
         consumer = self.consumer
-        self.state = CONSUMING
         consumer.ledger.writer = self._write
         away = consumer.back_since(consumer.clock.seconds())
         if away is None or away >= 1.0:
@@ -75,56 +110,80 @@ class ConsumeRun(ConnectionRun):
                 "{ident}: consuming outbox topics {topics}",
                 ident=consumer.ident, topics=", ".join(repr(t) for t in consumer.topics),
             )
-        self._every("poll", consumer.poll_interval, self._claim)
-        self._every("extend", consumer.visibility_timeout / 3.0, self._extend)
-        if consumer.stats_interval:
-            self._every("stats", consumer.stats_interval, self._read_stats)
-            self._read_stats()
-        self.on_ready()
+        self._timers.every("poll", consumer.poll_interval, self.pump.want)
+        self._timers.every("extend", consumer.visibility_timeout / 3.0, self._extend)
+        if consumer.liveness_timeout is not None:
+            self._probe = LivenessProbe(
+                consumer.clock, lambda: session.query("SELECT 1"), self._probe_unanswered,
+                interval=consumer.liveness_interval, timeout=consumer.liveness_timeout,
+                activity=lambda: session.last_activity,
+            )
+            self._probe.start()
         consumer.ledger.flush()
         if consumer.ledger.in_flight:
             # Claims the processor still works on were last extended on the
             # lost connection, maybe most of a timeout ago: now, not in a
-            # third of one.
+            # third of one (this also takes them over for this backend).
             self._extend()
-        self._claim()
+        self.pump.want()
 
-    def _close(self):
-        for call in self._timers.values():
-            if call.active():
-                call.cancel()
-        self._timers.clear()
-        if self.consumer.ledger.writer == self._write:
-            self.consumer.ledger.writer = None
-        ConnectionRun._close(self)
+    def _probe_unanswered(self):
+        self.lose(ConnectionLostError(
+            f"no answer to the liveness probe within {self.consumer.liveness_timeout:g} s"))
 
-    def _every(self, name, interval, action):
-        def tick():
-            if self.state == CONSUMING:
-                action()
-                self._timers[name] = self.consumer.clock.callLater(interval, tick)
+    def _closing(self):
+        self._timers.stop()
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
+        ledger = self.consumer.ledger
+        if ledger.writer == self._write:
+            ledger.writer = None
+        ledger.cancel()  # what is owed is written on the next connection
 
-        self._timers[name] = self.consumer.clock.callLater(interval, tick)
-
-    # -- claiming -------------------------------------------------------------
+    def _drain(self):
+        # Wait for the claim in flight (what it took is given back), then
+        # write what is owed: the stop closes the connection on nothing.
+        return self.pump.stop().addBoth(lambda _: self.consumer.ledger.flush())
 
     def claim(self):
         """
         Claim now if there is room (the processor's circuit closed again).
         """
-        self._claim()
+        self.pump.want()
 
-    def _claim(self):
-        if self.state != CONSUMING:
-            return
-        if self._claiming:
-            self._again = True
-            return
+    # -- claiming -------------------------------------------------------------
+
+    def _claim_once(self):
+        """
+        Make one claim, if there is room for one (the pump calls it).
+
+        @return: C{None} when no claim was made, else a Deferred firing,
+            once its rows are queued, with True to claim again at once.
+        """
+        if not self.is_working:
+            return None
         consumer = self.consumer
         breaker = consumer.breaker
         if breaker is not None and breaker.state != CLOSED:
             if breaker.state != HALF_OPEN or consumer.ledger.in_flight:
-                return  # open: nothing; probing: one batch at a time
+                return None  # open: nothing; probing: one batch at a time
+        room = self._room(breaker)
+        if room is None:
+            return None
+        ahead, self._ahead = self._ahead, False
+        token = str(uuid.uuid4())
+        params = (consumer.topics, room, token, consumer.visibility_timeout)
+        d = self.session.query(consumer.statements["claim"], params)
+        d.addCallback(self._claimed, Claim(consumer.ledger, token), room, ahead)
+        d.addErrback(self._query_failed)
+        return d
+
+    def _room(self, breaker):
+        """
+        @return: how many changes to claim now, or C{None} for none.
+        """
+        consumer = self.consumer
         queue = consumer.notif_queue
         # Never hold more than the pacer's limit (about half a second of
         # the processor's work, at most max_in_flight: others share the
@@ -145,43 +204,32 @@ class ConsumeRun(ConnectionRun):
             space = queue.maxsize - len(queue.pending)
             if space <= 0 < room:
                 # The queue is what is full: claim once it has room.
-                if not self._waiting_for_room:
-                    self._waiting_for_room = True
-                    queue.on_space(self._room)
-                return
+                queue.on_space(self.pump.want)
+                return None
             room = min(room, space)
         if room <= 0 or (room < batch // 2 and in_flight >= batch):
-            return
-        self._claiming = True
-        self._again = False
-        token = uuid.uuid4()
-        params = (consumer.topics, room, str(token), consumer.visibility_timeout)
-        d = self.conn.runQuery(consumer.statements["claim"], params)
-        d.addCallback(self._claimed, Claim(consumer.ledger, str(token)), room)
-        d.addErrback(self._query_failed)
-        # A stop waits for this claim, to give back what it took.
-        self._claim_ended = d.addBoth(lambda _: None)
+            return None
+        return room
 
-    def _room(self):
-        self._waiting_for_room = False
-        self._claim()
-
-    def _claimed(self, rows, claim, limit):
-        self._claiming = False
-        if self.state == "stopping":
-            self._give_back_claimed(rows, claim)
-            return
-        if self.state != CONSUMING:
-            return
+    def _claimed(self, rows, claim, limit, ahead):
         consumer = self.consumer
         changes = _changes(rows, claim)
+        if not self.is_working:
+            # A claim that came back after the stop began (or the
+            # connection's end): nothing of it was handed out; give it all
+            # back (attempt not counted) with the stop's last write, rather
+            # than leave the keys blocked until the claims expire.
+            consumer.ledger.add_many(changes)
+            for change in changes:
+                consumer.ledger.settle(change, ("unclaim", claim.token, change, None, None))
+            return False
+        self.on_ready()  # claims work: the next loss retries after the shortest delay
         consumer.ledger.add_many(changes)
         if changes:
             consumer.pacer.claimed()
-        claimed = consumer.claimed
-        for topic, count in Counter(c.topic for c in changes).items():
-            claimed[topic] = claimed.get(topic, 0) + count
-        if changes:
+            claimed = consumer.claimed
+            for topic, count in Counter(c.topic for c in changes).items():
+                claimed[topic] = claimed.get(topic, 0) + count
             queue = consumer.notif_queue
             if hasattr(queue, "put_many"):
                 queue.put_many(changes)
@@ -193,47 +241,43 @@ class ConsumeRun(ConnectionRun):
         # head is soon in flight and a claim ahead walks them all for
         # nothing: after one that comes back short, the next few full
         # claims are not followed ahead (the acknowledgements claim next).
-        # Wake-ups and the poll set _again.
-        was_ahead, self._ahead = self._ahead, False
-        if was_ahead and len(rows) < limit // 2:
+        if ahead and len(rows) < limit // 2:
             self._skip_ahead = SKIP_AHEAD
-        if self._again:
-            self._claim()
-        elif len(rows) >= limit:
-            if self._skip_ahead:
-                self._skip_ahead -= 1
-            else:
-                self._ahead = True
-                self._claim()
-
-    def _give_back_claimed(self, rows, claim):
-        # A claim that came back after the stop began: nothing of it was
-        # handed out; give it all back (attempt not counted) with the
-        # stop's last write, rather than leave the keys blocked until the
-        # claims expire.
-        ledger = self.consumer.ledger
-        changes = _changes(rows, claim)
-        ledger.add_many(changes)
-        for change in changes:
-            ledger.settle(change, ("unclaim", claim.token, change, None, None))
+        if len(rows) < limit:
+            return False
+        if self._skip_ahead:
+            self._skip_ahead -= 1
+            return False
+        self._ahead = True
+        return True
 
     def _query_failed(self, failure):
-        self._claiming = False
-        if self.state == CONSUMING:
-            self._loss(failure.value)
+        self.lose(failure.value)
+        return False
 
     # -- keeping claims and writing what is owed --------------------------------
 
     def _extend(self):
+        if self._extending is not None or not self.is_working:
+            return  # at most one extension in flight
         consumer = self.consumer
         by_token = {}
         for change in consumer.ledger.in_flight.values():
             by_token.setdefault(change.claim.token, []).append(change.id)
+        if not by_token:
+            return
+        statements = []
         for token, ids in by_token.items():
-            d = self.conn.runQuery(consumer.statements["extend"],
+            d = self.session.query(consumer.statements["extend"],
                                    (id_array(ids), token, consumer.visibility_timeout))
             d.addCallback(self._extended, ids, token)
-            d.addErrback(self._query_failed)
+            statements.append(d)
+        self._extending = defer.gatherResults(statements, consumeErrors=True)
+        self._extending.addErrback(lambda f: self._query_failed(f.value.subFailure))
+        self._extending.addBoth(self._extension_over)
+
+    def _extension_over(self, _):
+        self._extending = None
 
     def _extended(self, rows, ids, token):
         kept = {row[0] for row in rows}
@@ -253,36 +297,15 @@ class ConsumeRun(ConnectionRun):
         """
         Write what the processor's outcomes owe (L{write_owed}).
 
-        @return: a Deferred firing with C{(acked, released, dead)}.
+        @return: a Deferred firing with C{(acked, released, dead, failed)}.
         """
-        def written(counts):
-            acked, _, dead = counts
-            if (acked or dead) and self.state == CONSUMING:
+        def written(result):
+            acked, _, dead, _ = result
+            if acked or dead:
                 # Changes that left the outbox may have been holding back
                 # the next changes of their keys: claim those now, not at
                 # the next poll.
-                self._claim()
-            return counts
+                self.pump.want()
+            return result
 
-        return write_owed(self.conn, self.consumer, owed).addCallback(written)
-
-    def _read_stats(self):
-        d = self.conn.runQuery(self.consumer.statements["stats"])
-
-        def read(rows):
-            self.consumer.stats = {
-                row[0]: (row[1], row[2], row[3], row[4]) for row in rows
-            }
-
-        d.addCallbacks(read, self._query_failed)
-
-    # -- ending -----------------------------------------------------------------
-
-    def _end_work(self):
-        if self.state != CONSUMING:
-            ConnectionRun._end_work(self)
-            return
-        self.state = "stopping"
-        d = self._claim_ended if self._claiming else defer.succeed(None)
-        d.addBoth(lambda _: self.consumer.ledger.flush())
-        d.addBoth(lambda _: ConnectionRun._end_work(self))
+        return write_owed(self.session, self.consumer, owed).addCallback(written)

@@ -1,11 +1,18 @@
-# -*- test-case-name: tests.test_outbox_consumer -*-
+# -*- test-case-name: tests.test_outbox_ledger,tests.test_outbox_consumer -*-
 """
 L{write_owed}: what an outbox consumer's processor settled, written on
 the consumer's connection: acknowledgements, releases, dead letters and
 unclaims, one statement per kind and claim token.
+
+A statement that fails for another reason than a lost connection fails
+alone: the others are written, and what it owed is returned, to be tried
+again (nothing owed is dropped).  A lost connection fails the whole write:
+everything not written is owed on the next connection.
 """
 
 from twisted.internet import defer
+
+from hermes_tx.strategies import is_connection_error
 
 
 def id_array(ids):
@@ -18,50 +25,51 @@ def id_array(ids):
 
 
 @defer.inlineCallbacks
-def write_owed(conn, consumer, owed):
+def write_owed(session, consumer, owed):
     """
-    @param conn: the consumer's connection.
+    @param session: the consumer's L{hermes_tx.postgres.session.Session}.
     @param consumer: the L{hermes_tx.outbox.consumer.OutboxConsumer}.
     @param owed: C{(kind, token, change, delay, reason)} tuples (see
         L{hermes_tx.outbox.claims.Ledger}).
-    @return: a Deferred firing with C{(acked, released, dead)}.
+    @return: a Deferred firing with C{(acked, released, dead, failed)}:
+        counts, and C{failed}, a list of C{(owed tuples, error)} for the
+        statements that failed (not for a lost connection: that fails the
+        Deferred, and nothing of C{owed} counts as written).
     """
     statements = consumer.statements
     groups = {}
     for kind, token, change, delay, reason in owed:
         groups.setdefault((kind, token), []).append((change, delay, reason))
     acked = released = dead = 0
+    failed = []
     for (kind, token), items in groups.items():
         ids = id_array(change.id for change, _, _ in items)
-        if kind == "ack":
-            rows = yield conn.runQuery(statements["ack"], (ids, token))
-            acked += len(rows)
-        elif kind == "unclaim":
-            yield conn.runQuery(statements["unclaim"], (ids, token))
-        elif kind == "release":
-            params = (ids, token, [d for _, d, _ in items], [r for _, _, r in items],
-                      consumer.ledger.max_attempts)
-            rows = yield conn.runQuery(statements["release"], params)
-            outcome = dict((row[0], row[1]) for row in rows)
-            released += sum(1 for v in outcome.values() if v == "retry")
-            for change, _, reason in items:
-                if outcome.get(change.id) == "dead":
-                    dead += 1
-                    _log_dead(consumer, change, reason)
-        else:
-            rows = yield conn.runQuery(statements["dead_letter"], (ids, token, [r for _, _, r in items]))
-            moved = {row[0] for row in rows}
-            for change, _, reason in items:
-                if change.id in moved:
-                    dead += 1
-                    _log_dead(consumer, change, reason)
-    return acked, released, dead
-
-
-def _log_dead(consumer, change, reason):
-    consumer.log.warn(
-        "{ident}: outbox change {id} (topic {topic!r}, key {key!r}) moved to the dead letters "
-        "after {n} attempt(s): {reason}",
-        ident=consumer.ident, id=change.id, topic=change.topic, key=change.key,
-        n=change.attempts + 1, reason=reason,
-    )
+        try:
+            if kind == "ack":
+                rows = yield session.query(statements["ack"], (ids, token))
+                acked += len(rows)
+            elif kind == "unclaim":
+                yield session.query(statements["unclaim"], (ids, token))
+            elif kind == "release":
+                params = (ids, token, [d for _, d, _ in items], [r for _, _, r in items],
+                          consumer.ledger.max_attempts)
+                rows = yield session.query(statements["release"], params)
+                outcome = dict((row[0], row[1]) for row in rows)
+                released += sum(1 for v in outcome.values() if v == "retry")
+                for change, _, reason in items:
+                    if outcome.get(change.id) == "dead":
+                        dead += 1
+                        consumer.dead_lettered(change, reason)
+            else:
+                rows = yield session.query(statements["dead_letter"],
+                                           (ids, token, [r for _, _, r in items]))
+                moved = {row[0] for row in rows}
+                for change, _, reason in items:
+                    if change.id in moved:
+                        dead += 1
+                        consumer.dead_lettered(change, reason)
+        except Exception as error:
+            if is_connection_error(error):
+                raise
+            failed.append(([(kind, token, c, d, r) for c, d, r in items], error))
+    return acked, released, dead, failed

@@ -29,6 +29,8 @@ from automat import TypeMachineBuilder
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from hermes_tx.runtime.machines import StateName
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 #: failures in a row, with no success in between, that open the circuit
@@ -68,9 +70,6 @@ class _Inputs(Protocol):
 
     def reset(self) -> None:
         "Forget everything (the processor stops)."
-
-    def current(self) -> str:
-        "The state's name."
 
 
 @dataclass
@@ -203,12 +202,11 @@ def _build():
         state.upon(_Inputs.elapsed).loop().returns(None)
     for state in (open_, half_open):
         state.upon(_Inputs.trip).loop().returns(None)
-    for state, name in ((closed, CLOSED), (open_, OPEN), (half_open, HALF_OPEN)):
-        state.upon(_Inputs.current).loop().returns(name)
     return builder.build()
 
 
 _Machine = _build()
+_NAMES = {"Closed": CLOSED, "Open": OPEN, "HalfOpen": HALF_OPEN}
 
 
 class Breaker:
@@ -237,10 +235,11 @@ class Breaker:
         self._core = _Core(clock, backoff, threshold, span, log or Logger(), named)
         self._core.on_elapsed = self._elapsed
         self._machine = _Machine(self._core)
+        self._state = StateName(self._machine, "Closed")
 
     @property
     def state(self):
-        return self._machine.current()
+        return _NAMES[self._state.name]
 
     def _announce(self):
         core = self._core

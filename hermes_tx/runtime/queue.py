@@ -104,9 +104,11 @@ class EventQueue:
     def on_space(self, callback):
         """
         Call C{callback()} once, when the queue is next at or below its low
-        water mark (at once if it already is).
+        water mark (at once if it already is).  Asking again with the same
+        callback before then changes nothing (it is called once).
         """
-        self._space_waiters.append(callback)
+        if callback not in self._space_waiters:
+            self._space_waiters.append(callback)
         self.check_space()
 
     def check_space(self):

@@ -25,6 +25,8 @@ from automat import TypeMachineBuilder
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from hermes_tx.runtime.machines import StateName
+
 STOPPED, LOST, TERMINATED = "stopped", "lost", "terminated"
 
 #: What a component puts on its error queue when it terminates: the seed's
@@ -87,10 +89,8 @@ class _Core:
     timer: Optional[Any] = None
     stop_waiters: List[defer.Deferred] = field(default_factory=list)
     last_outcome: Optional[Outcome] = None
-    state_name: str = "idle"
 
     def begin_run(self, machine):
-        self.state_name = "running"
         self.timer = None
         run = None
         try:
@@ -130,7 +130,6 @@ class _Core:
 
     def finish_stopping(self):
         self.run = None
-        self.state_name = "idle"
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -170,7 +169,6 @@ def _build():
     def lost(inputs, core, run, outcome):
         core.last_outcome = outcome
         core.run = None
-        core.state_name = "waiting"
         delay = core.backoff.next_delay()
         core.timer = core.clock.callLater(delay, inputs.retry)
         core.notify("run_lost", outcome.error, delay)
@@ -179,12 +177,10 @@ def _build():
     def ended_for_good(inputs, core, run, outcome):
         core.last_outcome = outcome
         core.run = None
-        core.state_name = "terminated"
         core.notify("run_terminated", outcome.error)
 
     @running.upon(_Inputs.stop).to(stopping)
     def stop_run(inputs, core, waiter):
-        core.state_name = "stopping"
         core.stop_waiters.append(waiter)
         core.run.stop()
 
@@ -196,7 +192,6 @@ def _build():
     @stopping.upon(_Inputs.stop).loop()
     @restarting.upon(_Inputs.stop).to(stopping)
     def also_wait(inputs, core, waiter):
-        core.state_name = "stopping"
         core.stop_waiters.append(waiter)
 
     for end in ends:
@@ -235,6 +230,8 @@ def _build():
 
 
 _Machine = _build()
+_NAMES = {"Idle": "idle", "Running": "running", "BackingOff": "waiting", "Stopping": "stopping",
+          "StoppingToRestart": "stopping", "Terminated": "terminated"}
 
 
 class Supervisor:
@@ -260,10 +257,11 @@ class Supervisor:
         """
         self._core = _Core(component, clock, backoff, [], log or Logger())
         self._machine = _Machine(self._core)
+        self._state = StateName(self._machine, "Idle")
 
     @property
     def state(self):
-        return self._core.state_name
+        return _NAMES[self._state.name]
 
     @property
     def backoff(self):

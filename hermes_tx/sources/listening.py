@@ -17,64 +17,64 @@ CONNECTING, LISTENING = "connecting", "listening"
 
 class ListenRun(ConnectionRun):
     """
-    One connection's life: connecting, listening, ended.  It owns the
-    connection, its liveness probe and its back-pressure pause.
+    One connection's life (see L{ConnectionRun}): it owns the connection's
+    liveness probe and its back-pressure pause.
 
-    @ivar state: C{"connecting"}, C{"listening"} or C{"ended"}.
+    @ivar state: C{"connecting"}, C{"listening"}, C{"stopping"} or
+        C{"ended"}.
     """
 
     purpose = "listening"
+    working_state = LISTENING
 
     def __init__(self, listener):
         ConnectionRun.__init__(self, listener)
         self.listener = listener
         self._probe = None
-        self._paused = False
+        self._paused_conn = None  # the connection whose reading is paused
 
     def _listen_statement(self):
         return listen_statement(self.listener.channels)
 
-    def _working(self, conn):
-        self.state = LISTENING
+    def _working(self, session):
         listener = self.listener
         if listener.liveness_timeout is not None:
             self._probe = LivenessProbe(
                 listener.clock,
-                lambda: conn.runQuery("SELECT 1"),
+                lambda: session.query("SELECT 1"),
                 self._probe_unanswered,
                 interval=listener.liveness_interval,
                 timeout=listener.liveness_timeout,
                 activity=lambda: listener.last_notification_at,
             )
             self._probe.start()
-        listener._began_listening(listener.clock.seconds())
+        listener.began_listening(listener.clock.seconds())
         self.on_ready()
 
     def _probe_unanswered(self):
-        if self.state == LISTENING:
-            self._loss(ConnectionLostError(
-                f"no answer to the liveness probe within {self.listener.liveness_timeout:g} s"
-            ))
+        self.lose(ConnectionLostError(
+            f"no answer to the liveness probe within {self.listener.liveness_timeout:g} s"
+        ))
 
-    def _close(self):
+    def _closing(self):
         if self._probe is not None:
             self._probe.stop()
             self._probe = None
-        ConnectionRun._close(self)
+        self._paused_conn = None
 
     # -- notifications and back-pressure --------------------------------------
 
-    def _notifies(self, batch):
-        if self.listener._on_notifies(batch) and self.state == LISTENING:
+    def notifies(self, batch):
+        if self.listener.receive(batch) and self.is_working:
             self._pause()
 
     def _pause(self):
         # Back-pressure: the processor is behind.  Stop reading; the server
         # keeps the notifications, so nothing is lost and no resync is due.
-        conn = self.conn
-        if conn is None or self._paused:
+        conn = self.session.conn
+        if self._paused_conn is conn:
             return
-        self._paused = True
+        self._paused_conn = conn
         conn.pause_reading()
         self.listener.pauses += 1
         if self._probe is not None:
@@ -82,9 +82,9 @@ class ListenRun(ConnectionRun):
         self.listener.notif_queue.on_space(self._resume)
 
     def _resume(self):
-        if self.state != LISTENING or not self._paused:
+        conn, self._paused_conn = self._paused_conn, None
+        if conn is None or not self.is_working:
             return
-        self._paused = False
         if self._probe is not None:
             self._probe.start()
-        self.conn.resume_reading()
+        conn.resume_reading()

@@ -126,9 +126,11 @@ def _outbox_metrics(consumer):
         GaugeMetricFamily("hermes_outbox_dead_letters", "Dead letters in the outbox, by topic",
                           labels=["topic"]),
     ]
-    for topic in sorted(set(consumer.topics) | set(consumer.stats)):
-        figures = consumer.stats.get(topic, (0, 0, None, 0))
-        for gauge, value in zip(gauges, figures):
+    # Only the topics this consumer consumes (the figures are read when
+    # scraped: hermes_tx.outbox.figures).
+    figures = consumer.figures()
+    for topic in consumer.topics:
+        for gauge, value in zip(gauges, figures.get(topic, (0, 0, None, 0))):
             gauge.add_metric([topic], 0.0 if value is None else float(value))
     yield from gauges
 

@@ -78,6 +78,7 @@ def makeService(options):
             visibility_timeout=options["visibility-timeout"],
             max_attempts=options["max-attempts"],
             backoff_limit=options["backoff-limit"],
+            liveness_timeout=options["liveness-timeout"],
         )
         consumer.setName("outbox")
         client.add_outbox(consumer)

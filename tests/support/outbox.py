@@ -82,12 +82,13 @@ class OutboxDatabase(ClassFixtures):
         self.addCleanup(conn.close)
         return conn
 
-    def start_consumer(self, topics, processor, **kwargs):
+    def start_consumer(self, topics, processor, application_name="hermes-outbox-test", **kwargs):
         """
         Start a Client on the class's database with an outbox consumer of
         C{topics} (keyword arguments go to it) and C{processor}; stopped at
         cleanup.
 
+        @param application_name: the consumer connection's.
         @return: C{(client, consumer)}.
         """
         from hermes_tx.client import Client
@@ -95,7 +96,7 @@ class OutboxDatabase(ClassFixtures):
         from hermes_tx.outbox.consumer import OutboxConsumer
 
         client = Client(self.dsn, role_check_interval=0.5)
-        consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name="hermes-outbox-test"),
+        consumer = OutboxConsumer(PostgresConnector(self.dsn, application_name=application_name),
                                   list(topics), **kwargs)
         client.add_outbox(consumer)
         client.add_processor(processor)
