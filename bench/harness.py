@@ -72,14 +72,15 @@ class Recorder(Component):
 
 class Sender(threading.Thread):
     """
-    Sends a sequence number on L{CHANNEL} every 10 ms from its own thread,
-    reconnecting as needed (give it a multi-host DSN with
+    Sends a sequence number on C{channel} (L{CHANNEL}) every 10 ms from its
+    own thread, reconnecting as needed (give it a multi-host DSN with
     C{target_session_attrs=read-write} to follow the primary).
     """
 
-    def __init__(self, dsn):
+    def __init__(self, dsn, channel=CHANNEL):
         super().__init__(daemon=True)
         self.dsn = dsn
+        self.channel = channel
         self.done = threading.Event()
         self.sent = 0
 
@@ -92,7 +93,7 @@ class Sender(threading.Thread):
                                             application_name="bench-sender")
                     conn.autocommit = True
                 with conn.cursor() as cur:
-                    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(self.sent)))
+                    cur.execute("SELECT pg_notify(%s, %s)", (self.channel, str(self.sent)))
                 self.sent += 1
             except psycopg2.Error:
                 if conn is not None:

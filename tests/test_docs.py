@@ -246,6 +246,14 @@ INCLUDED = {
     "examples/ops/logrotate.conf": "OperationsFilesTests.test_logrotate",
     "examples/ops/prometheus.yml": "OperationsFilesTests.test_prometheus_metrics",
     "examples/ops/hermes-rules.yml": "OperationsFilesTests.test_prometheus_metrics",
+    # run for real by bench/patroni.py (root, etcd and Patroni needed)
+    "examples/patroni/etcd.sh": "tests.test_patroni_files",
+    "examples/patroni/node1.yml": "tests.test_patroni_files",
+    "examples/patroni/node2.yml": "tests.test_patroni_files",
+    "examples/patroni/cluster.dsn": "tests.test_patroni_files",
+    "examples/patroni/node1.dsn": "tests.test_patroni_files",
+    "examples/patroni/node2.dsn": "tests.test_patroni_files",
+    "examples/patroni/hermes.sh": "tests.test_patroni_files",
 }
 
 

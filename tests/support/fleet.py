@@ -28,10 +28,14 @@ def wait_for(predicate, timeout=30.0, what="condition", interval=0.02):
     """
     Block until C{predicate()} is true (not from the reactor thread).
 
+    @return: its first true value.
     @raise AssertionError: still false after C{timeout} seconds.
     """
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
@@ -43,18 +47,32 @@ class Instance:
     goes to C{log_path}.
     """
 
-    def __init__(self, args, log_path, env_extra=None):
+    def __init__(self, args, log_path, env_extra=None, command=None, user=None):
+        """
+        @param args: C{twistd hermes}'s arguments.
+        @param command: what comes before them (default: this venv's
+            C{twistd -n --pidfile= hermes}).
+        @param user: run it as this user (and only that user's group), not
+            as the caller (who must be root).
+        """
         env = {k: v for k, v in os.environ.items() if k != "HERMES_DSN" and not k.startswith("PG")}
         env["PYTHONPATH"] = ROOT
         env.update(env_extra or {})
+        as_user = {}
+        if user is not None:
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            env["HOME"] = entry.pw_dir
         self.log_path = log_path
         self.killed = False
         # A fresh log: a fleet made again in the same directory (a bench
         # round) must not find the last round's "consuming" line.
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [TWISTD, "-n", "--pidfile=", "hermes"] + list(args),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                list(command or [TWISTD, "-n", "--pidfile=", "hermes"]) + list(args),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, **as_user,
             )
 
     @property
