@@ -29,6 +29,33 @@ PASSWORD = "pw-9f8e7d6c"
 TOKEN = "tok-0123456789abcdef"
 
 
+def self_signed(name):
+    """
+    @return: a C{PrivateCertificate} for C{name} (its subjectAltName), signed
+        by itself: no client trusts it.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from twisted.internet import ssl
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return ssl.PrivateCertificate.loadPEM(pem + cert.public_bytes(serialization.Encoding.PEM))
+
+
 class WebhookTests(unittest.TestCase):
     def serve(self, script=None):
         self.resource = ScriptedResource(script)
@@ -253,6 +280,24 @@ class WebhookTests(unittest.TestCase):
         joined = "\n".join(texts[:4] + texts[5:])
         for secret in (PASSWORD, TOKEN, SECRET, headers["authorization"].split()[1]):
             self.assertNotIn(secret, joined)
+
+    @defer.inlineCallbacks
+    def test_untrusted_certificate_is_one_line(self):
+        """
+        https:// goes through Twisted's standard client TLS, which checks
+        the certificate as a browser does: a self-signed one is refused,
+        the batch retried with one line.
+        """
+        from twisted.internet import reactor
+        from twisted.web import server
+
+        port = reactor.listenSSL(0, server.Site(ScriptedResource()),
+                                 self_signed("localhost").options(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        sink = self.sink(f"https://localhost:{port.getHost().port}/hook", timeout=5)
+        e = yield self.assertFailure(sink.execute(make_changes(1, 1)), Retry)
+        self.assertIn("certificate verify failed", str(e))
+        self.assertNotIn("\n", str(e))
 
     @defer.inlineCallbacks
     def test_short_query_values_scrubbed_from_echoed_bodies(self):
