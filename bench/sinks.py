@@ -5,6 +5,7 @@ consumer is not part of this measurement).
 
     .venv/bin/pip install -r bench/requirements.txt   (redis-py, for comparison)
     .venv/bin/python bench/sinks.py [--events 100000] [--rounds 3] [--only SYSTEM]
+        [--es-events 20000] [--es-rounds 1] [--es-timeout 120]
 
 Every measurement runs in a process of its own (the reactor cannot be
 restarted) and is timed from the first request to the last answer:
@@ -23,6 +24,11 @@ The HTTP servers (a webhook that reads and decodes each body, and the
 tests' stand-in for the _bulk API) run in a separate process.  Each sink is
 driven like the consumer drives it: one batch at a time, the next after the
 previous batch's outcome.
+
+Then the section es-429 (C{--only es-429} runs it alone; bench/sinks_429.py):
+the same outbox drained through C{twistd hermes --outbox --sink
+elasticsearch+http://...} without 429s and with 3% of the items answered
+429 the first time the stand-in sees them, on a throwaway PostgreSQL.
 """
 
 import argparse
@@ -196,7 +202,7 @@ def cleanup_exchange(exchange):
 
 # -- the HTTP server process --------------------------------------------------
 
-def serve(port_file):
+def serve(port_file, first_sight_429=0.0):
     from twisted.internet import reactor
     from twisted.web import resource, server
 
@@ -211,9 +217,9 @@ def serve(port_file):
 
     class Root(resource.Resource):
         def getChild(self, name, request):
-            return bulk if name == b"_bulk" else hook
+            return bulk if name in (b"_bulk", b"_fake") else hook
 
-    bulk, hook = FakeBulk(), Hook()
+    bulk, hook = FakeBulk(first_sight_429=first_sight_429), Hook()
     site = server.Site(Root())
     site.log = lambda request: None
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
@@ -240,13 +246,28 @@ def main():
     parser.add_argument("--worker")
     parser.add_argument("--port", type=int)
     parser.add_argument("--serve")
-    parser.add_argument("--only", help="one system: redis, amqp, webhook or es")
+    parser.add_argument("--only", help="one system: redis, amqp, webhook, es or es-429")
+    parser.add_argument("--first-sight-429", type=float, default=0.0)
+    parser.add_argument("--es-events", type=int, default=20_000)
+    parser.add_argument("--es-timeout", type=float, default=120.0)
+    parser.add_argument("--es-rounds", type=int, default=1)
     args = parser.parse_args()
     if args.serve:
-        return serve(args.serve)
+        return serve(args.serve, args.first_sight_429)
     if args.worker:
         return worker(args)
+    if args.only != "es-429":
+        pairs(args)
+    if args.only in (None, "es-429"):
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        import sinks_429
 
+        sinks_429.run(os.path.abspath(__file__), events=args.es_events,
+                      rounds=args.es_rounds, timeout=args.es_timeout)
+
+
+def pairs(args):
+    """Each sink against its hand-written loop."""
     from tests.support.redisserver import RedisServer
 
     redis_server = RedisServer().start()

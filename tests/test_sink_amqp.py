@@ -177,11 +177,75 @@ class AmqpTests(unittest.TestCase):
         pika_log = self.capture_pika_log()
         password = "not-the-pw-" + uuid.uuid4().hex[:8]
         sink = self.sink(password=password, timeout=5)
-        e = yield self.assertFailure(sink.execute(make_changes(1, 1)), Retry)
-        self.assertIn("cannot connect", str(e))
+        for _ in range(2):  # every batch, not only the first
+            e = yield self.assertFailure(sink.execute(make_changes(2, 1)), Retry)
+            self.assertEqual(str(e), f"authentication refused by {sink.target}: 403 "
+                                     "ACCESS_REFUSED - Login was refused using authentication "
+                                     "mechanism PLAIN. For details see the broker logfile.")
+        self.assertEqual((sink.metrics.retried, sink.metrics.sent), (4, 0))
         self.assertTrue(pika_log)
         for text in [str(e), repr(sink), sink.target] + [event_text(x) for x in log] + pika_log:
             self.assertNotIn(password, text)
+
+    @defer.inlineCallbacks
+    def test_refusals_are_one_clear_line(self):
+        """
+        A user the broker does not know, a virtual host that does not
+        exist, a port nothing listens on: one Retry for the batch, one line
+        naming the cause (pika itself says only C{AMQPConnectionError: 1}).
+        """
+        from tests.support.httpserver import free_port
+
+        port = free_port()
+        cases = [(f"amqp://nobody:pw-123456@127.0.0.1/?exchange={self.exchange}",
+                  "authentication refused by {}: 403 ACCESS_REFUSED - Login was refused"),
+                 (f"amqp://guest:guest@127.0.0.1/no-such-vhost?exchange={self.exchange}",
+                  "access refused by {}: 530 NOT_ALLOWED - vhost no-such-vhost not found"),
+                 (f"amqp://guest:guest@127.0.0.1:{port}/?exchange={self.exchange}",
+                  "cannot connect to {}: ConnectionRefusedError: Connection was refused")]
+        for url, line in cases:
+            sink = from_url(url, timeout=5)
+            self.addCleanup(sink.tear_down)
+            e = yield self.assertFailure(sink.execute(make_changes(1, 1)), Retry)
+            target = sink.target.replace("guest", "***")  # the password is "guest" too
+            self.assertTrue(str(e).startswith(line.format(target)), str(e))
+            self.assertNotIn("\n", str(e))
+
+    @defer.inlineCallbacks
+    def test_exchange_deleted_under_the_sink(self):
+        """
+        The broker closes the channel (404 NOT_FOUND for a publish to a
+        deleted exchange): the batch is retried as a whole with the
+        broker's reason; the next one declares the exchange again.
+        """
+        yield self.bind()
+        sink = self.sink()
+        self.assertIsNone((yield sink.execute(make_changes(1, 1))))
+        yield self.channel.exchange_delete(self.exchange)
+        e = yield self.assertFailure(sink.execute(make_changes(2, 1, start_id=2)), Retry)
+        self.assertEqual(str(e), f"the broker closed the channel: 404 NOT_FOUND - no exchange "
+                                 f"'{self.exchange}' in vhost '/'")
+        self.assertIsNone((yield sink.execute(make_changes(2, 1, start_id=2))))
+        self.assertEqual(sink.connection.connections, 2)
+
+    def test_pika_records_go_to_twisted_scrubbed(self):
+        """
+        pika's own records (stdlib logging) reach Twisted's log scrubbed,
+        one line, and no longer the standard library's handlers.
+        """
+        log = capture_log(self)
+        password = "pika-pw-" + uuid.uuid4().hex[:8]
+        self.sink(password=password)
+        root = []
+        handler = logging.Handler(logging.DEBUG)
+        handler.emit = root.append
+        logging.getLogger().addHandler(handler)
+        self.addCleanup(logging.getLogger().removeHandler, handler)
+        logging.getLogger("pika.connection").error("refused %s\nsecond line", password)
+        logging.getLogger("pika.connection").info("chatter %s", password)
+        texts = [event_text(x) for x in log if x.get("log_namespace") == "pika"]
+        self.assertEqual(texts, ["pika.connection: refused *** second line"])
+        self.assertEqual(root, [])
 
     @defer.inlineCallbacks
     def test_password_from_secret_file(self):

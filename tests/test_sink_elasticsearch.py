@@ -7,13 +7,14 @@ installed here).
 import json
 import random
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from hermes_tx.events import Change, Event
 from hermes_tx.outcomes import Reject, Retry
 from hermes_tx.sinks import SinkURLError, from_url
 from hermes_tx.sinks.elasticsearch import ElasticsearchSink
+from hermes_tx.sinks.httpsink import HELD_BACK
 from tests.support.fake_es import DROP, DROP_AFTER, FakeBulk
 from tests.support.faults import event_text
 from tests.support.httpserver import serve
@@ -120,7 +121,11 @@ class ElasticsearchTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_whole_request_statuses(self):
-        answers = [(500, {}), (429, {"Retry-After": "3"}), (401, {})]
+        """
+        A 5xx, a 429 and credentials refused retry the whole batch (one
+        line naming the cause); nothing is rejected.
+        """
+        answers = [(500, {}), (429, {"Retry-After": "3"}), (401, {}), (403, {})]
         self.es.script = lambda n: answers[n] if n < len(answers) else None
         sink = self.sink()
         got = []
@@ -128,8 +133,64 @@ class ElasticsearchTests(unittest.TestCase):
             try:
                 yield sink.execute([change(1, "a", "INSERT", {"v": 1})])
             except (Retry, Reject) as e:
-                got.append((type(e).__name__, getattr(e, "retry_after", None)))
-        self.assertEqual(got, [("Retry", None), ("Retry", 3), ("Reject", None)])
+                got.append((type(e).__name__, getattr(e, "retry_after", None), str(e)[:40]))
+        self.assertEqual([g[:2] for g in got],
+                         [("Retry", None), ("Retry", 3), ("Retry", None), ("Retry", None)])
+        self.assertEqual(got[2][2], f"authentication refused by {self.url}"[:40])
+
+    @defer.inlineCallbacks
+    def test_whole_request_400_splits_to_the_change_at_fault(self):
+        """
+        Elasticsearch refuses a whole bulk request for one action (an _id
+        over 512 bytes): the batch is split, that change rejected, the
+        others indexed.
+        """
+        sink = self.sink()
+        changes = [change(i, f"k{i}", "INSERT", {"v": i}) for i in range(1, 8)]
+        long_id = change(8, "x" * 600, "INSERT", {"v": 8})
+        outcome = yield sink.execute(changes[:3] + [long_id] + changes[3:])
+        self.assertEqual([(e, why[:45]) for e, why in outcome.rejected],
+                         [(long_id, "HTTP 400: {\"error\": {\"type\": \"action_request_")])
+        self.assertEqual(sorted(self.es.live("docs")), sorted(f"k{i}" for i in range(1, 8)))
+
+    @defer.inlineCallbacks
+    def test_a_read_only_index_retries_and_rejects_nothing(self):
+        """
+        Items refused for the index's sake (a 403 cluster block, a 400
+        index_closed_exception) are retried, never rejected.
+        """
+        self.es.blocked = True
+        sink = self.sink()
+        changes = [change(i, f"k{i}", "INSERT", {"v": i}) for i in range(1, 4)]
+        outcome = yield sink.execute(changes)
+        self.assertEqual(outcome.rejected, [])
+        self.assertEqual([(e, why[:34]) for e, why, _ in outcome.retry],
+                         [(c, "index 403: cluster_block_exception") for c in changes])
+        from hermes_tx.sinks.elasticsearch import item_outcome
+        from hermes_tx.outcomes import BatchOutcome
+        closed = BatchOutcome()
+        item_outcome(closed, changes[0], "index", {"index": {"status": 400, "error": {
+            "type": "index_closed_exception", "reason": "closed"}}})
+        self.assertEqual((closed.rejected, len(closed.retry)), ([], 1))
+        self.es.blocked = False
+        self.assertIsNone((yield sink.execute(changes)))
+
+    @defer.inlineCallbacks
+    def test_every_item_refused_dead_letters_no_change(self):
+        """
+        A mapping that refuses every document of a batch (a field's type
+        changed): nothing was accepted, so the changes are retried, not
+        dead-lettered; once a batch is accepted, a lone bad change is.
+        """
+        sink = self.sink()
+        bad = [change(i, f"b{i}", "INSERT", {"__bad__": i}) for i in range(1, 4)]
+        e = yield self.assertFailure(sink.execute(bad), Retry)
+        self.assertEqual(str(e), "index 400: mapper_parsing_exception: failed to parse field "
+                                 "[__bad__]" + HELD_BACK)
+        yield sink.execute([change(5, "ok", "INSERT", {"v": 5})])
+        outcome = yield sink.execute(bad[:1])
+        self.assertEqual([e for e, _ in outcome.rejected], bad[:1])
+        self.assertEqual(sink.metrics.rejected, 1)
 
     @defer.inlineCallbacks
     def test_413_splits_and_a_single_oversized_change_is_rejected(self):
@@ -150,8 +211,14 @@ class ElasticsearchTests(unittest.TestCase):
         self.assertEqual(str(e), "bulk answer has 0 items for 2 actions")
 
     def test_urls(self):
-        sink = ElasticsearchSink("opensearch+https://u:p@h:9243/pre/fix/idx?refresh=wait_for")
-        self.assertEqual(sink._url, "https://h:9243/pre/fix/_bulk?refresh=wait_for")
+        from tests.test_sink_http import FakeAgent
+
+        agent = FakeAgent()
+        sink = ElasticsearchSink("opensearch+https://u:p@h:9243/pre/fix/idx?refresh=wait_for",
+                                 agent=agent, clock=task.Clock())
+        sink.execute(make_changes(1, 1))
+        self.assertEqual(agent.requests[0][:2],
+                         (b"POST", b"https://h:9243/pre/fix/_bulk?refresh=wait_for"))
         self.assertEqual(sink.index, "idx")
         for bad in ("elasticsearch+http://h:9200/", "elasticsearch+ftp://h/x",
                     "elasticsearch+http://h/_bulk"):
@@ -166,12 +233,12 @@ class ElasticsearchTests(unittest.TestCase):
             f.write(PASSWORD + "\n")
         url = self.url.replace("://", "://elastic@")
         sink = self.sink(url, secret_file=secret_file)
-        e = yield self.assertFailure(sink.execute(make_changes(1, 1)), Reject)
+        e = yield self.assertFailure(sink.execute(make_changes(1, 1)), Retry)
         headers = self.es.bodies[0][0]
         self.assertEqual(headers["authorization"], "Basic " + __import__("base64").b64encode(
             f"elastic:{PASSWORD}".encode()).decode())
         url_sink = self.sink(self.url.replace("://", f"://elastic:{PASSWORD}@"))
-        yield self.assertFailure(url_sink.execute(make_changes(1, 1)), Reject)
+        yield self.assertFailure(url_sink.execute(make_changes(1, 1)), Retry)
         self.assertEqual(self.es.bodies[1][0]["authorization"], headers["authorization"])
         texts = [str(e), repr(sink), repr(url_sink), url_sink.target]
         texts += [event_text(x) for x in log]

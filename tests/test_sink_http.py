@@ -1,21 +1,28 @@
 """
 The HTTP pieces of the sinks in memory, on a task.Clock: Retry-After,
-status classification, splitting on 413, and the whole-request timeout.
+the status table, splitting refused batches, the rule that keeps innocent
+changes out of the dead letters, and the whole-request timeout.
 """
 
 import email.utils
+import json
 
 from twisted.internet import defer, error, task
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
+from hermes_tx.events import Event
 from hermes_tx.outcomes import BatchOutcome, Reject, Retry
-from hermes_tx.sinks.http import (
-    MAX_RETRY_AFTER, PayloadTooLarge, check_status, parse_retry_after, send_in_halves)
+from hermes_tx.sinks.http import send_in_halves
+from hermes_tx.sinks.httpsink import HELD_BACK
+from hermes_tx.sinks.statuses import MAX_RETRY_AFTER, Refused, check_status, parse_retry_after
 from hermes_tx.sinks.webhook import WebhookSink
 from tests.support.sinkdriver import make_changes
 
 NOW = 1_800_000_000.0
+TARGET = "http://h/hook?token=***"
 
 
 class RetryAfterTests(unittest.TestCase):
@@ -41,7 +48,7 @@ class RetryAfterTests(unittest.TestCase):
 
 class CheckStatusTests(unittest.TestCase):
     def check(self, status, headers=None, body=b""):
-        return check_status(status, Headers(headers or {}), body, NOW)
+        return check_status(status, Headers(headers or {}), body, NOW, TARGET)
 
     def test_2xx(self):
         self.assertIsNone(self.check(200))
@@ -55,19 +62,37 @@ class CheckStatusTests(unittest.TestCase):
                          .retry_after, 12)
 
     def test_other_retries(self):
-        for status in (500, 502, 504, 408, 425):
-            self.assertIsNone(self.assertRaises(Retry, self.check, status,
-                                                {"Retry-After": ["7"]}).retry_after)
+        for status in (500, 502, 504, 408, 425, 501):
+            e = self.assertRaises(Retry, self.check, status, {"Retry-After": ["7"]})
+            self.assertEqual((str(e), e.retry_after), (f"HTTP {status}", None))
         self.assertIsNone(self.assertRaises(Retry, self.check, 429).retry_after)
 
-    def test_rejects(self):
-        for status in (400, 401, 403, 404, 422, 301):
-            self.assertNotIsInstance(self.assertRaises(Reject, self.check, status),
-                                     PayloadTooLarge)
-        self.assertRaises(PayloadTooLarge, self.check, 413)
+    def test_content_refused_splits(self):
+        for status in (400, 413, 422):
+            e = self.assertRaises(Refused, self.check, status, None, b"bad event")
+            self.assertEqual((e.status, str(e)), (status, f"HTTP {status}: bad event"))
+
+    def test_not_the_events_fault_is_a_retry_with_one_clear_line(self):
+        """
+        Credentials refused, no such endpoint, a redirect, any other 4xx:
+        the batch is retried as a whole (never rejected), one line naming
+        the cause.
+        """
+        lines = {status: str(self.assertRaises(Retry, self.check, status,
+                                               {"Location": ["https://h/new"]}, b"go away"))
+                 for status in (401, 403, 407, 404, 405, 410, 301, 308, 409, 415, 418, 451)}
+        self.assertEqual(lines[401], f"authentication refused by {TARGET}: HTTP 401: go away")
+        self.assertEqual(lines[407], f"authentication refused by {TARGET}: HTTP 407: go away")
+        self.assertEqual(lines[404], f"{TARGET} not found: HTTP 404: go away")
+        self.assertEqual(lines[405], f"{TARGET} does not take POST: HTTP 405: go away")
+        self.assertEqual(lines[301], f"{TARGET} redirects (HTTP 301 to https://h/new): "
+                                     "redirects are not followed, give the sink the final URL")
+        self.assertEqual(lines[415], f"{TARGET} refused the request: HTTP 415: go away")
+        for line in lines.values():
+            self.assertNotIn("\n", line)
 
     def test_long_body_one_short_line(self):
-        e = self.assertRaises(Reject, self.check, 400, None, b"line\n" * 1000)
+        e = self.assertRaises(Refused, self.check, 400, None, b"line\n" * 1000)
         self.assertNotIn("\n", str(e))
         self.assertLess(len(str(e)), 220)
 
@@ -78,16 +103,16 @@ class SplitTests(unittest.TestCase):
 
         def send(events):
             if len(events) > 2:
-                return defer.fail(PayloadTooLarge("HTTP 413"))
+                return defer.fail(Refused("HTTP 413", 413))
             if "big" in events:
-                return defer.fail(PayloadTooLarge("HTTP 413"))
+                return defer.fail(Refused("HTTP 400", 400))
             sent.append(list(events))
             return defer.succeed(None)
 
         events = ["a", "b", "c", "big", "d", "e", "f"]
         outcome = self.successResultOf(send_in_halves(send, events))
         self.assertEqual(sent, [["a"], ["b", "c"], ["d"], ["e", "f"]])
-        self.assertEqual(outcome.rejected, [("big", "HTTP 413")])
+        self.assertEqual(outcome.rejected, [("big", "HTTP 400")])
         self.assertEqual(outcome.retry, [])
 
     def test_retry_of_a_half_retries_the_rest_unsent(self):
@@ -96,7 +121,7 @@ class SplitTests(unittest.TestCase):
         def send(events):
             sent.append(list(events))
             if len(events) > 2:
-                return defer.fail(PayloadTooLarge("HTTP 413"))
+                return defer.fail(Refused("HTTP 422", 422))
             return defer.fail(Retry("down", 3))
 
         outcome = self.successResultOf(send_in_halves(send, ["a", "b", "c", "d"]))
@@ -108,8 +133,116 @@ class SplitTests(unittest.TestCase):
         outcome = BatchOutcome()
         self.assertIs(self.successResultOf(send_in_halves(lambda ev: defer.succeed(outcome),
                                                           ["a"])), outcome)
-        self.failureResultOf(send_in_halves(lambda ev: defer.fail(PayloadTooLarge("x")),
-                                            ["a"]), PayloadTooLarge)
+        self.failureResultOf(send_in_halves(lambda ev: defer.fail(Refused("x", 400)),
+                                            ["a"]), Refused)
+        self.failureResultOf(send_in_halves(lambda ev: defer.fail(Retry("401")), ["a", "b"]),
+                             Retry)
+
+
+class FakeResponse:
+    """An IResponse with a body in memory."""
+
+    def __init__(self, code, body=b"", headers=None):
+        self.code = code
+        self.headers = Headers(headers or {})
+        self.body = body
+        self.length = len(body)
+
+    def deliverBody(self, protocol):
+        protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class ScriptedAgent:
+    """
+    An IAgent answering each POST with C{script(events)} (the decoded JSON
+    body): a status, or C{(status, body)}.
+    """
+
+    def __init__(self, script):
+        self.script = script
+        self.requests = []
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        events = json.loads(bodyProducer.body)
+        self.requests.append((uri, events))
+        answer = self.script(events)
+        status, body = answer if isinstance(answer, tuple) else (answer, b"")
+        return defer.succeed(FakeResponse(status, body))
+
+
+def ids(events):
+    return [e["id"] if e["kind"] == "change" else e["payload"] for e in events]
+
+
+class HeldBackTests(unittest.TestCase):
+    """
+    Refused content is split down to the events at fault, and a change is
+    dead-lettered only with evidence that the endpoint takes content.
+    """
+
+    def sink(self, script):
+        self.agent = ScriptedAgent(script)
+        return WebhookSink("http://h/hook", clock=task.Clock(), agent=self.agent)
+
+    def test_the_bad_changes_are_found_and_only_they_are_rejected(self):
+        bad = {3, 7, 8}
+        sink = self.sink(lambda events: 400 if bad & set(ids(events)) else 200)
+        changes = make_changes(10, 1)
+        outcome = self.successResultOf(sink.execute(changes))
+        self.assertEqual(sorted(e.id for e, _ in outcome.rejected), [3, 7, 8])
+        self.assertEqual(outcome.retry, [])
+        accepted = [i for _, events in self.agent.requests for i in ids(events)
+                    if not bad & set(ids(events))]
+        self.assertEqual(sorted(accepted), [1, 2, 4, 5, 6, 9, 10])
+        self.assertEqual((sink.metrics.sent, sink.metrics.rejected), (7, 3))
+
+    def test_an_endpoint_refusing_everything_dead_letters_nothing(self):
+        """
+        Every event refused one by one, none accepted: the batch is retried
+        as a whole (a systemic failure) after 2n - 1 requests.
+        """
+        sink = self.sink(lambda events: (422, b"schema mismatch"))
+        e = self.failureResultOf(sink.execute(make_changes(8, 1)), Retry).value
+        self.assertEqual(str(e), "HTTP 422: schema mismatch" + HELD_BACK)
+        self.assertEqual(len(self.agent.requests), 15)
+        self.assertEqual((sink.metrics.sent, sink.metrics.rejected, sink.metrics.retried),
+                         (0, 0, 8))
+
+    def test_a_single_change_needs_the_previous_batch_accepted(self):
+        bad = {1, 3}
+        sink = self.sink(lambda events: 400 if bad & set(ids(events)) else 200)
+        [first, second, third] = make_changes(3, 1)
+        e = self.failureResultOf(sink.execute([first]), Retry).value
+        self.assertTrue(str(e).endswith(HELD_BACK))
+        self.assertIsNone(self.successResultOf(sink.execute([second])))
+        self.assertEqual(str(self.failureResultOf(sink.execute([third]), Reject).value),
+                         "HTTP 400")
+
+    def test_a_half_retried_and_a_half_refused_dead_letters_nothing(self):
+        def script(events):
+            if len(events) > 2:
+                return 400
+            return 503 if 1 in ids(events) else 400
+
+        sink = self.sink(script)
+        outcome = self.successResultOf(sink.execute(make_changes(2, 1, start_id=3)
+                                                    + make_changes(2, 1)))
+        self.assertEqual(outcome.rejected, [])
+        self.assertEqual(sorted(e.id for e, _, _ in outcome.retry), [1, 2, 3, 4])
+
+    def test_notifications_are_not_held_back(self):
+        """
+        A notification cannot wait for a fixed endpoint (it is executed
+        again and again): rejected (logged and skipped) as answered.
+        """
+        sink = self.sink(lambda events: 400)
+        notes = [Event("notification", "ch", f"n{i}", 1) for i in range(2)]
+        change = make_changes(1, 1)[0]
+        outcome = self.successResultOf(sink.execute(notes + [change]))
+        self.assertEqual([e for e, _ in outcome.rejected], notes)
+        self.assertEqual([(e, why) for e, why, _ in outcome.retry],
+                         [(change, "HTTP 400" + HELD_BACK)])
 
 
 class FakeAgent:

@@ -100,13 +100,67 @@ class RedisTests(unittest.TestCase):
         self.assertIsNone((yield by_url.execute(make_changes(1, 1))))
         self.assertIsNone((yield by_file.execute(make_changes(1, 1, start_id=2))))
         e = yield self.assertFailure(wrong.execute(make_changes(1, 1)), Retry)
-        self.assertIn("cannot connect", str(e))
+        self.assertEqual(str(e), f"authentication refused by {wrong.target}: WRONGPASS invalid "
+                                 "username-password pair or user is disabled.")
         entries = yield self.read(server.port, PASSWORD)
         self.assertEqual([x["id"] for x in entries], ["1", "2"])
         texts = [str(e), repr(by_url), repr(wrong), by_url.target] + [event_text(x) for x in log]
         for text in texts:
             self.assertNotIn(PASSWORD, text)
             self.assertNotIn(PASSWORD[::-1], text)
+
+    @defer.inlineCallbacks
+    def test_credentials_refused_fail_the_batch_as_a_whole(self):
+        """
+        No password for a server that wants one (NOAUTH), a user that does
+        not exist on the shared server (WRONGPASS), a password for a server
+        with none: each batch is one Retry with one line naming the cause,
+        again at every batch (the breaker sees a dependency that is down).
+        """
+        server = start_redis(self, password=PASSWORD)
+        cases = [(self.sink(server.port), "NOAUTH Authentication required."),
+                 (from_url(f"redis://nobody:{PASSWORD}@127.0.0.1:6379/0?stream={self.stream}"),
+                  "WRONGPASS invalid username-password pair or user is disabled."),
+                 (self.sink(password=PASSWORD), "ERR AUTH <password> called without any password")]
+        self.addCleanup(cases[1][0].tear_down)
+        for sink, reply in cases:
+            for _ in range(2):
+                e = yield self.assertFailure(sink.execute(make_changes(3, 1)), Retry)
+                self.assertTrue(str(e).startswith(f"authentication refused by {sink.target}: "
+                                                  + reply), str(e))
+                self.assertNotIn("\n", str(e))
+                self.assertNotIn(PASSWORD, str(e))
+            self.assertEqual((sink.metrics.retried, sink.metrics.sent), (6, 0))
+
+    @defer.inlineCallbacks
+    def test_rights_refused_fail_the_batch_as_a_whole(self):
+        """
+        A user that may not XADD (NOPERM for every event): one Retry for
+        the batch, one line; with the right granted the same sink goes on.
+        """
+        server = start_redis(self, password=PASSWORD)
+        admin = yield txredisapi.Connection("127.0.0.1", server.port, password=PASSWORD,
+                                            reconnect=False)
+        self.addCleanup(admin.disconnect)
+        yield admin.execute_command("ACL", "SETUSER", "writer", "on", ">writer-pw-1234", "~*",
+                                    "+@all", "-xadd")
+        sink = from_url(f"redis://writer:writer-pw-1234@127.0.0.1:{server.port}/0"
+                        f"?stream={self.stream}")
+        self.addCleanup(sink.tear_down)
+        e = yield self.assertFailure(sink.execute(make_changes(2, 1)), Retry)
+        self.assertEqual(str(e), f"permission refused by {sink.target}: NOPERM this user has "
+                                 "no permissions to run the 'xadd' command")
+        yield admin.execute_command("ACL", "SETUSER", "writer", "+xadd")
+        self.assertIsNone((yield sink.execute(make_changes(2, 1))))
+        self.assertEqual(sink.connection.connections, 1)
+
+    @defer.inlineCallbacks
+    def test_a_database_that_does_not_exist_is_one_line(self):
+        sink = from_url(f"redis://127.0.0.1:6379/99999?stream={self.stream}")
+        self.addCleanup(sink.tear_down)
+        e = yield self.assertFailure(sink.execute(make_changes(1, 1)), Retry)
+        self.assertEqual(str(e), f"cannot connect to {sink.target}: Redis answered SELECT 99999 "
+                                 "with ERR DB index is out of range")
 
     @defer.inlineCallbacks
     def test_down_then_up_reconnects(self):

@@ -98,6 +98,20 @@ class ScrubTests(unittest.TestCase):
         self.assertEqual(s.scrub(text), "a *** b *** c *** d *** e")
 
 
+    def test_query_values(self):
+        """
+        A query value of 8 characters or more is scrubbed wherever it
+        shows; a shorter one where it follows its name, as an echoed URL
+        shows it (raw or quoted).
+        """
+        s = Secrets()
+        s.add_param("token", "ab1")
+        s.add_param("sig", "a b/")
+        s.add_param("key", "0123456789")
+        text = "GET /h?token=ab1&sig=a%20b%2F&sig=a+b%2F ab1 key 0123456789"
+        self.assertEqual(s.scrub(text), "GET /h?token=***&sig=***&sig=*** ab1 key ***")
+
+
 class FromURLTests(unittest.TestCase):
     def test_unknown_scheme(self):
         e = self.assertRaises(SinkURLError, from_url, "ftp://u:topsecret@h/x")

@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from hermes_tx.events import Change, Event
 from hermes_tx.outcomes import Reject, Retry
 from hermes_tx.sinks import from_url
+from hermes_tx.sinks.httpsink import HELD_BACK
 from hermes_tx.sinks.webhook import WebhookSink
 from tests.support.faults import event_text
 from tests.support.httpserver import (
@@ -26,6 +27,33 @@ from tests.support.shared import capture_log
 SECRET = "hmac-S3CRET-value"
 PASSWORD = "pw-9f8e7d6c"
 TOKEN = "tok-0123456789abcdef"
+
+
+def self_signed(name):
+    """
+    @return: a C{PrivateCertificate} for C{name} (its subjectAltName), signed
+        by itself: no client trusts it.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from twisted.internet import ssl
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return ssl.PrivateCertificate.loadPEM(pem + cert.public_bytes(serialization.Encoding.PEM))
 
 
 class WebhookTests(unittest.TestCase):
@@ -78,10 +106,17 @@ class WebhookTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_statuses(self):
+        """
+        Transient statuses, credentials refused, no such endpoint and
+        redirects retry the batch as a whole with one line; nothing is
+        rejected (a change refused alone, before the endpoint accepted
+        anything, is retried too).
+        """
         answers = [(500, {}, b"oops"), (503, {"Retry-After": "7"}, b""),
                    (429, {"Retry-After": email.utils.formatdate(time.time() + 60, usegmt=True)},
                     b""),
-                   (400, {}, b"bad event"), (404, {}, b""), (302, {"Location": "/x"}, b"")]
+                   (401, {}, b"who are you"), (403, {}, b""), (404, {}, b""),
+                   (302, {"Location": "/x"}, b""), (400, {}, b"bad event")]
         url = self.serve(lambda n, body: answers[n])
         sink = self.sink(url)
         outcomes = []
@@ -94,9 +129,50 @@ class WebhookTests(unittest.TestCase):
                                         ("Retry", "HTTP 503", 7)])
         self.assertEqual(outcomes[2][0], "Retry")
         self.assertTrue(55 <= outcomes[2][2] <= 60, outcomes[2])
-        self.assertEqual(outcomes[3:], [("Reject", "HTTP 400: bad event", "-"),
-                                        ("Reject", "HTTP 404", "-"), ("Reject", "HTTP 302", "-")])
-        self.assertEqual((sink.metrics.requests, sink.metrics.failures), (6, 6))
+        self.assertEqual(outcomes[3:], [
+            ("Retry", f"authentication refused by {url}: HTTP 401: who are you", None),
+            ("Retry", f"authentication refused by {url}: HTTP 403", None),
+            ("Retry", f"{url} not found: HTTP 404", None),
+            ("Retry", f"{url} redirects (HTTP 302 to /x): redirects are not followed, give the "
+                      "sink the final URL", None),
+            ("Retry", "HTTP 400: bad event" + HELD_BACK, None)])
+        self.assertEqual((sink.metrics.requests, sink.metrics.failures, sink.metrics.rejected),
+                         (8, 8, 0))
+
+    @defer.inlineCallbacks
+    def test_400_finds_the_bad_changes_and_dead_letters_only_them(self):
+        """
+        The issue's case: a webhook answering 400 for a batch of 200 with 3
+        bad changes; the split finds them: 3 rejected, 197 accepted, once
+        each.
+        """
+        bad = {17, 101, 102}
+
+        def script(n, body):
+            if bad & {e["id"] for e in json.loads(body)}:
+                return (400, {}, b'{"error": "invalid change"}')
+            return OK
+
+        url = self.serve(script)
+        sink = self.sink(url, max_batch=200)
+        changes = make_changes(200, 1)
+        outcome = yield sink.execute(changes)
+        self.assertEqual(sorted(e.id for e, _ in outcome.rejected), sorted(bad))
+        self.assertEqual(outcome.retry, [])
+        accepted = [e["id"] for e in self.resource.events()]
+        self.assertEqual(sorted(accepted), [c.id for c in changes if c.id not in bad])
+        self.assertLess(len(self.resource.requests), 40)
+
+    @defer.inlineCallbacks
+    def test_an_endpoint_refusing_everything_dead_letters_nothing(self):
+        url = self.serve(lambda n, body: (422, {}, b"schema v2 expected"))
+        sink = self.sink(url)
+        driver = Driver(sink, make_changes(6, 2), max_batch=6)
+        # driven for half a second: the changes are still pending then
+        yield self.assertFailure(driver.run(timeout=0.5), AssertionError)
+        self.assertEqual(driver.rejected, [])
+        self.assertGreater(driver.retries, 6)
+        self.assertEqual(self.resource.accepted, [])
 
     @defer.inlineCallbacks
     def test_413_splits_the_batch(self):
@@ -204,6 +280,32 @@ class WebhookTests(unittest.TestCase):
         joined = "\n".join(texts[:4] + texts[5:])
         for secret in (PASSWORD, TOKEN, SECRET, headers["authorization"].split()[1]):
             self.assertNotIn(secret, joined)
+
+    @defer.inlineCallbacks
+    def test_untrusted_certificate_is_one_line(self):
+        """
+        https:// goes through Twisted's standard client TLS, which checks
+        the certificate as a browser does: a self-signed one is refused,
+        the batch retried with one line.
+        """
+        from twisted.internet import reactor
+        from twisted.web import server
+
+        port = reactor.listenSSL(0, server.Site(ScriptedResource()),
+                                 self_signed("localhost").options(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        sink = self.sink(f"https://localhost:{port.getHost().port}/hook", timeout=5)
+        e = yield self.assertFailure(sink.execute(make_changes(1, 1)), Retry)
+        self.assertIn("certificate verify failed", str(e))
+        self.assertNotIn("\n", str(e))
+
+    @defer.inlineCallbacks
+    def test_short_query_values_scrubbed_from_echoed_bodies(self):
+        url = self.serve(lambda n, body: (500, {}, b"no luck for " + self.resource.last_uri))
+        sink = self.sink(url + "hook?k=abc12&v=1")
+        e = yield self.assertFailure(sink.execute(make_changes(1, 1)), Retry)
+        self.assertEqual(str(e), "HTTP 500: no luck for /hook?k=***&v=***")
+        self.assertEqual(sink.target, url + "hook?k=***&v=***")
 
     @defer.inlineCallbacks
     def test_thirty_percent_failures_and_a_restart_nothing_lost_in_order(self):

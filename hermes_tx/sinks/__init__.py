@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sinks_from_url -*-
+# -*- test-case-name: tests.test_sink_urls -*-
 """
 Built-in sink processors: keep a webhook, a search index, a Redis stream
 or a RabbitMQ exchange in sync with the events hermes_tx hands out.

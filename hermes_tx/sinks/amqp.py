@@ -5,11 +5,16 @@ confirms, through pika's Twisted adapter.
 """
 
 import pika
+from pika import spec
 from pika.adapters.twisted_connection import TwistedProtocolConnection
-from pika.exceptions import ChannelClosed, ConnectionClosed, NackError, UnroutableError
+from pika.exceptions import (
+    AMQPConnectionError, ChannelClosed, ChannelClosedByBroker, ConnectionClosed,
+    ConnectionClosedByBroker, NackError, UnroutableError)
 from twisted.internet import defer, endpoints, ssl
 
 from hermes_tx.exceptions import one_line
+from hermes_tx.outcomes import Retry
+from hermes_tx.sinks import pikalog
 from hermes_tx.sinks.base import Unsendable
 from hermes_tx.sinks.brokersink import BrokerSink
 from hermes_tx.sinks.records import encode, id_of, record, topic_of
@@ -19,6 +24,52 @@ from hermes_tx.sinks.urls import SinkURL, SinkURLError, Secrets, read_secret
 URL_PARAMS = ("exchange", "exchange_type", "mandatory", "heartbeat")
 #: exchange types RabbitMQ has built in
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+
+
+class _Protocol(TwistedProtocolConnection):
+    """
+    pika's Twisted protocol, keeping the reason of a C{Connection.Close}
+    the broker sends during the handshake: pika's Twisted adapter replaces
+    it with the clean close that follows, and its C{ready} fails with only
+    C{AMQPConnectionError(1)}.
+
+    @ivar closed_by_broker: C{(reply_code, reply_text)}, or C{None}.
+    """
+
+    closed_by_broker = None
+
+    def __init__(self, parameters, custom_reactor=None):
+        TwistedProtocolConnection.__init__(self, parameters, custom_reactor=custom_reactor)
+        # pika keeps the connection it wraps as _impl; its callbacks (a
+        # public attribute of pika's Connection) see every frame.
+        self._impl.callbacks.add(0, spec.Connection.Close, self._broker_closed)
+
+    def _broker_closed(self, method_frame):
+        method = method_frame.method
+        self.closed_by_broker = (method.reply_code, method.reply_text)
+
+
+def refused(error, closed_by_broker, target):
+    """
+    @param error: why a connection's handshake failed.
+    @param closed_by_broker: the broker's C{(reply_code, reply_text)}, or
+        C{None}.
+    @param target: the sink's URL as it may be shown.
+    @return: a L{Retry} saying so in one line.
+    """
+    if closed_by_broker is not None:
+        code, text = closed_by_broker
+        text = " ".join(str(text).split())
+        if code == 403:
+            return Retry(f"authentication refused by {target}: {code} {text}")
+        if code == 530:
+            return Retry(f"access refused by {target}: {code} {text}")
+        return Retry(f"cannot connect to {target}: the broker closed the connection: {code} "
+                     f"{text}")
+    if isinstance(error, AMQPConnectionError) and not isinstance(error, ConnectionClosed):
+        return Retry(f"cannot connect to {target}: the connection was closed during the AMQP "
+                     "handshake")
+    return Retry(f"cannot connect to {target}: {one_line(error)}")
 
 
 class _Link:
@@ -77,8 +128,12 @@ class AmqpSink(BrokerSink):
     may then be published twice: consumers can tell by C{message_id}).
     With C{mandatory=true} in the URL, a message no queue is bound to
     receive is returned by the broker and retried; without it RabbitMQ
-    drops it and acks (bind your queues before events flow).  There is no
-    reconnecting in the background: the next batch connects again.
+    drops it and acks (bind your queues before events flow).  A broker that
+    refuses our credentials (C{403 ACCESS_REFUSED}) or the virtual host
+    (C{530 NOT_ALLOWED}), or closes the channel (a deleted exchange, a
+    refused write), fails the batch as a whole with one line giving its
+    reason (L{refused}).  There is no reconnecting in the background: the
+    next batch connects again.
     """
 
     kind = "amqp"
@@ -119,6 +174,7 @@ class AmqpSink(BrokerSink):
             password = parsed.password
         BrokerSink.__init__(self, parsed.redacted, Secrets(password), _Link.alive, _Link.abort,
                             timeout=timeout, **sink_kwargs)
+        pikalog.route(self.secrets)
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -137,10 +193,13 @@ class AmqpSink(BrokerSink):
                                               timeout=self.timeout)
         if self._tls:
             endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(self._host), endpoint)
-        protocol = TwistedProtocolConnection(self._parameters, custom_reactor=self._reactor)
+        protocol = _Protocol(self._parameters, custom_reactor=self._reactor)
         yield endpoints.connectProtocol(endpoint, protocol)
         try:
-            yield protocol.ready
+            try:
+                yield protocol.ready
+            except Exception as e:
+                raise refused(e, protocol.closed_by_broker, self.target) from None
             channel = yield protocol.channel()
             yield channel.exchange_declare(exchange=self.exchange,
                                            exchange_type=self.exchange_type, durable=True)
@@ -165,6 +224,13 @@ class AmqpSink(BrokerSink):
                 d = defer.fail(error)
             confirms.append(d.addBoth(self.record, answers, e))
         return defer.gatherResults(confirms)
+
+    def lost_because(self, error):
+        if isinstance(error, (ChannelClosedByBroker, ConnectionClosedByBroker)):
+            what = "channel" if isinstance(error, ChannelClosedByBroker) else "connection"
+            return (f"the broker closed the {what}: {error.reply_code} "
+                    f"{' '.join(str(error.reply_text).split())}")
+        return self.lost_reason
 
     def refusal(self, error):
         if isinstance(error, NackError):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sink_base -*-
+# -*- test-case-name: tests.test_sink_http,tests.test_sink_webhook -*-
 """
 L{Sink}: what every built-in sink shares.
 

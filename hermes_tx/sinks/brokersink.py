@@ -4,6 +4,11 @@ L{BrokerSink}: what the Redis and RabbitMQ sinks share: an L{OnDemand}
 connection, one answer awaited per event (an entry id, a publisher
 confirm), a deadline on the whole batch, and per-event outcomes (answered:
 done; refused: retried with the broker's reason; unanswered: retried).
+
+A batch of which no event was confirmed fails as a whole (L{Retry}, one
+line) when nothing was answered at all (no connection, a connection lost,
+a channel the broker closed: its reason is the line) or when the broker
+refused our credentials or rights (L{BrokerSink.systemic}).
 """
 
 from twisted.internet import defer
@@ -15,6 +20,9 @@ from hermes_tx.sinks.connecting import OnDemand
 
 #: the answer recorded for an event the other side confirmed
 CONFIRMED = True
+#: the key under which L{BrokerSink.record} keeps the first failure that
+#: meant no answer came (a channel the broker closed, with its reason)
+LOST = "lost"
 
 
 class BrokerSink(Sink):
@@ -54,14 +62,33 @@ class BrokerSink(Sink):
         """
         return f"refused: {one_line(error)}"
 
+    def systemic(self, error):
+        """
+        @return: C{None} when the refusal C{error} is about its event; or
+            one line saying why no event can be sent now (our credentials
+            or rights refused): then a batch of which no event was
+            confirmed fails as a whole with it.
+        """
+        return None
+
+    def lost_because(self, error):
+        """
+        @return: why the events were not answered, given the first failure
+            of L{unanswered} (default: L{lost_reason}).
+        """
+        return self.lost_reason
+
     def record(self, result, answers, event):
         """
         Note the answer for C{event}: a success is L{CONFIRMED}; a failure
-        is kept (a refusal) unless it is one of L{unanswered}.
+        is kept (a refusal) unless it is one of L{unanswered} (the first of
+        those is kept under L{LOST}).
         """
         if isinstance(result, defer.Failure):
             if not result.check(*self.unanswered):
                 answers[id(event)] = result.value
+            else:
+                answers.setdefault(LOST, result.value)
         else:
             answers[id(event)] = CONFIRMED
         return None
@@ -70,7 +97,7 @@ class BrokerSink(Sink):
     def send(self, events, prepared):
         started = self.clock.seconds()
         answers = {}
-        why = self.lost_reason
+        why = None
         try:
             connection = yield self.connection.get()
             yield within(self.publish(connection, events, prepared, answers), self.timeout,
@@ -81,9 +108,16 @@ class BrokerSink(Sink):
                 why = f"no {self.awaited} within {self.timeout:g} s"
             else:
                 why = str(e) if isinstance(e, Retry) else one_line(e)
-            if not answers:
-                self.metrics.observe(self.clock.seconds() - started, failed=True)
-                raise Retry(why) from None
+        lost = answers.pop(LOST, None)
+        if why is None:
+            why = self.lost_because(lost) if lost is not None else self.lost_reason
+        refusals = [a for a in answers.values() if a is not CONFIRMED]
+        systemic = [line for line in map(self.systemic, refusals) if line]
+        if not answers or (systemic and len(refusals) == len(answers)):
+            # Nothing answered, or nothing confirmed for a reason that is
+            # not the events': the batch failed as a whole.
+            self.metrics.observe(self.clock.seconds() - started, failed=True)
+            raise Retry(systemic[0] if systemic else why)
         outcome = BatchOutcome()
         for e in events:
             answer = answers.get(id(e))

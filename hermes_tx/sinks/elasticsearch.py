@@ -7,14 +7,18 @@ through the C{_bulk} API, one request per batch.
 import json
 
 from hermes_tx.outcomes import BatchOutcome, Retry
-from hermes_tx.sinks import http
 from hermes_tx.sinks.base import Unsendable
 from hermes_tx.sinks.httpsink import HttpSink
 from hermes_tx.sinks.records import encode
+from hermes_tx.sinks.statuses import snippet
 from hermes_tx.sinks.urls import SinkURL, SinkURLError, Secrets, read_secret
 
 #: query parameters of the sink URL passed on to C{_bulk}
 BULK_PARAMS = ("refresh", "pipeline", "routing", "timeout")
+#: errors of a bulk item answered 400 that are the index's, not the
+#: document's: the item is retried, not rejected
+INDEX_ERRORS = frozenset(["index_closed_exception", "invalid_index_name_exception",
+                          "index_not_found_exception", "cluster_block_exception"])
 
 
 def action(event, index):
@@ -68,9 +72,10 @@ def _lines(*values):
 def item_outcome(outcome, event, op, item):
     """
     Record in C{outcome} what one bulk item says about C{event}: 2xx, a 404
-    on a delete and 409 (a newer version is already there) are done; 408,
-    429 and 5xx are retried; any other status (400: a mapping error) is
-    rejected.
+    on a delete and 409 (a newer version is already there) are done; a 400
+    (a mapping error: the document's fault) is rejected, unless its error
+    is the index's (L{INDEX_ERRORS}); any other status (429, 5xx, 403 of a
+    read-only index, 404 of a missing index) is retried.
     """
     result = item.get(op) if isinstance(item, dict) else None
     status = result.get("status") if isinstance(result, dict) else None
@@ -80,15 +85,16 @@ def item_outcome(outcome, event, op, item):
     if 200 <= status < 300 or status == 409 or (status == 404 and op == "delete"):
         return
     error = result.get("error")
+    kind = error.get("type") if isinstance(error, dict) else None
     if isinstance(error, dict):
-        why = f"{error.get('type', '')}: {error.get('reason', '')}"
+        why = f"{kind or ''}: {error.get('reason', '')}"
     else:
         why = str(error or "")
     reason = f"{op} {status}" + (f": {why[:300]}" if why else "")
-    if status in http.RETRY_STATUSES or status >= 500:
-        outcome.retry_event(event, reason)
-    else:
+    if status == 400 and kind not in INDEX_ERRORS:
         outcome.reject_event(event, reason)
+    else:
+        outcome.retry_event(event, reason)
 
 
 class ElasticsearchSink(HttpSink):
@@ -98,10 +104,10 @@ class ElasticsearchSink(HttpSink):
     (or C{+https}; C{opensearch+} works the same).
 
     Per event: see L{action} for what is sent and L{item_outcome} for the
-    per-item answers.  For the whole request: 413 splits the batch in halves
-    (a single event too large is rejected); 408, 429 (honouring
-    C{Retry-After}) and 5xx, timeouts and connection errors retry it; any
-    other status rejects it.  Credentials come from the URL or from a
+    per-item answers.  For the whole request: as the webhook
+    (L{hermes_tx.sinks.statuses}): 400, 413 and 422 split the batch in
+    halves (a single event refused is rejected); every other status
+    retries it.  Credentials come from the URL or from a
     secret file (the password; the user name from the URL) and are sent as
     HTTP basic authentication.
     """
@@ -155,7 +161,7 @@ class ElasticsearchSink(HttpSink):
             items = reply["items"]
             errors = reply.get("errors", True)
         except (ValueError, KeyError, TypeError):
-            raise Retry(f"unreadable bulk answer (HTTP {status})" + http.snippet(content)) \
+            raise Retry(f"unreadable bulk answer (HTTP {status})" + snippet(content)) \
                 from None
         if not isinstance(items, list) or len(items) != len(events):
             raise Retry(f"bulk answer has {len(items) if isinstance(items, list) else 'no'}"

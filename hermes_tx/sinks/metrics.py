@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sink_metrics -*-
+# -*- test-case-name: tests.test_sink_records -*-
 """
 Per-sink metrics as plain numbers on each sink (L{SinkMetrics}), and
 L{collect}, a prometheus_client-compatible collector over every live sink:

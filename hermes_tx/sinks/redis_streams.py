@@ -5,10 +5,13 @@ batch (the batch's commands written at once, their replies collected in
 order), over a txredisapi connection (L{hermes_tx.sinks.redis_protocol}).
 """
 
+import re
+
 import txredisapi
 from twisted.internet import defer, endpoints
 
 from hermes_tx.exceptions import one_line
+from hermes_tx.outcomes import Retry
 from hermes_tx.sinks.base import Unsendable
 from hermes_tx.sinks.brokersink import CONFIRMED, BrokerSink
 from hermes_tx.sinks.redis_protocol import BatchLost, RedisBatchProtocol, command
@@ -17,6 +20,28 @@ from hermes_tx.sinks.urls import SinkURL, SinkURLError, Secrets, read_secret
 
 #: query parameters of the sink URL that are not secret
 URL_PARAMS = ("stream", "maxlen")
+#: how Redis error replies that refuse our credentials begin (C{ERR ...}
+#: ones: servers before 6, and AUTH with a password to a server with none)
+AUTH_ERRORS = ("NOAUTH", "WRONGPASS", "ERR AUTH", "ERR invalid password",
+               "ERR Client sent AUTH", "ERR invalid username-password")
+#: how txredisapi words a failed connection, AUTH or SELECT
+_HANDSHAKE = re.compile(r"Redis error: could not (connect|auth|set dbid=\d+): (.*)\Z", re.S)
+
+
+def refused_by(reply, target):
+    """
+    @param reply: a Redis error reply (text).
+    @param target: the sink's URL as it may be shown.
+    @return: one line when C{reply} refuses our credentials (L{AUTH_ERRORS})
+        or our rights (C{NOPERM}), else C{None}.
+    """
+    reply = one_line(reply) if isinstance(reply, Exception) else " ".join(reply.split())
+    reply = reply.partition("ResponseError: ")[2] or reply
+    if reply.startswith(AUTH_ERRORS):
+        return f"authentication refused by {target}: {reply}"
+    if reply.startswith("NOPERM"):
+        return f"permission refused by {target}: {reply}"
+    return None
 
 
 def fields(event):
@@ -50,9 +75,12 @@ class RedisStreamSink(BrokerSink):
     lost, retries the events not yet answered (an entry may then be added
     twice: consumers can tell by the C{id} field); a Redis error reply
     (C{OOM}, C{READONLY}, C{LOADING}, C{WRONGTYPE} ...) retries that event
-    (the condition is the server's, not the event's).  Events are never
-    rejected except one that cannot be encoded.  There is no reconnecting in
-    the background: the next batch connects again.
+    (the condition is the server's, not the event's).  Credentials refused
+    (C{WRONGPASS}, C{NOAUTH} while connecting or answering) and rights
+    refused (C{NOPERM}) fail the batch as a whole, one line naming them
+    (L{refused_by}).  Events are never rejected except one that cannot be
+    encoded.  There is no reconnecting in the background: the next batch
+    connects again.
     """
 
     kind = "redis"
@@ -113,7 +141,22 @@ class RedisStreamSink(BrokerSink):
             self._reactor, self._host, self._port, timeout=self.timeout))
         d = defer.Deferred(lambda _: factory.disconnect())
         factory.deferred.addCallback(lambda handler: factory).chainDeferred(d)
-        return d
+        return d.addErrback(self._handshake_failed)
+
+    def _handshake_failed(self, failure):
+        failure.trap(ValueError)
+        match = _HANDSHAKE.match(str(failure.value))
+        if match is None:
+            return failure
+        step, reply = match.groups()
+        if step == "connect":
+            raise Retry(f"cannot connect to {self.target}: {' '.join(reply.split())}")
+        line = refused_by(reply, self.target)
+        if line is not None:
+            raise Retry(line)
+        command = "AUTH" if step == "auth" else f"SELECT {self.db}"
+        raise Retry(f"cannot connect to {self.target}: Redis answered {command} with "
+                    f"{' '.join(reply.split())}")
 
     def prepare(self, event):
         return command(self._head + fields(event))
@@ -137,6 +180,9 @@ class RedisStreamSink(BrokerSink):
 
     def refusal(self, error):
         return f"Redis answered {one_line(error)}"
+
+    def systemic(self, error):
+        return refused_by(error, self.target)
 
 
 def _alive(factory):

@@ -11,7 +11,7 @@ URL, and L{Secrets.scrub} is applied to every error text a sink produces
 """
 
 import base64
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from hermes_tx.exceptions import InvalidConfigurationException
 
@@ -156,7 +156,7 @@ class Secrets:
     """
 
     def __init__(self, *secrets):
-        self._secrets = set()
+        self._replacements = {}  # text to hide -> what shows instead
         for s in secrets:
             self.add(s)
 
@@ -166,7 +166,22 @@ class Secrets:
         values are ignored.
         """
         if secret:
-            self._secrets.update({secret, quote(secret, safe=""), quote(secret)})
+            for form in (secret, quote(secret, safe=""), quote(secret)):
+                self._replacements[form] = MASK
+
+    def add_param(self, name, value):
+        """
+        Remember a query parameter's value: one of at least 8 characters is
+        a secret wherever it shows (L{add}); a shorter one (which may well
+        show in other words) wherever it follows C{name=}, as an echoed URL
+        shows it.
+        """
+        if len(value) >= 8:
+            self.add(value)
+        elif value:
+            for n, v in ((name, value), (quote(name, safe=""), quote(value, safe="")),
+                         (quote_plus(name), quote_plus(value))):
+                self._replacements[f"{n}={v}"] = f"{n}={MASK}"
 
     def add_basic_auth(self, username, password):
         """
@@ -186,9 +201,9 @@ class Secrets:
         @return: C{text} with every known secret replaced by C{***}.
         """
         text = str(text)
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        for secret in sorted(self._replacements, key=len, reverse=True):
             if secret in text:
-                text = text.replace(secret, MASK)
+                text = text.replace(secret, self._replacements[secret])
         return text
 
 

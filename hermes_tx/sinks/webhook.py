@@ -6,7 +6,7 @@ L{WebhookSink}: one HTTP POST per batch, the body a JSON array of events
 
 import hashlib
 import hmac
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from hermes_tx.sinks.base import Unsendable
 from hermes_tx.sinks.httpsink import HttpSink
@@ -46,12 +46,15 @@ class WebhookSink(HttpSink):
     POSTs each batch to a URL as C{application/json}: a JSON array with one
     object per event.
 
-    Outcomes: 2xx confirms the batch; 429 and 503 retry it after
-    C{Retry-After} (seconds or an HTTP date, at most C{max_retry_after});
-    408, 425, other 5xx, timeouts and connection errors retry it; 413 splits
-    it in halves (a single event too large is rejected); any other status
-    (3xx, 4xx) rejects it.  An event that cannot be encoded as strict JSON
-    (NaN) is rejected on its own and the others are sent.
+    Outcomes (L{hermes_tx.sinks.statuses}): 2xx confirms the batch; 400,
+    413 and 422 (its content is refused) split it in halves, down to the
+    single events at fault, which are rejected (see L{HttpSink} for when a
+    change is retried instead); 429 and 503 retry it after C{Retry-After}
+    (seconds or an HTTP date, at most C{max_retry_after}); every other
+    status (5xx, 401, 403, 404, 3xx...), timeouts and connection errors
+    retry it as a whole, with one line naming the cause.  An event that
+    cannot be encoded as strict JSON (NaN) is rejected on its own and the
+    others are sent.
 
     With a secret, each request carries C{X-Hermes-Signature: sha256=<hex>},
     the HMAC-SHA256 of the exact body.  A batch of changes carries
@@ -83,9 +86,8 @@ class WebhookSink(HttpSink):
             secret = read_secret(secret_file)
         secrets = Secrets(secret)
         secrets.add_basic_auth(parsed.username, parsed.password)
-        for value in parsed.params.values():
-            if len(value) >= 8:  # a token; shorter values are not secrets
-                secrets.add(value)
+        for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+            secrets.add_param(name, value)
         HttpSink.__init__(self, parsed.redacted, secrets, _without_userinfo(url),
                           {"Content-Type": "application/json"}, username=parsed.username,
                           password=parsed.password, **http_kwargs)

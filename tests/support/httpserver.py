@@ -1,14 +1,20 @@
 """
 A real twisted.web server in-process that scripts failures for the HTTP
 sinks: each request gets the next behaviour of a script (a callable), and
-everything it accepted is recorded.
+everything it accepted is recorded; and L{NamedReactor}, the reactor with
+host names of a test's own (a Docker Compose service name such as
+C{hook_service}, which no resolver here knows).
 """
 
 import json
 import socket
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import (
+    IHostnameResolver, IHostResolution, IReactorPluggableNameResolver)
 from twisted.web import resource, server
+from zope.interface import implementer
 
 #: behaviours a script may return for one request
 OK = "ok"
@@ -161,3 +167,54 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name):
+        self.name = name
+
+    def cancel(self):
+        pass
+
+
+@implementer(IHostnameResolver)
+class _NamesResolver:
+    def __init__(self, names, fallback):
+        self.names = names
+        self.fallback = fallback
+        self.asked = []
+
+    def resolveHostName(self, resolutionReceiver, hostName, portNumber=0, addressTypes=None,
+                        transportSemantics="TCP"):
+        self.asked.append(hostName)
+        if hostName not in self.names:
+            return self.fallback.resolveHostName(resolutionReceiver, hostName, portNumber,
+                                                 addressTypes, transportSemantics)
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        resolutionReceiver.addressResolved(IPv4Address("TCP", self.names[hostName], portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolution
+
+
+@implementer(IReactorPluggableNameResolver)
+class NamedReactor:
+    """
+    The global reactor, whose name resolver knows C{names} (a dict of host
+    name to IPv4 address) before asking the system's, as Docker's DNS
+    knows a Compose project's service names.  Pass it to a sink as
+    C{reactor}.
+
+    @ivar nameResolver: the resolver; its C{asked} lists the names asked.
+    """
+
+    def __init__(self, names):
+        self.nameResolver = _NamesResolver(names, reactor.nameResolver)
+
+    def installNameResolver(self, resolver):
+        previous, self.nameResolver = self.nameResolver, resolver
+        return previous
+
+    def __getattr__(self, name):
+        return getattr(reactor, name)
