@@ -19,7 +19,6 @@ setup(
         "psycopg2-binary>=2.9",
         "watchdog>=3",
         "prometheus_client>=0.17",
-        "treq>=23.11",
         "txredisapi>=1.6",
         "pika>=1.3",
     ],
