@@ -38,18 +38,12 @@ sys.path.insert(0, ROOT)
 import psycopg2  # noqa: E402
 
 from hermes_tx.outbox.schema import install  # noqa: E402
+from tests.support.fleet import wait_for  # noqa: E402
 from tests.support.pgcluster import Cluster  # noqa: E402
+from tests.support.pipes import PipeReader  # noqa: E402
 from tests.support.twistd import TWISTD, free_port  # noqa: E402
 
 PAD = "x" * 200  # notifications of about 250 bytes a line
-
-
-def wait_for(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Hermes:
@@ -142,26 +136,6 @@ class Poller(threading.Thread):
         return sum(1 for _, _, status in self.health if status != 200)
 
 
-class Reader(threading.Thread):
-    """Reads a descriptor until end of file."""
-
-    def __init__(self, fd):
-        super().__init__(daemon=True)
-        self.fd = fd
-        self.data = bytearray()
-
-    def run(self):
-        while True:
-            chunk = os.read(self.fd, 1 << 16)
-            if not chunk:
-                break
-            self.data += chunk
-        os.close(self.fd)
-
-    def lines(self):
-        return bytes(self.data).count(b"\n")
-
-
 class Sender(threading.Thread):
     """
     Every 100 ms, 100 notifications on C{stall} and 10 outbox changes on
@@ -226,7 +200,7 @@ class Bench:
         rfd, wfd = os.pipe()
         hermes = Hermes(["--dsn", self.dsn, "-c", "stall", "--outbox", "t"], wfd,
                         os.path.join(self.logs, "full-pipe.log"))
-        reader = Reader(rfd)
+        reader = PipeReader(rfd)
         try:
             hermes.wait_started("consuming outbox topics")
             hermes.wait_started("listening on")
@@ -250,7 +224,7 @@ class Bench:
         reader.join(30)
         received = re.search(rb'hermes_notifications_received_total\{channel="stall"\} ([0-9.e+]+)',
                              metrics)
-        records = [json.loads(line) for line in bytes(reader.data).splitlines()]
+        records = reader.records()
         notes = [int(r["payload"].split()[0]) for r in records if r["kind"] == "notification"]
         changes = [r["data"]["n"] for r in records if r["kind"] == "change"]
         note_lost, note_dup = counted(notes, sender.notes)

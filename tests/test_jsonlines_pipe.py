@@ -12,7 +12,6 @@ import json
 import os
 import re
 import tempfile
-import threading
 import time
 
 from twisted.internet import defer, error, reactor, threads
@@ -23,31 +22,9 @@ from hermes_tx.events import Change, Event
 from hermes_tx.processors import JsonLinesProcessor
 from hermes_tx.queues import EventQueue
 from tests.support.outbox import OutboxDatabase, quoted
+from tests.support.pipes import PipeReader
 from tests.support.shared import sleep, wait_until
 from tests.support.twistd import ROOT, TWISTD, Twistd, free_port
-
-
-class PipeReader(threading.Thread):
-    """
-    Reads a pipe's read end until end of file, once started.
-    """
-
-    def __init__(self, fd):
-        super().__init__(daemon=True)
-        self.fd = fd
-        self.data = bytearray()
-
-    def run(self):
-        while True:
-            chunk = os.read(self.fd, 1 << 16)
-            if not chunk:
-                break
-            self.data += chunk
-        os.close(self.fd)
-
-    def records(self):
-        """@return: the complete lines read so far, parsed."""
-        return [json.loads(line) for line in bytes(self.data).split(b"\n")[:-1]]
 
 
 class Claim:
@@ -200,8 +177,7 @@ class TwistdFullPipeTests(OutboxDatabase, unittest.TestCase):
             _, metrics, _ = yield get("/metrics")
             pending = len(self.outbox())
             reader.start()
-            yield wait_until(lambda: len(reader.data.split(b"\n")) > notes + changes, timeout=60,
-                             what="every line")
+            yield wait_until(lambda: reader.lines() > notes + changes, timeout=60, what="every line")
             yield wait_until(lambda: not self.outbox(), timeout=30, what="an empty outbox")
         finally:
             transport.signalProcess("TERM")
