@@ -19,7 +19,6 @@ from hermes_tx.output.jsonline import json_line  # noqa: F401 (its home before h
 from hermes_tx.output.owed import OwedLines
 from hermes_tx.output.worker import ThreadWorker
 from hermes_tx.output.writer import LineWriter, WriteFailed
-from hermes_tx.runloop import ConsumerLoop
 from hermes_tx.strategies import TERMINATE, CommonErrorStrategy
 
 #: Hand buffered lines to the writer thread after this many even while more
@@ -31,6 +30,9 @@ MAX_BUFFERED = 1 << 20
 #: At a stop, a write that has been in the thread this long (seconds) is
 #: stuck: what is not written yet is reported at once, not waited for.
 STALLED = 1.0
+#: Seconds of work through a backlog after which C{execute} gives the
+#: reactor a turn (the consumer loop's own budget, per batch here).
+TURN_BUDGET = 0.01
 
 
 class OutputClosed(HermesException):
@@ -202,14 +204,14 @@ class JsonLinesProcessor(Component):
 
     def _turn(self, item):
         """
-        @return: C{item}, or after L{ConsumerLoop.turn_budget} seconds of
-            work without a wait, a Deferred firing with it on the next
+        @return: C{item}, or after L{TURN_BUDGET} seconds of work
+            without a wait, a Deferred firing with it on the next
             reactor turn: a backlog worked through in batches gives the
             reactor (its timers, the writer's results, the status
             endpoint) a turn as often as one taken an event at a time.
         """
         now = self.clock.seconds()
-        if now - self._turn_began < ConsumerLoop.turn_budget:
+        if now - self._turn_began < TURN_BUDGET:
             return item
         self._turn_began = now
         return task.deferLater(self.clock, 0, lambda: item)

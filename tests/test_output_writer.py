@@ -318,6 +318,43 @@ class CloseTests(WriterCase):
         self.assertTrue(out.closed)
         self.assertEqual(w.lines_unwritten, 1)
 
+    def test_close_while_a_write_fails(self):
+        out = FakeRawFile(5, full())
+        w = self.make(out)
+        d = w.when_written(w.append(line(1)))
+        closed = w.close()
+        self.failureResultOf(d, WriteFailed)
+        self.worker.run_all()
+        self.successResultOf(closed)
+        self.assertEqual((out.data, out.closed, w.lines_unwritten), (line(1)[:5], True, 1))
+
+    def test_close_while_reopening(self):
+        """
+        Both the old file and the one the reopen opened are closed.
+        """
+        old, new = FakeRawFile(), FakeRawFile()
+        w = self.make(old, new)
+        w.reopen()
+        closed = w.close()
+        self.worker.run_all()
+        self.successResultOf(closed)
+        self.assertEqual((old.closed, new.closed), (True, True))
+
+    def test_close_while_starting(self):
+        """
+        A stop before the first open returned: the start fails, the file
+        it opened is closed.
+        """
+        worker = ManualWorker()
+        out = FakeRawFile()
+        w = LineWriter(worker, lambda: RawOutput(out, owned=True), task.Clock(), "x")
+        started = w.start()
+        closed = w.close()
+        worker.run_all()
+        self.failureResultOf(started, WriteFailed)
+        self.successResultOf(closed)
+        self.assertTrue(out.closed)
+
     def test_start_fails(self):
         worker = ManualWorker()
 

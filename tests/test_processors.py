@@ -20,7 +20,7 @@ from twisted.trial import unittest
 
 from hermes_tx.events import Event, strict_json_loads
 from hermes_tx.outcomes import Retry
-from hermes_tx.processors import FLUSH_EVERY, JsonLinesProcessor, json_line
+from hermes_tx.processors import FLUSH_EVERY, TURN_BUDGET, JsonLinesProcessor, json_line
 from tests.support.shared import capture_log
 from tests.support.workers import FakeRawFile, ManualWorker, full
 
@@ -188,6 +188,22 @@ class JsonLinesProcessorTests(ProcessorCase):
             os.dup2(saved, 1)
         with open(path, encoding="utf-8") as f:
             self.assertEqual(json.loads(f.read())["payload"], "to fd 1")
+
+    def test_a_long_backlog_gives_the_reactor_turns(self):
+        """
+        Working through a backlog without waiting, execute gives the
+        reactor a turn (a Deferred firing on its next turn) once
+        TURN_BUDGET seconds of work went by without one, not before.
+        """
+        p = self.set_up(self.make(FakeRawFile(), queued=["more"]))
+        events = [Event("notification", "c", str(i), 1, 0.0) for i in range(3)]
+        self.assertIs(p.execute(events[0]), events[0])
+        p.clock.advance(TURN_BUDGET)
+        turn = p.execute(events[1])
+        self.assertNoResult(turn)
+        p.clock.advance(0)
+        self.assertIs(self.successResultOf(turn), events[1])
+        self.assertIs(p.execute(events[2]), events[2])
 
     def test_cannot_open(self):
         """
