@@ -348,6 +348,32 @@ class WriteErrorTests(ProcessorCase):
         self.assertIn("1 buffered line(s) could not be written", text)
         self.assertIn("No space left on device", text)
 
+    def test_tear_down_does_not_wait_for_a_stuck_write(self):
+        """
+        A stop while a write has been in the thread for a second or more
+        (nobody reads): one line at once, nothing waited for; the event
+        waiting for its line gets Retry.
+        """
+        p = self.set_up(self.make(FakeRawFile()))
+        waiting = p.execute(self.event(1))
+        p.clock.advance(2)
+        events = capture_log(self)
+        self.assertIsNone(p.tear_down())
+        self.assertEqual(len(events), 1)
+        self.assertIn("1 buffered line(s) could not be written to ", formatEvent(events[0]))
+        self.assertIn(": it has taken nothing for 2 s", formatEvent(events[0]))
+        self.failureResultOf(waiting, Retry)
+
+    def test_tear_down_waits_at_most_half_the_shutdown_timeout(self):
+        p = self.set_up(self.make(FakeRawFile(), queued=["more"]))
+        self.execute(p, self.event(1))  # buffered, not handed over
+        events = capture_log(self)
+        d = p.tear_down()  # hands it over; the thread never answers
+        p.clock.advance(p.shutdown_timeout / 2)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIn("1 buffered line(s) could not be written to ", formatEvent(events[0]))
+        self.assertIn(": it took nothing for 5 s", formatEvent(events[0]))
+
     def test_tear_down_writes_what_is_buffered(self):
         out = FakeRawFile()
         p = self.set_up(self.make(out, queued=["more"]))
