@@ -3,7 +3,7 @@ Processors for the tests of C{twistd hermes} (loaded with
 C{--processor tests.support.processors:NAME}).
 """
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from hermes_tx.components import Component
 from hermes_tx.processors import JsonLinesProcessor
@@ -12,7 +12,8 @@ from hermes_tx.processors import JsonLinesProcessor
 class PassThrough(JsonLinesProcessor):
     """
     A processor written the common way: all arguments passed on to the base
-    class.  A payload C{slow:SECONDS} is written at once and then takes
+    class, and what the base class's C{execute} returns passed on (it may
+    be a Deferred).  A payload C{slow:SECONDS} is written and then takes
     that long (to make a stop slow).
     """
 
@@ -20,11 +21,12 @@ class PassThrough(JsonLinesProcessor):
         super().__init__(*args, **kwargs)
 
     def execute(self, event):
-        super().execute(event)
+        written = super().execute(event)  # the event, or a Deferred of it
         payload = getattr(event, "payload", None) or ""
-        if payload.startswith("slow:"):
-            return task.deferLater(reactor, float(payload[5:]), lambda: event)
-        return event
+        if not payload.startswith("slow:"):
+            return written
+        d = written if isinstance(written, defer.Deferred) else defer.succeed(written)
+        return d.addCallback(lambda _: task.deferLater(reactor, float(payload[5:]), lambda: event))
 
 
 class BareKwargs(Component):
