@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from hermes_tx.events import Change, Event
 from hermes_tx.processors import FLUSH_EVERY, JsonLinesProcessor, OutputClosed
-from hermes_tx.queues import EventQueue
+from hermes_tx.runtime.queue import EventQueue
 from tests.support.shared import capture_log
 from tests.support.workers import FakeRawFile, ManualWorker, full
 

@@ -20,7 +20,7 @@ from twisted.web.client import Agent, readBody
 
 from hermes_tx.events import Change, Event
 from hermes_tx.processors import JsonLinesProcessor
-from hermes_tx.queues import EventQueue
+from hermes_tx.runtime.queue import EventQueue
 from tests.support.outbox import OutboxDatabase, quoted
 from tests.support.pipes import PipeReader
 from tests.support.shared import sleep, wait_until
