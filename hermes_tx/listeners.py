@@ -9,6 +9,13 @@ connection that the server is not a standby, LISTEN, deliver, until the
 connection is lost or the listener stops.  The listener's
 L{hermes_tx.runtime.supervisor.Supervisor} starts the next run after its backoff,
 which starts again from the shortest delay once a run was LISTENing.
+
+Each run also proves that its LISTEN hears
+(L{hermes_tx.sources.listencheck.ListenCheck}): a probe notification sent
+from another connection must come back.  When it does not (a
+transaction-pooling proxy is the usual cause) the listener says so in one
+line and is not ready (L{PostgresNotificationListener.deaf}) until a probe
+comes back.
 """
 
 from collections import Counter
@@ -16,11 +23,13 @@ from operator import attrgetter
 
 from twisted.logger import Logger
 
+from hermes_tx.connectors import PostgresConnector
 from hermes_tx.events import PAYLOAD_FORMATS, Event, decode_json_payload
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.postgres.channels import validate_channels
 from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.sources.component import ConnectedComponent
+from hermes_tx.sources.listencheck import new_connection_sender, private_channel
 from hermes_tx.sources.listening import LISTENING, ListenRun
 
 #: The listener's states besides C{STOPPED} (which is also the outcome of a
@@ -37,6 +46,13 @@ QUIET_RECONNECT = 1.0
 #: seconds between two log lines about payloads that are not JSON
 UNDECODABLE_EVERY = 10.0
 
+#: seconds between two log lines about listen-check probes that failed
+PROBE_FAILED_EVERY = 600.0
+
+#: what a deaf LISTEN's log line and readiness add: the usual cause
+DEAF_HINT = ("a transaction-pooling proxy (pgbouncer pool_mode=transaction) is the usual "
+             "cause: connect directly or through session pooling")
+
 
 class PostgresNotificationListener(ConnectedComponent):
     """
@@ -48,7 +64,13 @@ class PostgresNotificationListener(ConnectedComponent):
     a run that was LISTENing resets it), which LISTENs again and queues a
     C{"resync"} event.  A liveness probe (C{SELECT 1} every
     C{liveness_interval} seconds) declares a connection dead that does not
-    answer within C{liveness_timeout} seconds.
+    answer within C{liveness_timeout} seconds.  A listen check proves that
+    each LISTEN hears: a probe notification on a private channel
+    (C{check_channel}) is sent from a new, short-lived connection once
+    LISTEN succeeded, and again every C{listen_check_interval} seconds
+    while nothing else arrives; if it does not come back within
+    C{listen_check_timeout} seconds the listener logs one line and is
+    L{deaf}.
 
     @ivar state: C{"stopped"}, C{"connecting"}, C{"listening"},
         C{"waiting"} (for the next run) or C{"stopping"}.
@@ -69,6 +91,9 @@ class PostgresNotificationListener(ConnectedComponent):
         liveness_timeout=10.0,
         liveness_interval=1.0,
         payload_format="text",
+        listen_check_timeout=5.0,
+        listen_check_interval=30.0,
+        listen_probe=None,
     ):
         """
         @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
@@ -90,6 +115,15 @@ class PostgresNotificationListener(ConnectedComponent):
         @param payload_format: C{"text"} (payloads as sent) or C{"json"}
             (also decode each payload into C{event.data}; one that does not
             decode is logged and delivered with C{event.decode_error}).
+        @param listen_check_timeout: seconds a listen-check probe may take
+            to be sent, then to come back (C{None}: no listen check).
+        @param listen_check_interval: seconds between listen-check probes
+            while nothing else shows the LISTEN hears.
+        @param listen_probe: C{send(channel, payload)} returning a Deferred
+            that fires once that NOTIFY is committed, sending each probe;
+            C{None}: a new, short-lived connection per probe
+            (L{hermes_tx.sources.listencheck.new_connection_sender}) when
+            C{pg_connector} is a L{PostgresConnector}, else no listen check.
         @raise InvalidConfigurationException: a channel name or the payload
             format is invalid.
         """
@@ -116,13 +150,61 @@ class PostgresNotificationListener(ConnectedComponent):
         #: when the last notification arrived (clock seconds), or None
         self.last_notification_at = None
         self._undecodable_lines = LogLimit(self.clock, 1, UNDECODABLE_EVERY)
+        self.listen_check_timeout = listen_check_timeout
+        self.listen_check_interval = listen_check_interval
+        if listen_probe is None and isinstance(pg_connector, PostgresConnector):
+            listen_probe = new_connection_sender(pg_connector, listen_check_timeout)
+        #: what sends the listen-check probes (C{None}: no check)
+        self.listen_probe = listen_probe
+        checked = listen_check_timeout is not None and listen_probe is not None
+        #: the listen check's private channel (C{None}: no check)
+        self.check_channel = private_channel(self.channels) if checked else None
+        #: why the last listen-check probe says LISTEN hears nothing (and the
+        #: usual cause), or None
+        self.deaf = None
+        #: listen-check probes by outcome: heard, deaf, failed (for metrics)
+        self.listen_probes = Counter()
+        self._probe_failed_lines = LogLimit(self.clock, 1, PROBE_FAILED_EVERY)
 
     @property
     def is_listening(self):
         return self.state == LISTENING
 
+    @property
+    def hears(self):
+        """
+        True while listening and not L{deaf}.
+        """
+        return self.state == LISTENING and self.deaf is None
+
     def _new_run(self):
         return ListenRun(self)
+
+    # -- the listen check (called by its run) ---------------------------------
+
+    def listen_heard(self):
+        """A probe came back: the LISTEN hears."""
+        self.listen_probes["heard"] += 1
+        if self.deaf is not None:
+            self.deaf = None
+            self.log.info("{ident}: LISTEN hears again (a probe notification came back)",
+                          ident=self.ident)
+
+    def listen_deaf(self, reason):
+        """A probe did not come back: one line, the first time."""
+        self.listen_probes["deaf"] += 1
+        if self.deaf is None:
+            self.deaf = f"{reason}; {DEAF_HINT}"
+            self.log.warn("{ident}: LISTEN hears nothing: {deaf}", ident=self.ident,
+                          deaf=self.deaf)
+
+    def listen_unproven(self, reason):
+        """A probe could not be sent: that says nothing about the LISTEN."""
+        self.listen_probes["failed"] += 1
+        more = self._probe_failed_lines.allow()
+        if more is not None:
+            self.log.warn("{ident}: could not check that LISTEN hears: {reason}{more}",
+                          ident=self.ident, reason=reason, more=more)
 
     # -- events ---------------------------------------------------------------
 

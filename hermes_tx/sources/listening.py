@@ -1,24 +1,31 @@
-# -*- test-case-name: tests.test_client_memory,tests.test_listeners -*-
+# -*- test-case-name: tests.test_client_memory,tests.test_listeners,tests.test_listencheck -*-
 """
 L{ListenRun}: one connection's life of a
 L{hermes_tx.listeners.PostgresNotificationListener}: connect, check on that
 very connection that the server is not a standby, LISTEN, deliver (pausing
-for back-pressure, probing for liveness), until the connection is lost or
-the listener stops.
+for back-pressure, probing for liveness, proving that the LISTEN hears),
+until the connection is lost or the listener stops.
 """
+
+from operator import attrgetter
 
 from hermes_tx.exceptions import ConnectionLostError
 from hermes_tx.postgres.channels import listen_statement
 from hermes_tx.postgres.liveness import LivenessProbe
+from hermes_tx.sources.listencheck import ListenCheck, sift
 from hermes_tx.sources.run import ConnectionRun
 
 CONNECTING, LISTENING = "connecting", "listening"
+
+_channel_of = attrgetter("channel")
 
 
 class ListenRun(ConnectionRun):
     """
     One connection's life (see L{ConnectionRun}): it owns the connection's
-    liveness probe and its back-pressure pause.
+    liveness probe, its back-pressure pause and its L{ListenCheck} (which
+    LISTENs on the listener's private C{check_channel} too, and keeps what
+    arrives there from the queue).
 
     @ivar state: C{"connecting"}, C{"listening"}, C{"stopping"} or
         C{"ended"}.
@@ -32,9 +39,15 @@ class ListenRun(ConnectionRun):
         self.listener = listener
         self._probe = None
         self._paused_conn = None  # the connection whose reading is paused
+        self._private = listener.check_channel  # None: no listen check
+        self._check = None
+        self._own_pid = None
 
     def _listen_statement(self):
-        return listen_statement(self.listener.channels)
+        channels = self.listener.channels
+        if self._private is not None:
+            channels = channels + [self._private]
+        return listen_statement(channels)
 
     def _working(self, session):
         listener = self.listener
@@ -48,8 +61,19 @@ class ListenRun(ConnectionRun):
                 activity=lambda: listener.last_notification_at,
             )
             self._probe.start()
+        if self._private is not None:
+            # Through a proxy this is the proxy's key, not a server pid: all
+            # that matters is that hermes NOTIFYs nothing on this connection.
+            self._own_pid = session.conn.get_backend_pid()
+            self._check = ListenCheck(
+                listener.clock, listener.listen_probe, self._private,
+                listener.listen_heard, listener.listen_deaf, listener.listen_unproven,
+                interval=listener.listen_check_interval, timeout=listener.listen_check_timeout,
+            )
         listener.began_listening(listener.clock.seconds())
         self.on_ready()
+        if self._check is not None and self.is_working:
+            self._check.start()
 
     def _probe_unanswered(self):
         self.lose(ConnectionLostError(
@@ -60,11 +84,25 @@ class ListenRun(ConnectionRun):
         if self._probe is not None:
             self._probe.stop()
             self._probe = None
+        if self._check is not None:
+            self._check.stop()
         self._paused_conn = None
 
     # -- notifications and back-pressure --------------------------------------
 
     def notifies(self, batch):
+        private = self._private
+        check = self._check
+        if private is not None and private in map(_channel_of, batch):
+            # The listen check's probes: never the processor's.
+            batch, payloads = sift(batch, private)
+            if check is not None:
+                for payload in payloads:
+                    check.received(payload)
+            if not batch:
+                return
+        if check is not None and batch[-1].pid != self._own_pid:
+            check.others_heard()
         if self.listener.receive(batch) and self.is_working:
             self._pause()
 
@@ -79,6 +117,8 @@ class ListenRun(ConnectionRun):
         self.listener.pauses += 1
         if self._probe is not None:
             self._probe.stop()  # a probe's reply would read the whole backlog
+        if self._check is not None:
+            self._check.pause()  # its notification cannot be read meanwhile
         self.listener.notif_queue.on_space(self._resume)
 
     def _resume(self):
@@ -87,4 +127,6 @@ class ListenRun(ConnectionRun):
             return
         if self._probe is not None:
             self._probe.start()
+        if self._check is not None:
+            self._check.resume()
         conn.resume_reading()

@@ -56,10 +56,24 @@ class ClientCollector:
         for name in ROLES:
             role.add_metric([name], 1 if client.role == name else 0)
         yield role
+        listening = bool(getattr(listener, "is_listening", False))
+        deaf = listening and getattr(listener, "deaf", None) is not None
         yield GaugeMetricFamily(
-            "hermes_listening", "1 while the listener is listening",
-            value=1 if getattr(listener, "is_listening", False) else 0,
+            "hermes_listening", "1 while the listener is listening (and its LISTEN is not deaf)",
+            value=1 if listening and not deaf else 0,
         )
+        yield GaugeMetricFamily(
+            "hermes_listen_deaf",
+            "1 while the listener listens and its last listen-check probe did not come back",
+            value=1 if deaf else 0,
+        )
+        probes = CounterMetricFamily(
+            "hermes_listen_probes", "Listen-check probes, by outcome (heard, deaf, failed)",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(getattr(listener, "listen_probes", {}).items()):
+            probes.add_metric([outcome], count)
+        yield probes
         yield GaugeMetricFamily(
             "hermes_queue_depth", "Events queued for the processor",
             value=len(getattr(client.notification_queue, "pending", ())),

@@ -11,7 +11,8 @@ from hermes_tx.runtime.breaker import CLOSED
 def readiness(client):
     """
     @return: C{(ready, details)}: ready is True when the server is the
-        primary, the listener is listening, the outbox consumer (if any) is
+        primary, the listener is listening and its LISTEN is not known to
+        hear nothing (its C{deaf}), the outbox consumer (if any) is
         consuming and the processor is working (not terminated, not paused
         by its circuit breaker, not stuck on one event for longer than its
         C{execute_timeout}); details is a dict for humans.
@@ -19,11 +20,14 @@ def readiness(client):
     listener = client.listener
     processor = client.processor
     listening = bool(getattr(listener, "is_listening", False))
-    details = {"role": client.role, "listening": listening}
+    deaf = getattr(listener, "deaf", None) if listening else None
+    details = {"role": client.role, "listening": listening and deaf is None}
     if client.role != PRIMARY:
         details["reason"] = f"server role is {client.role}"
     elif listener is not None and not listening:
         details["reason"] = f"listener is {getattr(listener, 'state', 'missing')}"
+    elif deaf is not None:
+        details["reason"] = f"listener's LISTEN hears nothing: {deaf}"
     elif client.outbox is not None and not client.outbox.is_consuming:
         details["reason"] = f"outbox consumer is {client.outbox.state}"
     elif processor is not None and getattr(processor, "terminated", None) is not None:
