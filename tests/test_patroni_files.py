@@ -12,7 +12,7 @@ import shlex
 from psycopg2.extensions import parse_dsn
 from twisted.trial import unittest
 
-from hermes_tx import tap
+from hermes_tx.twistd import Options
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "patroni")
 #: ports the recipe must not use: the usual PostgreSQL's, and those of
@@ -85,7 +85,7 @@ class PatroniFilesTests(unittest.TestCase):
         cluster.dsn, and one per node watching that node's data directory as
         postgres; every option is one C{twistd hermes} has.
         """
-        known = set(tap.Options().synonyms)
+        known = set(Options().synonyms)
         commands = hermes_commands()
         watched = {}
         for words in commands:
