@@ -33,6 +33,11 @@ from hermes_tx.runtime.backoff import Backoff, backoff_policy
 from hermes_tx.runtime.gate import ComponentGate
 
 
+#: role checks in a row that must find no host before components running on
+#: the primary are stopped (one check that times out never stops them)
+UNANSWERED_CHECKS = 2
+
+
 class Client(ComponentGate):
     """
     Keeps one listener and one processor running while the server is the
@@ -138,6 +143,7 @@ class Client(ComponentGate):
         self._window = None
         self._watcher = None
         self._file_logged_at = None  # when a failover-file event was last logged
+        self._unanswered = 0  # role checks in a row that found no host, while primary
 
     def _make_probes(self, params, connector, factory):
         if connector is not None:
@@ -200,6 +206,7 @@ class Client(ComponentGate):
             probe.close()
         self.role = UNKNOWN  # nobody is looking any more
         self.primary_host = None
+        self._unanswered = 0
         self._role_log.reset()
         return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
 
@@ -230,6 +237,15 @@ class Client(ComponentGate):
         if not self.running:
             return
         old = self.role
+        if result.role == UNKNOWN and old == PRIMARY:
+            # No host answered while the components work on the primary: a
+            # check that timed out (a busy host, a slow network) is not a
+            # change of role.  Only a second check in a row that finds no
+            # host stops them (the next comes within failover_interval).
+            self._unanswered += 1
+            if self._unanswered < UNANSWERED_CHECKS:
+                return
+        self._unanswered = 0
         self._role_log.record(old, result)
         self.role = result.role
         if result.role == PRIMARY:

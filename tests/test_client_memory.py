@@ -59,6 +59,31 @@ class _Memory:
         return client, listen, collector
 
 
+class UnansweredCheckTests(_Memory, unittest.TestCase):
+    def test_one_check_without_an_answer_stops_nothing(self):
+        """
+        One role check that finds no host (a check timing out on a busy
+        machine) is no change of role: the components keep running, the
+        role stays primary and nothing is logged as a role change; two in
+        a row stop them.
+        """
+        client, listen, collector = self.make()
+        self.role.answer = DOWN
+        self.clock.advance(1.0)
+        self.assertEqual(client.role, "primary")
+        self.assertTrue(client.listener.running and client.processor.running)
+        self.role.answer = "primary"
+        self.clock.advance(1.0)
+        self.assertEqual(collector.kinds(), ["start"])
+        self.assertEqual(client_lines(self.log, LogLevel.info).count("role: primary -> unknown"), 0)
+        self.role.answer = DOWN
+        self.clock.advance(1.0)
+        self.assertTrue(client.processor.running)
+        self.clock.advance(0.25)  # the next check comes within failover_interval
+        self.assertEqual(client.role, "unknown")
+        self.assertFalse(client.listener.running or client.processor.running)
+
+
 class RoleFlappingTests(_Memory, unittest.TestCase):
     def test_primary_standby_primary(self):
         """
@@ -292,12 +317,12 @@ class StopOrderTests(_Memory, unittest.TestCase):
 
     def test_a_stop_overtaken_by_a_start_leaves_the_components_running(self):
         """
-        The role is unknown for one check while the processor finishes its
-        event, then primary again: once the event is done, the listener
+        The server is a standby for one check while the processor finishes
+        its event, then primary again: once the event is done, the listener
         and the processor run.
         """
         client, listener, processor = self.make_holding()
-        self.role.answer = DOWN
+        self.role.answer = "standby"
         self.clock.advance(1.0)
         self.assertFalse(processor.running)
         self.role.answer = "primary"
