@@ -61,7 +61,6 @@ class Component(BaseComponent):
         by a success).
     """
 
-    _wired_pipe = False  # True when a Client supplied notification_pipe
     #: C{None}, or the largest batch in batch mode (see C{__init__})
     max_batch = None
     #: C{None}, or seconds an C{execute} Deferred may take (see C{__init__})

@@ -513,3 +513,43 @@ class ListenerRunTests(_Memory, unittest.TestCase):
         self.assertFalse(listener.is_alive())
         self.assertEqual(listener.state, "stopped")
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class OneQueueTests(unittest.TestCase):
+    """
+    Every source and the processor share one queue: a component bringing a
+    queue nobody else reads is a configuration error, not silence.
+    """
+
+    def client(self):
+        return Client("host=db", clock=task.Clock(), connector=FakeRoleConnector())
+
+    def listener(self, queue=None):
+        return PostgresNotificationListener(FakeListenConnector(), "c", notif_queue=queue,
+                                            liveness_timeout=None)
+
+    def test_a_first_source_brings_the_queue(self):
+        from hermes_tx.runtime.queue import EventQueue
+
+        client = self.client()
+        processor = Collector()
+        client.add_processor(processor)
+        mine = EventQueue()
+        client.add_listener(self.listener(mine))
+        self.assertIs(client.notification_queue, mine)
+        self.assertIs(processor.notification_pipe, mine)
+
+    def test_a_second_queue_is_refused(self):
+        from hermes_tx.exceptions import InvalidConfigurationException
+        from hermes_tx.runtime.queue import EventQueue
+
+        client = self.client()
+        client.add_listener(self.listener())
+        consumer = PostgresNotificationListener(FakeListenConnector(), "d", notif_queue=EventQueue(),
+                                                liveness_timeout=None)
+        error = self.assertRaises(InvalidConfigurationException, client.add_outbox, consumer)
+        self.assertIn("must share one queue", str(error))
+        processor = Collector()
+        processor.notification_pipe = EventQueue()
+        error = self.assertRaises(InvalidConfigurationException, client.add_processor, processor)
+        self.assertIn("brings its own notification_pipe", str(error))

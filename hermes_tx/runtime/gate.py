@@ -45,6 +45,7 @@ class ComponentGate(service.MultiService):
         self.listener = None
         self.outbox = None
         self.processor = None
+        self._wired_processor = False  # the processor reads the queue this gate gave it
         self._error_wait = None
         self._failure_observers = []
         # Bumped by every start and stop of the components: a stop sequence
@@ -92,28 +93,52 @@ class ComponentGate(service.MultiService):
         self._pace_outbox()
 
     def _add_source(self, source):
-        if getattr(source, "notif_queue", None) is None:
+        own = getattr(source, "notif_queue", None)
+        if own is None:
             source.notif_queue = self.notification_queue
-        else:
-            # The user brought a queue: the processor reads that one.
-            self.notification_queue = source.notif_queue
-            if self.processor is not None and self.processor._wired_pipe:
-                self.processor.notification_pipe = self.notification_queue
+        elif own is not self.notification_queue:
+            # The user brought a queue: every source and the processor
+            # must share it, or events would go where nobody reads.
+            if self._queue_taken():
+                raise InvalidConfigurationException(
+                    "the listener, the outbox consumer and the processor must share one queue: "
+                    "this source brings its own, but the Client's is already in use "
+                    "(give none, or the same one to all)")
+            self.notification_queue = own
+            if self._wired_processor:
+                self.processor.notification_pipe = own
         self._wire(source)
         source.setServiceParent(self)
+
+    def _queue_taken(self):
+        """
+        @return: True when a source or a processor that brought its own
+            pipe already uses the Client's queue.
+        """
+        return (self.listener is not None or self.outbox is not None
+                or (self.processor is not None and not self._wired_processor))
 
     def add_processor(self, processor):
         """
         Add the processor (a L{hermes_tx.components.Component} whose
         C{execute} handles each event).
 
-        @raise InvalidConfigurationException: not a component, or a processor
-            was already added.
+        @raise InvalidConfigurationException: not a component, a processor
+            was already added, or it brings a queue of its own that is not
+            the sources' (every source and the processor share one queue).
         """
         self._check(processor, "processor", self.processor)
-        processor._wired_pipe = getattr(processor, "notification_pipe", None) is None
-        if processor._wired_pipe:
+        own = getattr(processor, "notification_pipe", None)
+        if own is None:
             processor.notification_pipe = self.notification_queue
+        elif own is not self.notification_queue:
+            if self.listener is not None or self.outbox is not None:
+                raise InvalidConfigurationException(
+                    "the listener, the outbox consumer and the processor must share one queue: "
+                    "this processor brings its own notification_pipe, the sources use the "
+                    "Client's (give none, or the same one to all)")
+            self.notification_queue = own
+        self._wired_processor = own is None
         self._wire(processor)
         self.processor = processor
         processor.setServiceParent(self)
