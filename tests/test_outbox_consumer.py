@@ -254,6 +254,42 @@ class HungBackendTests(_Consuming, unittest.TestCase):
         self.assertEqual(consumer.reconnects, 1)
 
 
+class PermanentErrorTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_missing_grants_back_off_with_one_clear_line(self):
+        """
+        A consumer whose role may connect and LISTEN but not claim: each
+        connection fails at its first claim, the run never counts as ready,
+        so reconnects back off (0.1, 0.2, 0.4 ... s: a handful in 3 s, not
+        thirty), each loss one line naming the cause, and /ready says the
+        consumer is waiting.
+        """
+        from hermes_tx.client import Client
+        from hermes_tx.connectors import PostgresConnector
+        from hermes_tx.outbox.consumer import OutboxConsumer
+        from hermes_tx.status.readiness import readiness
+
+        log = capture_log(self)
+        self.query("DROP ROLE IF EXISTS hermes_nogrants")
+        self.query("CREATE ROLE hermes_nogrants LOGIN")
+        self.addCleanup(self.query, "DROP ROLE IF EXISTS hermes_nogrants")
+        dsn = self.cluster.dsn(self.dbname, user="hermes_nogrants")
+        client = Client(self.dsn, role_check_interval=0.5)
+        consumer = OutboxConsumer(PostgresConnector(dsn), ["t"], backoff_limit=16)
+        client.add_outbox(consumer)
+        client.add_processor(Recorder())
+        client.startService()
+        self.addCleanup(lambda: client.stopService() if client.running else None)
+        yield sleep(3.0)
+        self.assertTrue(2 <= consumer.reconnects <= 6, consumer.reconnects)
+        lines = [formatEvent(e) for e in log if "reconnecting in" in formatEvent(e)]
+        self.assertTrue(lines)
+        self.assertIn("InsufficientPrivilege: permission denied for schema hermes", lines[0])
+        ready, details = readiness(client)
+        self.assertFalse(ready)
+        self.assertRegex(details["reason"], "outbox consumer is (waiting|connecting)")
+
+
 class VisibilityTests(_Consuming, unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_slow_processor_keeps_its_claim(self):

@@ -96,7 +96,7 @@ class StatusServiceTests(unittest.TestCase):
             'hermes_notifications_processed_total{channel="Metric-Chan"} 2.0',
             'hermes_notifications_processed_total{channel="other"} 1.0',
             "hermes_processor_failures_total 1.0",
-            "hermes_reconnects_total 0.0",
+            'hermes_reconnects_total{source="listener"} 0.0',
             "hermes_resync_events_total 0.0",
             'hermes_role{role="primary"} 1.0',
             'hermes_role{role="standby"} 0.0',

@@ -44,10 +44,14 @@ class ClientCollector:
             "hermes_processor_failures", "Exceptions raised while processing events",
             value=getattr(processor, "failures", 0),
         )
-        yield CounterMetricFamily(
-            "hermes_reconnects", "Listener reconnect attempts after a lost connection",
-            value=getattr(listener, "reconnects", 0),
+        reconnects = CounterMetricFamily(
+            "hermes_reconnects", "Lost or failed connections of a source, each followed by a reconnect",
+            labels=["source"],
         )
+        for name, source in (("listener", listener), ("outbox", client.outbox)):
+            if source is not None:
+                reconnects.add_metric([name], getattr(source, "reconnects", 0))
+        yield reconnects
         yield CounterMetricFamily(
             "hermes_resync_events", "Resync events queued after a gap in listening",
             value=getattr(listener, "resyncs", 0),

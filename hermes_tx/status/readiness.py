@@ -25,11 +25,11 @@ def readiness(client):
     if client.role != PRIMARY:
         details["reason"] = f"server role is {client.role}"
     elif listener is not None and not listening:
-        details["reason"] = f"listener is {getattr(listener, 'state', 'missing')}"
+        details["reason"] = "listener is " + _source_state(listener)
     elif deaf is not None:
         details["reason"] = f"listener's LISTEN hears nothing: {deaf}"
     elif client.outbox is not None and not client.outbox.is_consuming:
-        details["reason"] = f"outbox consumer is {client.outbox.state}"
+        details["reason"] = "outbox consumer is " + _source_state(client.outbox)
     elif processor is not None and getattr(processor, "terminated", None) is not None:
         details["reason"] = "processor terminated: " + one_line(processor.terminated.error)
     elif processor is not None and not processor.running:
@@ -44,6 +44,21 @@ def readiness(client):
         if stuck is not None:
             details["reason"] = f"processor busy with one event for {stuck:.0f} s"
     return "reason" not in details, details
+
+
+def _source_state(source):
+    """
+    @return: a source's state, and why it waits to reconnect (the last
+        loss, scrubbed of the DSN's secrets) when it does.
+    """
+    state = getattr(source, "state", "missing")
+    supervisor = getattr(source, "supervisor", None)
+    outcome = getattr(supervisor, "last_outcome", None)
+    if state != "waiting" or outcome is None or outcome.error is None:
+        return state
+    line = one_line(outcome.error)
+    scrub = getattr(getattr(source, "pg_connector", None), "scrub", None)
+    return f"{state} to reconnect after {scrub(line) if scrub is not None else line}"
 
 
 def _circuit_open(processor):
