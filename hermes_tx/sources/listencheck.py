@@ -38,6 +38,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from hermes_tx.exceptions import one_line
+from hermes_tx.runtime.machines import StateName
 
 #: the private channel's prefix (a random suffix follows)
 CHANNEL_PREFIX = "hermes.listencheck."
@@ -161,11 +162,9 @@ class _Core:
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_PROBES))
     others: int = 0  # notifications from other backends so far (batches)
     others_seen: int = 0  # ... when the Heard state last looked
-    state_name: str = "stopped"
 
-    def enter(self, name, delay=None, fire=None):
+    def enter(self, delay=None, fire=None):
         """Leave the state's timer behind; arm the new state's, if any."""
-        self.state_name = name
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None if delay is None else self.clock.callLater(delay, fire)
@@ -173,7 +172,7 @@ class _Core:
     def send_probe(self, machine):
         payload = secrets.token_hex(8)
         self.recent.append(payload)
-        self.enter("sending", self.timeout, machine.timed_out)
+        self.enter(self.timeout, machine.timed_out)
         d = self.sending = defer.maybeDeferred(self.send, self.channel, payload)
 
         def sent(_):
@@ -198,7 +197,7 @@ class _Core:
         # look mean the LISTEN still hears; look again later.
         if self.others != self.others_seen:
             self.others_seen = self.others
-            self.enter("heard", self.interval, lambda: self.heard_due(machine))
+            self.enter(self.interval, lambda: self.heard_due(machine))
         else:
             machine.due()
 
@@ -233,7 +232,7 @@ def _build():
 
     @sending.upon(_Inputs.sent).to(waiting)
     def wait_for_it(inputs, core):
-        core.enter("waiting", core.timeout, inputs.timed_out)
+        core.enter(core.timeout, inputs.timed_out)
 
     for state in probing + (deaf, unproven):
         @state.upon(_Inputs.came_back).to(heard)
@@ -242,23 +241,23 @@ def _build():
             # acknowledged, or after its timeout (late, but it heard).
             core.forget_probe()
             core.others_seen = core.others
-            core.enter("heard", core.interval, lambda: core.heard_due(inputs))
+            core.enter(core.interval, lambda: core.heard_due(inputs))
             core.report(core.on_heard)
 
     @sending.upon(_Inputs.send_failed).to(unproven)
     def not_sent(inputs, core, reason):
-        core.enter("unproven", core.interval, inputs.due)
+        core.enter(core.interval, inputs.due)
         core.report(core.on_failed, reason)
 
     @sending.upon(_Inputs.timed_out).to(unproven)
     def not_sent_in_time(inputs, core):
         core.forget_probe()
-        core.enter("unproven", core.interval, inputs.due)
+        core.enter(core.interval, inputs.due)
         core.report(core.on_failed, f"the probe was not sent within {core.timeout:g} s")
 
     @waiting.upon(_Inputs.timed_out).to(deaf)
     def not_heard(inputs, core):
-        core.enter("deaf", core.interval, inputs.due)
+        core.enter(core.interval, inputs.due)
         core.report(core.on_deaf, f"a probe notification sent from another connection "
                                   f"did not come back within {core.timeout:g} s")
 
@@ -266,20 +265,20 @@ def _build():
         @state.upon(_Inputs.stop).to(stopped)
         def stop(inputs, core):
             core.forget_probe()
-            core.enter("stopped")
+            core.enter()
 
     for state in probing + resting:
         @state.upon(_Inputs.pause).to(paused)
         def pause(inputs, core):
             core.forget_probe()
-            core.enter("paused")
+            core.enter()
 
     @paused.upon(_Inputs.resume).to(unproven)
     def resume(inputs, core):
         # No verdict is due from a pause: the next probe comes after the
         # interval (a backlog that pauses and resumes often does not make
         # a probe connection each time).
-        core.enter("unproven", core.interval, inputs.due)
+        core.enter(core.interval, inputs.due)
 
     # Inputs that change nothing: a start while probing or paused, late
     # news of a probe already forgotten, duplicates.
@@ -343,10 +342,11 @@ class ListenCheck:
         self._core = _Core(clock, send, channel, on_heard, on_deaf, on_failed,
                            interval, timeout, self.log)
         self._machine = _Machine(self._core)
+        self._state = StateName(self._machine, "Stopped")
 
     @property
     def state(self):
-        return self._core.state_name
+        return self._state.name.lower()
 
     @property
     def channel(self):
