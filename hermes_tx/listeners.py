@@ -23,13 +23,12 @@ from operator import attrgetter
 
 from twisted.logger import Logger
 
-from hermes_tx.connectors import PostgresConnector
 from hermes_tx.events import PAYLOAD_FORMATS, Event, decode_json_payload
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.postgres.channels import validate_channels
 from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.sources.component import ConnectedComponent
-from hermes_tx.sources.listencheck import new_connection_sender, private_channel
+from hermes_tx.sources.hearing import Hearing
 from hermes_tx.sources.listening import LISTENING, ListenRun
 
 #: The listener's states besides C{STOPPED} (which is also the outcome of a
@@ -46,12 +45,6 @@ QUIET_RECONNECT = 1.0
 #: seconds between two log lines about payloads that are not JSON
 UNDECODABLE_EVERY = 10.0
 
-#: seconds between two log lines about listen-check probes that failed
-PROBE_FAILED_EVERY = 600.0
-
-#: what a deaf LISTEN's log line and readiness add: the usual cause
-DEAF_HINT = ("a transaction-pooling proxy (pgbouncer pool_mode=transaction) is the usual "
-             "cause: connect directly or through session pooling")
 
 
 class PostgresNotificationListener(ConnectedComponent):
@@ -123,7 +116,8 @@ class PostgresNotificationListener(ConnectedComponent):
             that fires once that NOTIFY is committed, sending each probe;
             C{None}: a new, short-lived connection per probe
             (L{hermes_tx.sources.listencheck.new_connection_sender}) when
-            C{pg_connector} is a L{PostgresConnector}, else no listen check.
+            C{pg_connector} is a L{hermes_tx.connectors.PostgresConnector},
+            else no listen check.
         @raise InvalidConfigurationException: a channel name or the payload
             format is invalid.
         """
@@ -150,21 +144,9 @@ class PostgresNotificationListener(ConnectedComponent):
         #: when the last notification arrived (clock seconds), or None
         self.last_notification_at = None
         self._undecodable_lines = LogLimit(self.clock, 1, UNDECODABLE_EVERY)
-        self.listen_check_timeout = listen_check_timeout
-        self.listen_check_interval = listen_check_interval
-        if listen_probe is None and isinstance(pg_connector, PostgresConnector):
-            listen_probe = new_connection_sender(pg_connector, listen_check_timeout)
-        #: what sends the listen-check probes (C{None}: no check)
-        self.listen_probe = listen_probe
-        checked = listen_check_timeout is not None and listen_probe is not None
-        #: the listen check's private channel (C{None}: no check)
-        self.check_channel = private_channel(self.channels) if checked else None
-        #: why the last listen-check probe says LISTEN hears nothing (and the
-        #: usual cause), or None
-        self.deaf = None
-        #: listen-check probes by outcome: heard, deaf, failed (for metrics)
-        self.listen_probes = Counter()
-        self._probe_failed_lines = LogLimit(self.clock, 1, PROBE_FAILED_EVERY)
+        #: whether its LISTEN hears (the listen checks' verdicts)
+        self.hearing = Hearing(self, self.channels, listen_check_timeout, listen_check_interval,
+                               listen_probe)
 
     @property
     def is_listening(self):
@@ -175,36 +157,32 @@ class PostgresNotificationListener(ConnectedComponent):
         """
         True while listening and not L{deaf}.
         """
-        return self.state == LISTENING and self.deaf is None
+        return self.state == LISTENING and self.hearing.deaf is None
 
     def _new_run(self):
         return ListenRun(self)
 
-    # -- the listen check (called by its run) ---------------------------------
+    @property
+    def deaf(self):
+        """
+        Why the last listen-check probe says the LISTEN hears nothing (and
+        the usual cause), or C{None}.
+        """
+        return self.hearing.deaf
 
-    def listen_heard(self):
-        """A probe came back: the LISTEN hears."""
-        self.listen_probes["heard"] += 1
-        if self.deaf is not None:
-            self.deaf = None
-            self.log.info("{ident}: LISTEN hears again (a probe notification came back)",
-                          ident=self.ident)
+    @property
+    def check_channel(self):
+        """
+        The listen check's private channel, or C{None} (no check).
+        """
+        return self.hearing.channel
 
-    def listen_deaf(self, reason):
-        """A probe did not come back: one line, the first time."""
-        self.listen_probes["deaf"] += 1
-        if self.deaf is None:
-            self.deaf = f"{reason}; {DEAF_HINT}"
-            self.log.warn("{ident}: LISTEN hears nothing: {deaf}", ident=self.ident,
-                          deaf=self.deaf)
-
-    def listen_unproven(self, reason):
-        """A probe could not be sent: that says nothing about the LISTEN."""
-        self.listen_probes["failed"] += 1
-        more = self._probe_failed_lines.allow()
-        if more is not None:
-            self.log.warn("{ident}: could not check that LISTEN hears: {reason}{more}",
-                          ident=self.ident, reason=reason, more=more)
+    @property
+    def listen_probes(self):
+        """
+        Listen-check probes by outcome: heard, deaf, failed (for metrics).
+        """
+        return self.hearing.probes
 
     # -- events ---------------------------------------------------------------
 

@@ -200,7 +200,7 @@ class TwistdListenCheckTests(_Servers, unittest.TestCase):
             self.assertEqual(set(answers[way][answers[way].index(200):]), {200},
                              f"{way}: /ready {answers[way]}")
         code, body = yield deaf.get("/metrics")
-        self.assertIn(b"hermes_listen_deaf 1.0", body)
+        self.assertIn(b'hermes_listen_deaf{source="listener"} 1.0', body)
         self.assertIn(b"hermes_listening 0.0", body)
         for p in processes.values():
             yield p.finish()
@@ -211,3 +211,61 @@ class TwistdListenCheckTests(_Servers, unittest.TestCase):
         self.assertIn("pool_mode=transaction", lines[0])
         for way in ("direct", "session"):
             self.assertNotIn("hears nothing", processes[way].proto.err.decode())
+
+
+class OutboxListenCheckTests(_Servers, unittest.TestCase):
+    """
+    The outbox consumer's wake-up LISTEN, checked the same way: through
+    transaction pooling it still delivers, by polling, and says so once;
+    /ready stays 200 and names it.
+    """
+
+    @defer.inlineCallbacks
+    def test_transaction_pooling_polls_only(self):
+        import psycopg2
+
+        from hermes_tx.client import Client
+        from hermes_tx.components import Component
+        from hermes_tx.outbox.consumer import OutboxConsumer
+        from hermes_tx.outbox.schema import install
+        from hermes_tx.status.readiness import readiness
+
+        log = capture_log(self)
+        conn = psycopg2.connect(self.cluster.dsn())
+        try:
+            install(conn)
+        finally:
+            conn.close()
+
+        class Seen(Component):
+            def __init__(self):
+                super().__init__()
+                self.keys = []
+
+            def execute(self, event):
+                if event.kind == "change":
+                    self.keys.append(event.key)
+
+        dsn = self.dsn("transaction")
+        client = Client(self.cluster.dsn(), role_check_interval=0.5)
+        consumer = OutboxConsumer(PostgresConnector(dsn, application_name="hermes-outbox-check"),
+                                  "polled", poll_interval=0.5, listen_check_timeout=2.0)
+        seen = Seen()
+        client.add_outbox(consumer)
+        client.add_processor(seen)
+        client.startService()
+        self.addCleanup(client.stopService)
+        try:
+            yield wait_until(lambda: consumer.hearing.deaf is not None, timeout=10, what="deaf")
+        except AssertionError:
+            print("DEBUG", consumer.hearing.probes, consumer.hearing.channel, consumer.state, consumer.supervisor.run._check.state if consumer.supervisor.run and consumer.supervisor.run._check else None)
+            raise
+        self.cluster.execute("SELECT hermes.emit('polled', 'k', '{}')")
+        yield wait_until(lambda: seen.keys, timeout=5, what="the change, by polling")
+        lines = [formatEvent(e) for e in log if "not heard" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("wake-ups are not heard, polling only (every 0.5 s)", lines[0])
+        self.assertIn("pool_mode=transaction", lines[0])
+        ready, details = readiness(client)
+        self.assertTrue(ready, details)
+        self.assertIn("polling only", details["outbox"])

@@ -27,6 +27,7 @@ from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
 from hermes_tx.outbox.run import CONSUMING, ConsumeRun
 from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.sources.component import ConnectedComponent
+from hermes_tx.sources.hearing import Hearing
 from hermes_tx.outbox.names import DEFAULT_SCHEMA, channel, validate_schema, validate_topic
 
 
@@ -59,6 +60,9 @@ class OutboxConsumer(ConnectedComponent):
         stats_interval=5.0,
         liveness_timeout=10.0,
         liveness_interval=1.0,
+        listen_check_timeout=5.0,
+        listen_check_interval=30.0,
+        listen_probe=None,
         error_strategy=None,
         error_queue=None,
         backoff_limit=16,
@@ -94,6 +98,16 @@ class OutboxConsumer(ConnectedComponent):
             no probe).
         @param liveness_interval: seconds without any answer after which a
             liveness probe (C{SELECT 1}) is sent.
+        @param listen_check_timeout: seconds a listen-check probe (proving
+            that the wake-ups' LISTEN hears: L{hermes_tx.sources.hearing})
+            may take to be sent, then to come back; C{None}: no check.  A
+            deaf LISTEN (a transaction-pooling proxy) leaves the consumer
+            polling only, which it says once.
+        @param listen_check_interval: seconds between listen-check probes
+            while nothing else shows the LISTEN hears.
+        @param listen_probe: what sends each probe (see
+            L{hermes_tx.sources.hearing.Hearing}); C{None}: a new,
+            short-lived connection per probe.
         @raise InvalidConfigurationException: no topic, or a bad one.
         """
         ConnectedComponent.__init__(
@@ -122,6 +136,11 @@ class OutboxConsumer(ConnectedComponent):
         self.stats_interval = stats_interval
         self.liveness_timeout = liveness_timeout
         self.liveness_interval = liveness_interval
+        #: whether the wake-ups' LISTEN hears (the listen checks' verdicts)
+        self.hearing = Hearing(
+            self, [self.channel], listen_check_timeout, listen_check_interval, listen_probe,
+            deaf_means=f"wake-ups are not heard, polling only (every {poll_interval:g} s)",
+        )
         self.ledger = Ledger(self.clock, max_attempts=max_attempts)
         self.pacer = self.ledger.pacer = ClaimPacer(self.clock, self.max_in_flight, horizon=claim_horizon)
         self.claimed = {}

@@ -28,7 +28,7 @@ from hermes_tx.outbox.writes import id_array, write_owed
 from hermes_tx.postgres.liveness import LivenessProbe
 from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN
 from hermes_tx.sources.run import ConnectionRun
-from hermes_tx.outbox import sql
+from hermes_tx.postgres.channels import listen_statement
 
 CONNECTING, CONSUMING = "connecting", "consuming"
 
@@ -89,13 +89,18 @@ class ConsumeRun(ConnectionRun):
         self._timers = Repeating(consumer.clock)
         self._probe = None
         self._extending = None  # the extension in flight, if any
+        self._check = None  # the ListenCheck of the wake-ups' LISTEN
+        self._own_pid = None
         self._ahead = False  # the next claim is made ahead of the acks
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
 
     def _listen_statement(self):
-        return sql.listen(self.consumer.schema)
+        private = self.consumer.hearing.channel
+        channels = [self.consumer.channel] + ([private] if private is not None else [])
+        return listen_statement(channels)
 
     def notifies(self, batch):
+        batch = self.consumer.hearing.sift(batch, self._check, self._own_pid)
         # A wake-up: its payload is a topic with new changes.
         topics = self.consumer.topics
         if any(n.payload in topics for n in batch):
@@ -119,6 +124,9 @@ class ConsumeRun(ConnectionRun):
                 activity=lambda: session.last_activity,
             )
             self._probe.start()
+        self._check = consumer.hearing.check()
+        if self._check is not None:
+            self._own_pid = session.conn.get_backend_pid()
         consumer.ledger.flush()
         if consumer.ledger.in_flight:
             # Claims the processor still works on were last extended on the
@@ -133,6 +141,8 @@ class ConsumeRun(ConnectionRun):
 
     def _closing(self):
         self._timers.stop()
+        if self._check is not None:
+            self._check.stop()
         if self._probe is not None:
             self._probe.stop()
             self._probe = None
@@ -224,6 +234,11 @@ class ConsumeRun(ConnectionRun):
                 consumer.ledger.settle(change, ("unclaim", claim.token, change, None, None))
             return False
         self.on_ready()  # claims work: the next loss retries after the shortest delay
+        if self._check is not None and self._check.state == "stopped":
+            # The first probe after the first claim, not with it: through a
+            # proxy a notification that arrives while a query of ours is
+            # under way gets through, and would prove nothing.
+            self._check.start()
         consumer.ledger.add_many(changes)
         if changes:
             consumer.pacer.claimed()

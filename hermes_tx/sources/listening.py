@@ -7,17 +7,12 @@ for back-pressure, probing for liveness, proving that the LISTEN hears),
 until the connection is lost or the listener stops.
 """
 
-from operator import attrgetter
-
 from hermes_tx.exceptions import ConnectionLostError
 from hermes_tx.postgres.channels import listen_statement
 from hermes_tx.postgres.liveness import LivenessProbe
-from hermes_tx.sources.listencheck import ListenCheck, sift
 from hermes_tx.sources.run import ConnectionRun
 
 CONNECTING, LISTENING = "connecting", "listening"
-
-_channel_of = attrgetter("channel")
 
 
 class ListenRun(ConnectionRun):
@@ -39,14 +34,14 @@ class ListenRun(ConnectionRun):
         self.listener = listener
         self._probe = None
         self._paused_conn = None  # the connection whose reading is paused
-        self._private = listener.check_channel  # None: no listen check
         self._check = None
         self._own_pid = None
 
     def _listen_statement(self):
         channels = self.listener.channels
-        if self._private is not None:
-            channels = channels + [self._private]
+        private = self.listener.hearing.channel
+        if private is not None:
+            channels = channels + [private]
         return listen_statement(channels)
 
     def _working(self, session):
@@ -61,15 +56,11 @@ class ListenRun(ConnectionRun):
                 activity=lambda: listener.last_notification_at,
             )
             self._probe.start()
-        if self._private is not None:
+        self._check = listener.hearing.check()
+        if self._check is not None:
             # Through a proxy this is the proxy's key, not a server pid: all
             # that matters is that hermes NOTIFYs nothing on this connection.
             self._own_pid = session.conn.get_backend_pid()
-            self._check = ListenCheck(
-                listener.clock, listener.listen_probe, self._private,
-                listener.listen_heard, listener.listen_deaf, listener.listen_unproven,
-                interval=listener.listen_check_interval, timeout=listener.listen_check_timeout,
-            )
         listener.began_listening(listener.clock.seconds())
         self.on_ready()
         if self._check is not None and self.is_working:
@@ -91,19 +82,8 @@ class ListenRun(ConnectionRun):
     # -- notifications and back-pressure --------------------------------------
 
     def notifies(self, batch):
-        private = self._private
-        check = self._check
-        if private is not None and private in map(_channel_of, batch):
-            # The listen check's probes: never the processor's.
-            batch, payloads = sift(batch, private)
-            if check is not None:
-                for payload in payloads:
-                    check.received(payload)
-            if not batch:
-                return
-        if check is not None and batch[-1].pid != self._own_pid:
-            check.others_heard()
-        if self.listener.receive(batch) and self.is_working:
+        batch = self.listener.hearing.sift(batch, self._check, self._own_pid)
+        if batch and self.listener.receive(batch) and self.is_working:
             self._pause()
 
     def _pause(self):

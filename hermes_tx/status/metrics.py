@@ -66,17 +66,24 @@ class ClientCollector:
             "hermes_listening", "1 while the listener is listening (and its LISTEN is not deaf)",
             value=1 if listening and not deaf else 0,
         )
-        yield GaugeMetricFamily(
+        deafness = GaugeMetricFamily(
             "hermes_listen_deaf",
-            "1 while the listener listens and its last listen-check probe did not come back",
-            value=1 if deaf else 0,
+            "1 while a source's LISTEN is proven to hear nothing (its last listen-check probe did "
+            "not come back): the listener then delivers nothing, the outbox consumer only polls",
+            labels=["source"],
         )
         probes = CounterMetricFamily(
-            "hermes_listen_probes", "Listen-check probes, by outcome (heard, deaf, failed)",
-            labels=["outcome"],
+            "hermes_listen_probes", "Listen-check probes, by source and outcome (heard, deaf, failed)",
+            labels=["source", "outcome"],
         )
-        for outcome, count in sorted(getattr(listener, "listen_probes", {}).items()):
-            probes.add_metric([outcome], count)
+        for name, source in (("listener", listener), ("outbox", client.outbox)):
+            hearing = getattr(source, "hearing", None)
+            if hearing is None:
+                continue
+            deafness.add_metric([name], 1 if hearing.deaf is not None and _connected(source) else 0)
+            for outcome, count in sorted(hearing.probes.items()):
+                probes.add_metric([name, outcome], count)
+        yield deafness
         yield probes
         yield GaugeMetricFamily(
             "hermes_queue_depth", "Events queued for the processor",
@@ -111,6 +118,10 @@ class ClientCollector:
             "Seconds since the last notification arrived (NaN before the first)",
             value=math.nan if last is None else max(0.0, client.clock.seconds() - last),
         )
+
+
+def _connected(source):
+    return source.state in ("listening", "consuming")
 
 
 def _outbox_metrics(consumer):

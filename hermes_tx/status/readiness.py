@@ -43,6 +43,10 @@ def readiness(client):
         stuck = _stuck_for(client, processor)
         if stuck is not None:
             details["reason"] = f"processor busy with one event for {stuck:.0f} s"
+    outbox_hearing = getattr(client.outbox, "hearing", None)
+    if outbox_hearing is not None and outbox_hearing.deaf is not None:
+        # Still delivering, by polling: ready, and the body says how.
+        details["outbox"] = f"polling only: wake-ups are not heard ({outbox_hearing.deaf})"
     return "reason" not in details, details
 
 
