@@ -255,11 +255,7 @@ class OutboxListenCheckTests(_Servers, unittest.TestCase):
         client.add_processor(seen)
         client.startService()
         self.addCleanup(client.stopService)
-        try:
-            yield wait_until(lambda: consumer.hearing.deaf is not None, timeout=10, what="deaf")
-        except AssertionError:
-            print("DEBUG", consumer.hearing.probes, consumer.hearing.channel, consumer.state, consumer.supervisor.run._check.state if consumer.supervisor.run and consumer.supervisor.run._check else None)
-            raise
+        yield wait_until(lambda: consumer.hearing.deaf is not None, timeout=10, what="deaf")
         self.cluster.execute("SELECT hermes.emit('polled', 'k', '{}')")
         yield wait_until(lambda: seen.keys, timeout=5, what="the change, by polling")
         lines = [formatEvent(e) for e in log if "not heard" in formatEvent(e)]
