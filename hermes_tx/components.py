@@ -161,7 +161,7 @@ class Component(BaseComponent):
 
     # -- runs -----------------------------------------------------------------
 
-    def _new_run(self):
+    def new_run(self):
         if self.notification_pipe is None:
             self.notification_pipe = EventQueue()
         return ConsumerRun(self)

@@ -126,7 +126,7 @@ class PostgresConnector:
                     return True
         return False
 
-    def _params_for_attempt(self):
+    def attempt_params(self):
         entries = [self.pinned] if self.pinned is not None else list(self.hosts)
         params = dict(self.params)
         if len(entries) > 1 and self.seek_primary:
@@ -155,7 +155,7 @@ class PostgresConnector:
         attempt.start()  # may settle at once
         return waited
 
-    def _attempt_done(self, attempt, conn):
+    def attempt_done(self, attempt, conn):
         if attempt is not self._attempt:
             return
         self._attempt = None

@@ -152,6 +152,9 @@ def decode_json_payload(event):
     return True
 
 
+#: what L{Change} holds as its data until its payload is decoded
+_UNDECODED = object()
+
 #: the keys every change has in L{Change.as_dict}
 CHANGE_FIELDS = ("kind", "id", "topic", "key", "attempts", "created_at", "payload")
 
@@ -175,9 +178,6 @@ class Change:
     """
 
     __slots__ = CHANGE_FIELDS + ("_data", "claim")
-
-    #: C{_data} until the payload is decoded
-    _UNDECODED = object()
 
     def __init__(self, id, topic, key, attempts, created_at, payload, data=_UNDECODED, claim=None):
         """
@@ -205,7 +205,7 @@ class Change:
             (C{jsonb} allows it; Python's decoder would recurse until
             C{RecursionError}).
         """
-        if self._data is Change._UNDECODED:
+        if self._data is _UNDECODED:
             if json_depth_exceeds(self.payload):
                 raise ValueError(f"change {self.id}: payload nested deeper than {MAX_JSON_DEPTH} levels")
             self._data = json.loads(self.payload)

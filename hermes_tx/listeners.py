@@ -159,7 +159,7 @@ class PostgresNotificationListener(ConnectedComponent):
         """
         return self.state == LISTENING and self.hearing.deaf is None
 
-    def _new_run(self):
+    def new_run(self):
         return ListenRun(self)
 
     @property

@@ -68,7 +68,7 @@ class FakeComponent:
         self.runs = []
         self.prepare = None  # called with each new run before it is handed over
 
-    def _new_run(self):
+    def new_run(self):
         run = FakeRun(len(self.runs) + 1)
         if self.prepare is not None:
             self.prepare(run)
@@ -602,14 +602,14 @@ class SupervisorTests(unittest.TestCase):
 class BrokenRunTests(unittest.TestCase):
     def test_a_run_that_cannot_start_terminates(self):
         """
-        A _new_run or run.start that raises (a bug) ends the component for
+        A new_run or run.start that raises (a bug) ends the component for
         good, logged with its traceback, observers told: the supervisor
         does not sit "running" with nothing running.
         """
         for broken in ("new", "start"):
             component = FakeComponent()
             if broken == "new":
-                component._new_run = lambda: 1 / 0
+                component.new_run = lambda: 1 / 0
             else:
                 component.prepare = lambda run: setattr(run, "start", lambda: 1 / 0)
             logged = []

@@ -249,5 +249,5 @@ class OutboxConsumer(ConnectedComponent):
             self.ledger.settle(change, ("unclaim", change.claim.token, change, None, None))
         return len(mine)
 
-    def _new_run(self):
+    def new_run(self):
         return ConsumeRun(self)

@@ -94,7 +94,7 @@ class ConsumeRun(ConnectionRun):
         self._ahead = False  # the next claim is made ahead of the acks
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
 
-    def _listen_statement(self):
+    def listen_statement(self):
         private = self.consumer.hearing.channel
         channels = [self.consumer.channel] + ([private] if private is not None else [])
         return listen_statement(channels)
@@ -106,7 +106,7 @@ class ConsumeRun(ConnectionRun):
         if any(n.payload in topics for n in batch):
             self.pump.want()
 
-    def _working(self, session):
+    def start_working(self, session):
         consumer = self.consumer
         consumer.ledger.writer = self._write
         away = consumer.back_since(consumer.clock.seconds())
@@ -139,7 +139,7 @@ class ConsumeRun(ConnectionRun):
         self.lose(ConnectionLostError(
             f"no answer to the liveness probe within {self.consumer.liveness_timeout:g} s"))
 
-    def _closing(self):
+    def stop_working(self):
         self._timers.stop()
         if self._check is not None:
             self._check.stop()
@@ -151,7 +151,7 @@ class ConsumeRun(ConnectionRun):
             ledger.writer = None
         ledger.cancel()  # what is owed is written on the next connection
 
-    def _drain(self):
+    def drain(self):
         # Wait for the claim in flight (what it took is given back), then
         # write what is owed: the stop closes the connection on nothing.
         return self.pump.stop().addBoth(lambda _: self.consumer.ledger.flush())

@@ -40,7 +40,7 @@ class ConnectAttempt:
 
     def start(self):
         self._timer = self.reactor.callLater(self.connector.connect_timeout, self._time_out)
-        params, entries = self.connector._params_for_attempt()
+        params, entries = self.connector.attempt_params()
         d = resolve_entries(entries, self.connector.resolve)
         d.addCallback(self._resolved, params)
         d.addErrback(self._failed)
@@ -99,7 +99,7 @@ class ConnectAttempt:
         self._timer = None
         if isinstance(result, Failure) and self._conn is not None:
             self._conn.close()
-        self.connector._attempt_done(self, None if isinstance(result, Failure) else result)
+        self.connector.attempt_done(self, None if isinstance(result, Failure) else result)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(result)

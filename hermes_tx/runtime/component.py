@@ -22,7 +22,7 @@ class BaseComponent(service.Service):
     L{twisted.application.service.IService} whose runs a
     L{hermes_tx.runtime.supervisor.Supervisor} owns.
 
-    Subclasses implement L{_new_run} and may override L{set_up} and
+    Subclasses implement L{new_run} and may override L{set_up} and
     L{tear_down} (called at the start and end of every run).
 
     @ivar supervisor: the L{hermes_tx.runtime.supervisor.Supervisor} of its runs.
@@ -66,7 +66,7 @@ class BaseComponent(service.Service):
         Called when a run ends, after the last work.  May return a Deferred.
         """
 
-    def _new_run(self):
+    def new_run(self):
         """
         @return: a new run object (see L{hermes_tx.runtime.supervisor.Supervisor}).
         """

@@ -114,12 +114,12 @@ def _build():
 
     @setting_up.upon(_Inputs.set_up_done).to(working)
     def work(inputs, core):
-        core.run._work()
+        core.run.begin_work()
 
     @setting_up.upon(_Inputs.set_up_failed).to(ended)
     @set_up_ending.upon(_Inputs.set_up_failed).to(ended)
     def set_up_failed(inputs, core, failure):
-        core.report(core.run._set_up_failed(failure))
+        core.report(core.run.set_up_failed_outcome(failure))
 
     @setting_up.upon(_Inputs.stop).to(set_up_ending)
     def stop_after_set_up(inputs, core):
@@ -137,11 +137,11 @@ def _build():
     @working.upon(_Inputs.stop).to(ending)
     def end_work(inputs, core):
         core.arm(inputs)
-        core.run._end_work()
+        core.run.end_work()
 
     @working.upon(_Inputs.terminate).to(ending)
     def terminate_work(inputs, core, outcome):
-        core.run._terminate_work(outcome.report)
+        core.run.terminate_work(outcome.report)
 
     @working.upon(_Inputs.work_ended).to(tearing_down)
     @ending.upon(_Inputs.work_ended).to(tearing_down)
@@ -202,7 +202,7 @@ _Machine = _build()
 class Run:
     """
     One run: C{set_up}, the work, C{tear_down}, then C{on_end(outcome)}.
-    Subclasses implement L{_work}, L{_end_work} and L{_terminate_work}, and
+    Subclasses implement L{begin_work}, L{end_work} and L{terminate_work}, and
     call L{work_ended} once their work is over (asked to, or on its own:
     a lost connection, a termination).
 
@@ -261,7 +261,7 @@ class Run:
             self._ended.callback(outcome)
             self.on_end(outcome)
 
-    def _set_up_failed(self, failure):
+    def set_up_failed_outcome(self, failure):
         """
         set_up raised: that ends this run, reported like a TERMINATE.  An
         environment's or a database's refusal is one line; a bug gets its
@@ -278,13 +278,13 @@ class Run:
         report = ComponentError(False, strategies.TERMINATE, component, failure.value)
         return Outcome(TERMINATED, failure.value, report)
 
-    def _work(self):
+    def begin_work(self):
         raise NotImplementedError
 
-    def _end_work(self):
+    def end_work(self):
         raise NotImplementedError
 
-    def _terminate_work(self, report):
+    def terminate_work(self, report):
         self.work_ended(Outcome(TERMINATED, report.error, report))
 
 
@@ -296,7 +296,7 @@ class ConsumerRun(Run):
 
     loop = None
 
-    def _work(self):
+    def begin_work(self):
         component = self.component
         self.loop = ConsumerLoop(component, component.clock)
         self.on_ready()
@@ -317,8 +317,8 @@ class ConsumerRun(Run):
         else:
             self.work_ended(Outcome(STOPPED))
 
-    def _end_work(self):
+    def end_work(self):
         self.loop.stop()
 
-    def _terminate_work(self, report):
+    def terminate_work(self, report):
         self.loop.terminate(report)

@@ -94,7 +94,7 @@ class _Core:
         self.timer = None
         run = None
         try:
-            run = self.run = self.component._new_run()
+            run = self.run = self.component.new_run()
             run.on_ready = lambda: self.run is run and machine.run_ready(run)
             run.on_end = lambda outcome: self._run_end(machine, run, outcome)
             run.start()
@@ -248,7 +248,7 @@ class Supervisor:
 
     def __init__(self, component, clock, backoff, log=None):
         """
-        @param component: has C{_new_run()} returning a run object with
+        @param component: has C{new_run()} returning a run object with
             C{start()}, C{stop()} and the attributes C{on_ready} and
             C{on_end} (set by the supervisor; C{on_end} takes an
             L{Outcome}).

@@ -44,7 +44,7 @@ class ConnectedComponent(BaseComponent):
         self.reconnects = 0
         self._lost_at = None  # when the connection was lost, while it is made again
         self._loss_lines = LogLimit(self.clock, LOSS_LINES, 1.0)
-        self.supervisor.add_observer(_LogLosses())
+        self.supervisor.add_observer(self)  # run_lost, run_terminated below
 
     @property
     def state(self):
@@ -62,6 +62,36 @@ class ConnectedComponent(BaseComponent):
 
             self.notif_queue = EventQueue()
         BaseComponent.startService(self)
+
+    # -- what its supervisor tells it (one line each) ----------------------------
+
+    def run_lost(self, component, error, delay):
+        """
+        Its connection was lost: count it, and one line (at most
+        L{LOSS_LINES} a second; the next line counts those left out).
+        """
+        self.reconnects += 1
+        if self._lost_at is None:
+            self._lost_at = self.clock.seconds()
+        more = self._loss_lines.allow()
+        if more is None:
+            return  # losses in quick succession: the next line counts them
+        self.log.warn(
+            "{ident}: {error}; reconnecting in {delay:.2f} s{more}",
+            ident=self.ident, error=self._scrubbed(error), delay=delay, more=more,
+        )
+
+    def run_terminated(self, component, error):
+        """
+        Its error strategy ended it for good: one line.
+        """
+        self.log.warn("{ident}: terminated by {error}", ident=self.ident,
+                      error=self._scrubbed(error))
+
+    def _scrubbed(self, error):
+        line = one_line(error)
+        scrub = getattr(self.pg_connector, "scrub", None)
+        return line if scrub is None else scrub(line)
 
     def back_since(self, when):
         """
@@ -85,27 +115,3 @@ class ConnectedComponent(BaseComponent):
         if before is not None and self.supervisor.state in ("running", "waiting"):
             self.supervisor.stop()
             self.supervisor.start()
-
-
-class _LogLosses:
-    """
-    A connected component's own observer: one line per lost connection (at
-    most L{LOSS_LINES} a second) and per termination.
-    """
-
-    def run_lost(self, component, error, delay):
-        component.reconnects += 1
-        if component._lost_at is None:
-            component._lost_at = component.clock.seconds()
-        more = component._loss_lines.allow()
-        if more is None:
-            return  # losses in quick succession: the next line counts them
-        component.log.warn(
-            "{ident}: {error}; reconnecting in {delay:.2f} s{more}",
-            ident=component.ident, error=one_line(error), delay=delay, more=more,
-        )
-
-    def run_terminated(self, component, error):
-        component.log.warn("{ident}: terminated by {error}", ident=component.ident,
-                           error=one_line(error))
-

@@ -37,14 +37,14 @@ class ListenRun(ConnectionRun):
         self._check = None
         self._own_pid = None
 
-    def _listen_statement(self):
+    def listen_statement(self):
         channels = self.listener.channels
         private = self.listener.hearing.channel
         if private is not None:
             channels = channels + [private]
         return listen_statement(channels)
 
-    def _working(self, session):
+    def start_working(self, session):
         listener = self.listener
         if listener.liveness_timeout is not None:
             self._probe = LivenessProbe(
@@ -71,7 +71,7 @@ class ListenRun(ConnectionRun):
             f"no answer to the liveness probe within {self.listener.liveness_timeout:g} s"
         ))
 
-    def _closing(self):
+    def stop_working(self):
         if self._probe is not None:
             self._probe.stop()
             self._probe = None

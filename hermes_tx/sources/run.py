@@ -84,7 +84,7 @@ class _Core:
         def listen(rows):
             if rows[0][0]:
                 raise StandbyServerError(f"the server is a standby; not {run.purpose} there")
-            return self.session.operation(run._listen_statement())
+            return self.session.operation(run.listen_statement())
 
         d.addCallback(listen)
         d.addCallbacks(lambda _: machine.prepared(), lambda f: machine.failed(f.value))
@@ -125,7 +125,7 @@ def _build():
 
     @preparing.upon(_Inputs.prepared).to(working)
     def work(inputs, core):
-        core.run._working(core.session)
+        core.run.start_working(core.session)
 
     @connecting.upon(_Inputs.failed).to(closed)
     @preparing.upon(_Inputs.failed).to(closed)
@@ -135,7 +135,7 @@ def _build():
 
     @working.upon(_Inputs.failed).to(closed)
     def lost(inputs, core, error):
-        core.run._closing()
+        core.run.stop_working()
         core.close()
         core.run.work_ended(core.classify(error))
 
@@ -153,20 +153,20 @@ def _build():
 
     @working.upon(_Inputs.terminate).to(closed)
     def terminate(inputs, core, report):
-        core.run._closing()
+        core.run.stop_working()
         core.close()
         core.run.work_ended(Outcome(TERMINATED, report.error, report))
 
     @working.upon(_Inputs.stop).to(draining)
     def drain(inputs, core):
-        d = defer.maybeDeferred(core.run._drain)
+        d = defer.maybeDeferred(core.run.drain)
         d.addErrback(lambda f: core.component.log.failure(
             "{ident}: finishing before the stop failed", failure=f, ident=core.component.ident))
         d.addBoth(lambda _: inputs.drained())
 
     @draining.upon(_Inputs.drained).to(closed)
     def drained(inputs, core):
-        core.run._closing()
+        core.run.stop_working()
         core.close()
         core.run.work_ended(Outcome(STOPPED))
 
@@ -174,7 +174,7 @@ def _build():
     def lost_while_draining(inputs, core, error):
         # Stopping anyway: what was owed and not written is written on the
         # next connection, or its claims expire.
-        core.run._closing()
+        core.run.stop_working()
         core.close()
         core.run.work_ended(Outcome(STOPPED))
 
@@ -203,8 +203,8 @@ class ConnectionRun(Run):
     or the component stops.
 
     Subclasses set L{purpose} and L{working_state} and implement
-    L{_listen_statement}, L{_working} and L{_closing}, and may implement
-    L{notifies} and L{_drain}.  They report a dead connection with
+    L{listen_statement}, L{start_working} and L{stop_working}, and may implement
+    L{notifies} and L{drain}.  They report a dead connection with
     L{lose}.
 
     @ivar session: the L{Session} of the connection, once made.
@@ -263,24 +263,24 @@ class ConnectionRun(Run):
 
     # -- Run ------------------------------------------------------------------
 
-    def _work(self):
+    def begin_work(self):
         self._connection.begin()
 
-    def _end_work(self):
+    def end_work(self):
         self._connection.stop()
 
-    def _terminate_work(self, report):
+    def terminate_work(self, report):
         self._connection.terminate(report)
 
     # -- the subclass's part ----------------------------------------------------
 
-    def _listen_statement(self):
+    def listen_statement(self):
         """
         @return: the statement LISTENing for what wakes this run.
         """
         raise NotImplementedError
 
-    def _working(self, session):
+    def start_working(self, session):
         """
         The connection is made and LISTENing: start working (timers,
         queries on C{session}); call C{on_ready} once the work proved to
@@ -288,13 +288,13 @@ class ConnectionRun(Run):
         """
         raise NotImplementedError
 
-    def _closing(self):
+    def stop_working(self):
         """
         The working state ends (the connection is lost, or closed after a
         stop): cancel every timer.
         """
 
-    def _drain(self):
+    def drain(self):
         """
         A stop: finish what is owed on the connection first.
 
