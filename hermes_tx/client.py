@@ -56,7 +56,8 @@ class Client(ComponentGate):
         no host can be reached).
     @ivar primary_host: the L{hermes_tx.postgres.hosts.HostEntry} found to be the
         primary, or C{None}.
-    @ivar notification_queue: the queue between listener and processor.
+    @ivar queue: the queue between the sources and the processor (the
+        seed's C{notification_queue}).
     @ivar error_queue: where components report L{ComponentError}s.
     @ivar listener: the listener component, or C{None}.
     @ivar outbox: the outbox consumer component, or C{None}.

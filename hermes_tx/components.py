@@ -7,7 +7,7 @@ Components as Twisted services.
     L{hermes_tx.runtime.supervisor.Supervisor} owns the runs, restarts lost ones
     after a backoff, and reports terminated ones on the error queue.
   - L{Component}: the seed's component, a queue consumer: it takes items
-    from its C{notification_pipe} and runs C{pre_execute()},
+    from its C{queue} and runs C{pre_execute()},
     C{execute(pre_exec_value)} and C{post_execute(exec_value)} for each, in
     a L{hermes_tx.runtime.loop.ConsumerLoop}.  Processors subclass it.
 
@@ -17,6 +17,7 @@ error strategy, which says whether to go on, back off or terminate;
 L{hermes_tx.outcomes} lets a processor say more (try again, never).
 """
 
+from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.runtime.backoff import Backoff, backoff_policy
 from hermes_tx.runtime.breaker import Breaker
 from hermes_tx.runtime.component import BaseComponent  # noqa: F401 (for subclasses: its old home)
@@ -76,14 +77,10 @@ class Component(BaseComponent):
         shutdown_timeout=10.0,
         max_batch=None,
         execute_timeout=None,
+        queue=None,
     ):
         """
-        @param notification_pipe: where items come from: an
-            L{hermes_tx.runtime.queue.EventQueue}, a
-            L{twisted.internet.defer.DeferredQueue} or anything whose
-            C{get()} returns a Deferred.  C{None} lets a
-            L{hermes_tx.client.Client} wire it (or, at start, makes a fresh
-            queue).
+        @param notification_pipe: the seed's name of C{queue}.
         @param error_strategy: an L{strategies.AbstractErrorStrategy};
             C{None} means L{strategies.CommonErrorStrategy}.
         @param error_queue: where a terminating component reports a
@@ -104,12 +101,20 @@ class Component(BaseComponent):
             by the error strategy as an
             L{hermes_tx.exceptions.ExecuteTimeout}.  A subclass may set it as
             a class attribute instead.
+        @param queue: where items come from: an
+            L{hermes_tx.runtime.queue.EventQueue}, a
+            L{twisted.internet.defer.DeferredQueue} or anything whose
+            C{get()} returns a Deferred.  C{None} lets a
+            L{hermes_tx.client.Client} wire it (or, at start, makes a fresh
+            queue).
         """
         BaseComponent.__init__(
             self, error_strategy=error_strategy, error_queue=error_queue,
             backoff_limit=backoff_limit, clock=clock,
         )
-        self.notification_pipe = notification_pipe
+        if queue is not None and notification_pipe is not None and queue is not notification_pipe:
+            raise InvalidConfigurationException("pass queue or notification_pipe (its seed name), not both")
+        self.queue = queue if queue is not None else notification_pipe
         self.shutdown_timeout = shutdown_timeout
         if max_batch is not None:
             self.max_batch = max_batch
@@ -162,9 +167,20 @@ class Component(BaseComponent):
     # -- runs -----------------------------------------------------------------
 
     def new_run(self):
-        if self.notification_pipe is None:
-            self.notification_pipe = EventQueue()
+        if self.queue is None:
+            self.queue = EventQueue()
         return ConsumerRun(self)
+
+    @property
+    def notification_pipe(self):
+        """
+        The seed's name of C{queue}.
+        """
+        return self.queue
+
+    @notification_pipe.setter
+    def notification_pipe(self, queue):
+        self.queue = queue
 
     @property
     def failing(self):

@@ -87,11 +87,13 @@ class PostgresNotificationListener(ConnectedComponent):
         listen_check_timeout=5.0,
         listen_check_interval=30.0,
         listen_probe=None,
+        queue=None,
     ):
         """
         @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
         @param notif_channel: a channel name or a list of them.
-        @param notif_queue: where L{Event}s go: an
+        @param notif_queue: the seed's name of C{queue}.
+        @param queue: where L{Event}s go: an
             L{hermes_tx.runtime.queue.EventQueue} (whose bound pauses reading when
             full) or a C{DeferredQueue}; C{None} lets the Client wire it (or,
             at start, makes an unbounded EventQueue).
@@ -122,7 +124,7 @@ class PostgresNotificationListener(ConnectedComponent):
             format is invalid.
         """
         ConnectedComponent.__init__(
-            self, pg_connector, notif_queue, error_strategy=error_strategy,
+            self, pg_connector, notif_queue, queue=queue, error_strategy=error_strategy,
             error_queue=error_queue, backoff_limit=backoff_limit, clock=clock,
         )
         self.channels = validate_channels(notif_channel)
@@ -204,9 +206,9 @@ class PostgresNotificationListener(ConnectedComponent):
             )
         if not first:
             self.resyncs += 1
-            self.notif_queue.put(Event("resync", received_at=when))
+            self.queue.put(Event("resync", received_at=when))
         elif self.fire_on_start:
-            self.notif_queue.put(Event("start", received_at=when))
+            self.queue.put(Event("start", received_at=when))
 
     def receive(self, batch):
         """
@@ -225,7 +227,7 @@ class PostgresNotificationListener(ConnectedComponent):
             self.received.update(map(_channel_of, batch))
         if self.payload_format == "json":
             self._decode(events)
-        queue = self.notif_queue
+        queue = self.queue
         if hasattr(queue, "put_many"):
             queue.put_many(events)
             return queue.is_full

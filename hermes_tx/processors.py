@@ -182,7 +182,7 @@ class JsonLinesProcessor(Component):
                 entries.append((event, None, owed))
             change = change or getattr(event, "kind", None) == "change"
         writer.retry()  # after a failed write, each event tries again
-        if change or writer.error is not None or not getattr(self.notification_pipe, "pending", None):
+        if change or writer.error is not None or not getattr(self.queue, "pending", None):
             # An outbox change is acknowledged (deleted from the outbox)
             # once execute is done: its line must be written by then, or a
             # crash loses it.  Notifications are kept in memory only, so

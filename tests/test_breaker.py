@@ -372,12 +372,12 @@ class StatusTests(unittest.TestCase):
             role = PRIMARY
             listener = outbox = None
             processor = c
-            notification_queue = c.notification_pipe
+            queue = c.queue
             running = True
 
         FakeClient.clock = clock
         c.startService()
-        FakeClient.notification_queue = c.notification_pipe
+        FakeClient.queue = c.queue
         self.assertEqual(readiness(FakeClient)[0], True)
         c.notification_pipe.put_many([change(i, claim) for i in range(10)])
         ready, details = readiness(FakeClient)

@@ -552,4 +552,4 @@ class OneQueueTests(unittest.TestCase):
         processor = Collector()
         processor.notification_pipe = EventQueue()
         error = self.assertRaises(InvalidConfigurationException, client.add_processor, processor)
-        self.assertIn("brings its own notification_pipe", str(error))
+        self.assertIn("this processor brings its own queue", str(error))

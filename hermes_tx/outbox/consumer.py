@@ -67,11 +67,13 @@ class OutboxConsumer(ConnectedComponent):
         error_queue=None,
         backoff_limit=16,
         clock=None,
+        queue=None,
     ):
         """
         @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
         @param topics: a topic name or a list of them.
-        @param notif_queue: where L{Change}s go (the Client wires its queue).
+        @param notif_queue: the seed's name of C{queue}.
+        @param queue: where L{Change}s go (the Client wires its queue).
         @param schema: the outbox's schema (C{hermes-tx install --schema}).
         @param poll_interval: seconds between claims while nothing wakes the
             consumer (the fallback for a missed wake-up).
@@ -111,7 +113,7 @@ class OutboxConsumer(ConnectedComponent):
         @raise InvalidConfigurationException: no topic, or a bad one.
         """
         ConnectedComponent.__init__(
-            self, pg_connector, notif_queue, error_strategy=error_strategy,
+            self, pg_connector, notif_queue, queue=queue, error_strategy=error_strategy,
             error_queue=error_queue, backoff_limit=backoff_limit, clock=clock,
         )
         topics = [topics] if isinstance(topics, str) else list(topics or ())
@@ -230,7 +232,7 @@ class OutboxConsumer(ConnectedComponent):
         @param count: how many at most; C{None}: all of them.
         @return: how many were given back.
         """
-        pending = getattr(self.notif_queue, "pending", None)
+        pending = getattr(self.queue, "pending", None)
         if not pending:
             return 0
         mine = []

@@ -194,7 +194,7 @@ class ConsumeRun(ConnectionRun):
         @return: how many changes to claim now, or C{None} for none.
         """
         consumer = self.consumer
-        queue = consumer.notif_queue
+        queue = consumer.queue
         # Never hold more than the pacer's limit (about half a second of
         # the processor's work, at most max_in_flight: others share the
         # work), never more than the queue has room for, and claim at least
@@ -245,7 +245,7 @@ class ConsumeRun(ConnectionRun):
             claimed = consumer.claimed
             for topic, count in Counter(c.topic for c in changes).items():
                 claimed[topic] = claimed.get(topic, 0) + count
-            queue = consumer.notif_queue
+            queue = consumer.queue
             if hasattr(queue, "put_many"):
                 queue.put_many(changes)
             else:

@@ -23,8 +23,8 @@ class ComponentGate(service.MultiService):
     """
     A L{service.MultiService} of components gated by L{is_open}.
 
-    @ivar notification_queue: the queue between the sources and the
-        processor.
+    @ivar queue: the queue between the sources and the processor (also
+        known by the seed's name, C{notification_queue}).
     @ivar error_queue: where components report
         L{hermes_tx.components.ComponentError}s.
     @ivar listener: the listener component, or C{None}.
@@ -40,7 +40,7 @@ class ComponentGate(service.MultiService):
             the sources stop reading (back-pressure; C{None}: no bound).
         """
         service.MultiService.__init__(self)
-        self.notification_queue = EventQueue(maxsize=queue_size)
+        self.queue = EventQueue(maxsize=queue_size)
         self.error_queue = defer.DeferredQueue()
         self.listener = None
         self.outbox = None
@@ -51,6 +51,13 @@ class ComponentGate(service.MultiService):
         # Bumped by every start and stop of the components: a stop sequence
         # that waited for the processor goes on only if nothing came since.
         self._turn = 0
+
+    @property
+    def notification_queue(self):
+        """
+        The seed's name of L{queue}.
+        """
+        return self.queue
 
     @property
     def is_open(self):
@@ -68,7 +75,7 @@ class ComponentGate(service.MultiService):
 
     def add_listener(self, listener):
         """
-        Add the listener (a component with a C{notif_queue}, normally a
+        Add the listener (a component with a C{queue}, normally a
         L{hermes_tx.listeners.PostgresNotificationListener}).
 
         @raise InvalidConfigurationException: not a component, or a listener
@@ -93,10 +100,10 @@ class ComponentGate(service.MultiService):
         self._pace_outbox()
 
     def _add_source(self, source):
-        own = getattr(source, "notif_queue", None)
+        own = getattr(source, "queue", None)
         if own is None:
-            source.notif_queue = self.notification_queue
-        elif own is not self.notification_queue:
+            source.queue = self.queue
+        elif own is not self.queue:
             # The user brought a queue: every source and the processor
             # must share it, or events would go where nobody reads.
             if self._queue_taken():
@@ -104,9 +111,9 @@ class ComponentGate(service.MultiService):
                     "the listener, the outbox consumer and the processor must share one queue: "
                     "this source brings its own, but the Client's is already in use "
                     "(give none, or the same one to all)")
-            self.notification_queue = own
+            self.queue = own
             if self._wired_processor:
-                self.processor.notification_pipe = own
+                self.processor.queue = own
         self._wire(source)
         source.setServiceParent(self)
 
@@ -128,16 +135,16 @@ class ComponentGate(service.MultiService):
             the sources' (every source and the processor share one queue).
         """
         self._check(processor, "processor", self.processor)
-        own = getattr(processor, "notification_pipe", None)
+        own = getattr(processor, "queue", None)
         if own is None:
-            processor.notification_pipe = self.notification_queue
-        elif own is not self.notification_queue:
+            processor.queue = self.queue
+        elif own is not self.queue:
             if self.listener is not None or self.outbox is not None:
                 raise InvalidConfigurationException(
                     "the listener, the outbox consumer and the processor must share one queue: "
-                    "this processor brings its own notification_pipe, the sources use the "
+                    "this processor brings its own queue, the sources use the "
                     "Client's (give none, or the same one to all)")
-            self.notification_queue = own
+            self.queue = own
         self._wired_processor = own is None
         self._wire(processor)
         self.processor = processor

@@ -134,7 +134,7 @@ class ConsumerLoop:
         """
         Return items taken but not processed to the front of the pipe.
         """
-        pending = getattr(self.component.notification_pipe, "pending", None)
+        pending = getattr(self.component.queue, "pending", None)
         if pending is None:
             return
         if hasattr(pending, "extendleft"):
@@ -153,7 +153,7 @@ class ConsumerLoop:
         @return: a Deferred firing when the loop has ended.
         """
         component = self.component
-        pipe = component.notification_pipe
+        pipe = component.queue
         pending = getattr(pipe, "pending", None)
         if pending is None:
             pending = ()

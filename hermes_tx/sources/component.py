@@ -6,9 +6,10 @@ primary (the listener and the outbox consumer): its runs are connections
 log line (at most L{LOSS_LINES} a second).
 """
 
-from hermes_tx.exceptions import one_line
+from hermes_tx.exceptions import InvalidConfigurationException, one_line
 from hermes_tx.runtime.component import BaseComponent
 from hermes_tx.runtime.loglimit import LogLimit
+from hermes_tx.runtime.queue import EventQueue
 
 #: at most this many lines a second about lost connections (the others are
 #: counted in the next line)
@@ -18,7 +19,8 @@ LOSS_LINES = 5
 class ConnectedComponent(BaseComponent):
     """
     A source that owns a connector (C{pg_connector}) and puts events on a
-    queue (C{notif_queue}): the listener and the outbox consumer.  Its runs
+    queue (C{queue}; the seed's C{notif_queue}): the listener and the
+    outbox consumer.  Its runs
     are connections (L{hermes_tx.sources.run.ConnectionRun}); it follows the
     primary when a multi-host DSN's primary moves.
 
@@ -29,22 +31,36 @@ class ConnectedComponent(BaseComponent):
     """
 
     pg_connector = None
-    notif_queue = None
+    queue = None
 
-    def __init__(self, pg_connector, notif_queue=None, **kwargs):
+    def __init__(self, pg_connector, notif_queue=None, queue=None, **kwargs):
         """
         @param pg_connector: a L{hermes_tx.connectors.PostgresConnector}.
-        @param notif_queue: where events go; C{None} lets the Client wire it
+        @param notif_queue: the seed's name of C{queue}.
+        @param queue: where events go; C{None} lets the Client wire it
             (or, at start, makes an unbounded queue).
         @param kwargs: for L{BaseComponent}.
         """
         BaseComponent.__init__(self, **kwargs)
         self.pg_connector = pg_connector
-        self.notif_queue = notif_queue
+        if queue is not None and notif_queue is not None and queue is not notif_queue:
+            raise InvalidConfigurationException("pass queue or notif_queue (its seed name), not both")
+        self.queue = queue if queue is not None else notif_queue
         self.reconnects = 0
         self._lost_at = None  # when the connection was lost, while it is made again
         self._loss_lines = LogLimit(self.clock, LOSS_LINES, 1.0)
         self.supervisor.add_observer(self)  # run_lost, run_terminated below
+
+    @property
+    def notif_queue(self):
+        """
+        The seed's name of C{queue}.
+        """
+        return self.queue
+
+    @notif_queue.setter
+    def notif_queue(self, queue):
+        self.queue = queue
 
     @property
     def state(self):
@@ -57,10 +73,8 @@ class ConnectedComponent(BaseComponent):
         return supervised  # "waiting" or "stopping"
 
     def startService(self):
-        if self.notif_queue is None:
-            from hermes_tx.runtime.queue import EventQueue
-
-            self.notif_queue = EventQueue()
+        if self.queue is None:
+            self.queue = EventQueue()
         BaseComponent.startService(self)
 
     # -- what its supervisor tells it (one line each) ----------------------------

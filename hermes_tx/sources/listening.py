@@ -99,7 +99,7 @@ class ListenRun(ConnectionRun):
             self._probe.stop()  # a probe's reply would read the whole backlog
         if self._check is not None:
             self._check.pause()  # its notification cannot be read meanwhile
-        self.listener.notif_queue.on_space(self._resume)
+        self.listener.queue.on_space(self._resume)
 
     def _resume(self):
         conn, self._paused_conn = self._paused_conn, None

@@ -87,7 +87,7 @@ class ClientCollector:
         yield probes
         yield GaugeMetricFamily(
             "hermes_queue_depth", "Events queued for the processor",
-            value=len(getattr(client.notification_queue, "pending", ())),
+            value=len(getattr(client.queue, "pending", ())),
         )
         since = getattr(processor, "busy_since", None)
         yield GaugeMetricFamily(
