@@ -64,8 +64,9 @@ class Component(BaseComponent):
 
     #: C{None}, or the largest batch in batch mode (see C{__init__})
     max_batch = None
-    #: C{None}, or seconds an C{execute} Deferred may take (see C{__init__})
-    execute_timeout = None
+    #: seconds an C{execute} Deferred may take (see C{__init__}); C{None} or
+    #: 0: no limit.  The same default as C{twistd hermes --execute-timeout}.
+    execute_timeout = 60.0
 
     def __init__(
         self,
@@ -96,11 +97,12 @@ class Component(BaseComponent):
             list of up to C{max_batch} items, all that were queued at once
             (a sink with a bulk API then makes one request per batch).  A
             subclass may set it as a class attribute instead.
-        @param execute_timeout: C{None}, or seconds an C{execute} that
-            returned a Deferred may take; it is then cancelled and handled
-            by the error strategy as an
-            L{hermes_tx.exceptions.ExecuteTimeout}.  A subclass may set it as
-            a class attribute instead.
+        @param execute_timeout: seconds an C{execute} that returned a
+            Deferred may take; it is then cancelled and handled by the error
+            strategy as an L{hermes_tx.exceptions.ExecuteTimeout}.  C{None}
+            keeps the class's (60 s unless a subclass says otherwise); 0
+            means no limit.  A subclass may set it as a class attribute
+            instead.
         @param queue: where items come from: an
             L{hermes_tx.runtime.queue.EventQueue}, a
             L{twisted.internet.defer.DeferredQueue} or anything whose
