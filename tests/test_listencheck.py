@@ -504,7 +504,7 @@ class ListenerWiringTests(unittest.TestCase):
         self.clock.advance(5.0)
         ready, details = readiness(client)
         self.assertFalse(ready)
-        self.assertFalse(details["listening"])
+        self.assertEqual(details["listener"], "deaf")
         self.assertIn("LISTEN hears nothing", details["reason"])
         deaf_lines = [line for line in self.lines(LogLevel.warn) if "hears nothing" in line]
         self.assertEqual(len(deaf_lines), 1)
@@ -518,7 +518,8 @@ class ListenerWiringTests(unittest.TestCase):
         self.assertEqual(listener.listen_probes["deaf"], 4)
         self.hears = True
         self.clock.pump([1.0] * 30)
-        self.assertEqual(readiness(client), (True, {"role": "primary", "listening": True}))
+        self.assertEqual(readiness(client), (True, {"role": "primary", "listener": "listening",
+                                                    "processor": "working"}))
         self.assertIn("LISTEN hears again", " ".join(self.lines(LogLevel.info)))
         probes = {s.labels["outcome"]: s.value for s in
                   {m.name: m for m in ClientCollector(client).collect()}[

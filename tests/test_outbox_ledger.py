@@ -4,6 +4,8 @@ what it writes, and when, while the processor settles changes faster than
 the database takes their acknowledgements.
 """
 
+from collections import Counter
+
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
@@ -26,7 +28,8 @@ class SlowWriter:
 
     def finish(self, index, failed=()):
         owed, d = self.writes[index]
-        d.callback((sum(1 for w in owed if w[0] == "ack"), 0, 0, list(failed)))
+        acked = Counter(w[2].topic for w in owed if w[0] == "ack")
+        d.callback((acked, Counter(), Counter(), list(failed)))
 
 
 class BacklogTests(unittest.TestCase):

@@ -65,7 +65,8 @@ class StatusServiceTests(unittest.TestCase):
         yield wait_until(lambda: self.client.listener.is_listening, what="listening")
         code, body = yield self.get(b"/ready")
         self.assertEqual((code, json.loads(body)),
-                         (200, {"ready": True, "role": "primary", "listening": True}))
+                         (200, {"ready": True, "role": "primary", "listener": "listening",
+                                "processor": "working"}))
         code, body = yield self.get(b"/health")
         self.assertEqual((code, json.loads(body)), (200, {"status": "ok"}))
 

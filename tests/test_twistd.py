@@ -83,7 +83,8 @@ class TwistdEndToEndTests(unittest.TestCase):
             transport.signalProcess("TERM")
         ended = yield proto.ended
         self.assertIsInstance(ended, error.ProcessDone, proto.err.decode())
-        self.assertEqual(json.loads(ready), {"ready": True, "role": "primary", "listening": True})
+        self.assertEqual(json.loads(ready), {"ready": True, "role": "primary",
+                                             "listener": "listening", "processor": "working"})
         self.assertIn(b'hermes_notifications_received_total{channel="Status"} 2.0', metrics)
         records = proto.records()
         self.assertEqual(records[1]["data"], {"id": 7})

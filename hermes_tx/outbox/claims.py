@@ -12,7 +12,7 @@ claim that expired meanwhile is simply not the consumer's any more; the
 change is delivered again, at least once).
 """
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -84,6 +84,8 @@ class Ledger:
         to the processor and not yet settled.
     @ivar counts: acknowledged, released, dead-lettered and lost claims so
         far (for metrics).
+    @ivar by_topic: the same, by topic: a dict of those names to
+        C{collections.Counter}s of topics.
     """
 
     log = Logger()
@@ -94,6 +96,7 @@ class Ledger:
         self.retry_delay = retry_policy or backoff_policy(initial=1.0, factor=2.0, max_delay=300.0)
         self.in_flight = OrderedDict()
         self.counts = {"acked": 0, "released": 0, "dead": 0, "lost": 0}
+        self.by_topic = {name: Counter() for name in self.counts}
         # (kind, token, change, delay, reason) not yet written; kind is
         # "ack", "release" or "dead"
         self._owed = []
@@ -188,9 +191,9 @@ class Ledger:
 
     def _written(self, outcome):
         acked, released, dead, failed = outcome
-        self.counts["acked"] += acked
-        self.counts["released"] += released
-        self.counts["dead"] += dead
+        for name, topics in (("acked", acked), ("released", released), ("dead", dead)):
+            self.counts[name] += sum(topics.values())
+            self.by_topic[name].update(topics)
         if not failed:
             if not self._later and self._later_timer is None:
                 self._later_backoff.reset()
@@ -223,8 +226,10 @@ class Ledger:
         consumer may deliver them again).
         """
         for change_id in ids:
-            if self.in_flight.pop(change_id, None) is not None:
+            change = self.in_flight.pop(change_id, None)
+            if change is not None:
                 self.counts["lost"] += 1
+                self.by_topic["lost"][change.topic] += 1
         if not self.in_flight and self.pacer is not None:
             self.pacer.idle()
 

@@ -10,6 +10,8 @@ again (nothing owed is dropped).  A lost connection fails the whole write:
 everything not written is owed on the next connection.
 """
 
+from collections import Counter
+
 from twisted.internet import defer
 
 from hermes_tx.strategies import is_connection_error
@@ -32,22 +34,24 @@ def write_owed(session, consumer, owed):
     @param owed: C{(kind, token, change, delay, reason)} tuples (see
         L{hermes_tx.outbox.claims.Ledger}).
     @return: a Deferred firing with C{(acked, released, dead, failed)}:
-        counts, and C{failed}, a list of C{(owed tuples, error)} for the
-        statements that failed (not for a lost connection: that fails the
-        Deferred, and nothing of C{owed} counts as written).
+        C{collections.Counter}s by topic, and C{failed}, a list of C{(owed
+        tuples, error)} for the statements that failed (not for a lost
+        connection: that fails the Deferred, and nothing of C{owed} counts
+        as written).
     """
     statements = consumer.statements
     groups = {}
     for kind, token, change, delay, reason in owed:
         groups.setdefault((kind, token), []).append((change, delay, reason))
-    acked = released = dead = 0
+    acked, released, dead = Counter(), Counter(), Counter()
     failed = []
     for (kind, token), items in groups.items():
         ids = id_array(change.id for change, _, _ in items)
         try:
             if kind == "ack":
                 rows = yield session.query(statements["ack"], (ids, token))
-                acked += len(rows)
+                done = {row[0] for row in rows}
+                acked.update(change.topic for change, _, _ in items if change.id in done)
             elif kind == "unclaim":
                 yield session.query(statements["unclaim"], (ids, token))
             elif kind == "release":
@@ -55,10 +59,11 @@ def write_owed(session, consumer, owed):
                           consumer.ledger.max_attempts)
                 rows = yield session.query(statements["release"], params)
                 outcome = dict((row[0], row[1]) for row in rows)
-                released += sum(1 for v in outcome.values() if v == "retry")
                 for change, _, reason in items:
-                    if outcome.get(change.id) == "dead":
-                        dead += 1
+                    if outcome.get(change.id) == "retry":
+                        released[change.topic] += 1
+                    elif outcome.get(change.id) == "dead":
+                        dead[change.topic] += 1
                         consumer.dead_lettered(change, reason)
             else:
                 rows = yield session.query(statements["dead_letter"],
@@ -66,7 +71,7 @@ def write_owed(session, consumer, owed):
                 moved = {row[0] for row in rows}
                 for change, _, reason in items:
                     if change.id in moved:
-                        dead += 1
+                        dead[change.topic] += 1
                         consumer.dead_lettered(change, reason)
         except Exception as error:
             if is_connection_error(error):

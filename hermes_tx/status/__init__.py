@@ -7,6 +7,6 @@ under C{twistd hermes --status-port} or in an application of your own.
   - L{hermes_tx.status.metrics}: the Client's figures for Prometheus.
 """
 
-from hermes_tx.status.site import StatusService, make_site
+from hermes_tx.status.site import StatusService, make_registry, make_resource, make_site
 
-__all__ = ["StatusService", "make_site"]
+__all__ = ["StatusService", "make_site", "make_resource", "make_registry"]

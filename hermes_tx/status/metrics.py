@@ -136,14 +136,18 @@ def _outbox_metrics(consumer):
     for topic, count in sorted(consumer.claimed.items()):
         claimed.add_metric([topic], count)
     yield claimed
-    counts = consumer.ledger.counts
+    by_topic = consumer.ledger.by_topic
     for name, key, text in (
-        ("hermes_outbox_acked", "acked", "Outbox changes acknowledged (processed)"),
-        ("hermes_outbox_retried", "released", "Outbox changes released for a retry"),
-        ("hermes_outbox_dead_lettered", "dead", "Outbox changes moved to the dead letters"),
-        ("hermes_outbox_claims_lost", "lost", "Claims that expired before their change was settled"),
+        ("hermes_outbox_acked", "acked", "Outbox changes acknowledged (processed), by topic"),
+        ("hermes_outbox_retried", "released", "Outbox changes released for a retry, by topic"),
+        ("hermes_outbox_dead_lettered", "dead", "Outbox changes moved to the dead letters, by topic"),
+        ("hermes_outbox_claims_lost", "lost",
+         "Claims that expired before their change was settled, by topic"),
     ):
-        yield CounterMetricFamily(name, text, value=counts[key])
+        family = CounterMetricFamily(name, text, labels=["topic"])
+        for topic in consumer.topics:
+            family.add_metric([topic], by_topic[key][topic])
+        yield family
     yield GaugeMetricFamily("hermes_outbox_in_flight_here", "Changes this consumer holds",
                             value=len(consumer.ledger.in_flight))
     gauges = [

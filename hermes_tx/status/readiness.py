@@ -1,6 +1,11 @@
-# -*- test-case-name: tests.test_status -*-
+# -*- test-case-name: tests.test_status,tests.test_readiness -*-
 """
 L{readiness}: whether a Client can deliver now, and why not.
+
+The answer names every part the Client has and what it is doing: the
+server's C{role}, the C{listener} and the C{outbox} consumer (when it has
+them) and the C{processor}; when one keeps the Client from delivering,
+C{reason} says why, in one line.
 """
 
 from hermes_tx.exceptions import one_line
@@ -11,43 +16,79 @@ from hermes_tx.runtime.breaker import CLOSED
 def readiness(client):
     """
     @return: C{(ready, details)}: ready is True when the server is the
-        primary, the listener is listening and its LISTEN is not known to
-        hear nothing (its C{deaf}), the outbox consumer (if any) is
-        consuming and the processor is working (not terminated, not paused
-        by its circuit breaker, not stuck on one event for longer than its
-        C{execute_timeout}); details is a dict for humans.
+        primary, the listener (if any) is listening and its LISTEN is not
+        known to hear nothing, the outbox consumer (if any) is consuming
+        (by polling alone, if its wake-ups are not heard) and the processor
+        is working (not terminated, not paused by its circuit breaker, not
+        retrying notifications, not stuck on one event for longer than its
+        C{execute_timeout}); C{details} is a dict for humans: C{role},
+        C{listener}, C{outbox} and C{processor} (each present when the
+        Client has one) and C{reason} when not ready.
     """
-    listener = client.listener
-    processor = client.processor
-    listening = bool(getattr(listener, "is_listening", False))
-    deaf = getattr(listener, "deaf", None) if listening else None
-    details = {"role": client.role, "listening": listening and deaf is None}
+    details = {"role": client.role}
+    reasons = []
     if client.role != PRIMARY:
-        details["reason"] = f"server role is {client.role}"
-    elif listener is not None and not listening:
-        details["reason"] = "listener is " + _source_state(listener)
-    elif deaf is not None:
-        details["reason"] = f"listener's LISTEN hears nothing: {deaf}"
-    elif client.outbox is not None and not client.outbox.is_consuming:
-        details["reason"] = "outbox consumer is " + _source_state(client.outbox)
-    elif processor is not None and getattr(processor, "terminated", None) is not None:
-        details["reason"] = "processor terminated: " + one_line(processor.terminated.error)
-    elif processor is not None and not processor.running:
-        details["reason"] = "processor is stopped"
-    elif _circuit_open(processor):
-        details["reason"] = _paused(client, processor.breaker)
-    elif getattr(processor, "failing", None) is not None:
-        reason, since = processor.failing
-        details["reason"] = f"processor failing since {client.clock.seconds() - since:.0f} s: {reason}"
-    else:
-        stuck = _stuck_for(client, processor)
-        if stuck is not None:
-            details["reason"] = f"processor busy with one event for {stuck:.0f} s"
-    outbox_hearing = getattr(client.outbox, "hearing", None)
-    if outbox_hearing is not None and outbox_hearing.deaf is not None:
+        reasons.append(f"server role is {client.role}")
+    if client.listener is not None:
+        state, why = _listener(client.listener)
+        details["listener"] = state
+        if why:
+            reasons.append(why)
+    if client.outbox is not None:
+        state, why = _outbox(client.outbox)
+        details["outbox"] = state
+        if why:
+            reasons.append(why)
+    if client.processor is not None:
+        state, why = _processor(client, client.processor)
+        details["processor"] = state
+        if why:
+            reasons.append(why)
+    if reasons:
+        details["reason"] = reasons[0]
+    return not reasons, details
+
+
+def _listener(listener):
+    """
+    @return: C{(state, reason or None)}.
+    """
+    if not listener.is_listening:
+        state = _source_state(listener)
+        return state, f"listener is {state}"
+    deaf = getattr(listener, "deaf", None)
+    if deaf is not None:
+        return "deaf", f"listener's LISTEN hears nothing: {deaf}"
+    return "listening", None
+
+
+def _outbox(consumer):
+    if not consumer.is_consuming:
+        state = _source_state(consumer)
+        return state, f"outbox consumer is {state}"
+    hearing = getattr(consumer, "hearing", None)
+    if hearing is not None and hearing.deaf is not None:
         # Still delivering, by polling: ready, and the body says how.
-        details["outbox"] = f"polling only: wake-ups are not heard ({outbox_hearing.deaf})"
-    return "reason" not in details, details
+        return f"polling only: wake-ups are not heard ({hearing.deaf})", None
+    return "consuming", None
+
+
+def _processor(client, processor):
+    if getattr(processor, "terminated", None) is not None:
+        return "terminated", "processor terminated: " + one_line(processor.terminated.error)
+    if not processor.running:
+        return "stopped", "processor is stopped"
+    breaker = getattr(processor, "breaker", None)
+    if breaker is not None and breaker.state != CLOSED:
+        return "paused", _paused(client, breaker)
+    failing = getattr(processor, "failing", None)
+    if failing is not None:
+        reason, since = failing
+        return "failing", f"processor failing since {client.clock.seconds() - since:.0f} s: {reason}"
+    stuck = _stuck_for(client, processor)
+    if stuck is not None:
+        return "stuck", f"processor busy with one event for {stuck:.0f} s"
+    return "working", None
 
 
 def _source_state(source):
@@ -63,11 +104,6 @@ def _source_state(source):
     line = one_line(outcome.error)
     scrub = getattr(getattr(source, "pg_connector", None), "scrub", None)
     return f"{state} to reconnect after {scrub(line) if scrub is not None else line}"
-
-
-def _circuit_open(processor):
-    breaker = getattr(processor, "breaker", None)
-    return breaker is not None and breaker.state != CLOSED
 
 
 def _paused(client, breaker):
@@ -95,4 +131,3 @@ def _stuck_for(client, processor):
         return None
     age = client.clock.seconds() - since
     return age if age > timeout else None
-

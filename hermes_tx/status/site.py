@@ -59,15 +59,30 @@ class _QuietSite(server.Site):
         pass
 
 
-def make_site(client, access_log=False):
+def make_registry(client):
     """
-    @param access_log: True to log a line per request (Twisted's access
-        log); by default nothing is logged per request.
-    @return: a L{twisted.web.server.Site} serving /health, /ready and /metrics for
-        C{client}.
+    @return: a C{prometheus_client.CollectorRegistry} with C{client}'s
+        figures (L{ClientCollector}, the sinks' included).  Register your
+        application's own collectors in it: C{/metrics} serves them too.
     """
     registry = CollectorRegistry()
     registry.register(ClientCollector(client))
+    return registry
+
+
+def make_resource(client, registry=None):
+    """
+    The status endpoint as a resource to mount in a site of your own
+    (C{root.putChild(b"status", make_resource(client))} serves
+    C{/status/health}, C{/status/ready} and C{/status/metrics}).
+
+    @param registry: the registry C{/metrics} serves; C{None}: a new one
+        (L{make_registry}).
+    @return: a L{twisted.web.resource.Resource} with the children
+        C{health}, C{ready} and C{metrics}.
+    """
+    if registry is None:
+        registry = make_registry(client)
 
     def health():
         running = bool(client.running)
@@ -81,7 +96,19 @@ def make_site(client, access_log=False):
     root.putChild(b"health", _JsonResource(health))
     root.putChild(b"ready", _JsonResource(ready))
     root.putChild(b"metrics", _MetricsResource(registry))
-    site = (server.Site if access_log else _QuietSite)(root)
+    return root
+
+
+def make_site(client, access_log=False, registry=None):
+    """
+    @param access_log: True to log a line per request (Twisted's access
+        log); by default nothing is logged per request.
+    @param registry: the registry C{/metrics} serves (see
+        L{make_resource}).
+    @return: a L{twisted.web.server.Site} serving /health, /ready and
+        /metrics for C{client}.
+    """
+    site = (server.Site if access_log else _QuietSite)(make_resource(client, registry))
     site.noisy = False
     return site
 
@@ -108,15 +135,20 @@ class StatusService(service.Service):
 
     @ivar port: the listening port (C{getHost().port} tells the number when
         0 was asked for), or C{None} while stopped.
+    @ivar registry: the registry C{/metrics} serves: register the
+        application's own collectors in it.
     """
 
-    def __init__(self, client, port, interface="127.0.0.1", reactor=None, access_log=False):
+    def __init__(self, client, port, interface="127.0.0.1", reactor=None, access_log=False,
+                 registry=None):
         """
         @param client: the L{hermes_tx.client.Client} to report on.
         @param port: the TCP port number (0 picks a free one).
         @param interface: the address to listen on (default loopback only).
         @param reactor: an C{IReactorTCP}; C{None} means the reactor.
         @param access_log: True to log a line per request.
+        @param registry: the registry C{/metrics} serves; C{None}: a new
+            one (L{make_registry}), in L{registry}.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -125,12 +157,14 @@ class StatusService(service.Service):
         self.interface = interface
         self.reactor = reactor
         self.access_log = access_log
+        self.registry = registry if registry is not None else make_registry(client)
         self.port = None
 
     def startService(self):
         service.Service.startService(self)
         self.port = self.reactor.listenTCP(
-            self.port_number, make_site(self.client, self.access_log), interface=self.interface
+            self.port_number, make_site(self.client, self.access_log, self.registry),
+            interface=self.interface,
         )
 
     def stopService(self):
