@@ -64,6 +64,11 @@ class Component(BaseComponent):
 
     #: C{None}, or the largest batch in batch mode (see C{__init__})
     max_batch = None
+    #: C{None}, or C{observer(event, outcome, detail)} told what became of
+    #: each event: C{"done"}, C{"retried"} (detail: the reason),
+    #: C{"rejected"} (the reason) or C{"failed"} (the exception, handed to
+    #: the error strategy).  L{hermes_tx.testing} sets it.
+    outcome_observer = None
     #: seconds an C{execute} Deferred may take (see C{__init__}); C{None} or
     #: 0: no limit.  The same default as C{twistd hermes --execute-timeout}.
     execute_timeout = 60.0

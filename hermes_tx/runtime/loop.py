@@ -171,6 +171,7 @@ class ConsumerLoop:
         plain = _PLAIN_TYPES
         clock = self.clock
         breaker = self.breaker
+        observer = component.outcome_observer
         budget = self.turn_budget
         turn_began = clock.seconds()
         retry = None  # items to execute again before taking new ones
@@ -243,6 +244,9 @@ class ConsumerLoop:
                 continue
             if self._last_failed or self.failing is not None:
                 self.succeeded()
+            if observer is not None:
+                for event in (item if max_batch else [item]):
+                    observer(event, "done", None)
             # Success: the hot path counts notifications inline.
             if max_batch:
                 for event in item:

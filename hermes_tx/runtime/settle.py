@@ -53,6 +53,17 @@ def _ids(changes):
     return ", ".join(ids) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "")
 
 
+def _tell(loop, events, outcome, detail):
+    """
+    Tell the component's outcome observer (tests: L{hermes_tx.testing}),
+    if it has one, what became of C{events}.
+    """
+    observer = loop.component.outcome_observer
+    if observer is not None:
+        for event in events:
+            observer(event, outcome, detail)
+
+
 def settle_success(loop, change):
     """
     An outbox change was processed: acknowledge it.
@@ -63,6 +74,7 @@ def settle_success(loop, change):
 
 
 def _settle_done(loop, events):
+    _tell(loop, events, "done", None)
     processed = loop.component.processed
     for event in events:
         if type(event) is Change:
@@ -100,6 +112,7 @@ def _warn(loop, text, **fields):
 
 
 def _reject(loop, events, reason):
+    _tell(loop, events, "rejected", reason)
     changes = [e for e in events if type(e) is Change]
     others = [e for e in events if type(e) is not Change]
     for change in changes:
@@ -120,6 +133,7 @@ def _retry(loop, events, reason, retry_after):
         or C{None}.
     """
     component = loop.component
+    _tell(loop, events, "retried", reason)
     changes = [e for e in events if type(e) is Change]
     others = [e for e in events if type(e) is not Change]
     _release(loop, changes, reason, retry_after)
@@ -199,6 +213,7 @@ def settle_failure(loop, item, error):
         again = yield retried
         return _as_item(loop, again)
     expected, action = component.error_strategy.handle_exception(error)
+    _tell(loop, batch, "failed", error)
     where = _where(batch)
     changes = [e for e in batch if type(e) is Change]
     _release(loop, changes, error)
