@@ -428,6 +428,22 @@ class DeadlineTests(_RunCase):
         d.callback(None)
         self.assertEnded(STOPPED)
 
+    def test_stop_while_tearing_down(self):
+        """
+        Work that ended on its own (a lost connection), then a stop while
+        its tear_down hangs: the stop is bounded all the same.
+        """
+        self.component.tear_down_with = d = defer.Deferred()
+        self.working()
+        self.run.work_ended(Outcome(LOST, ConnectionLostError("gone")))
+        self.run.stop()
+        self.clock.advance(2)
+        self.assertEnded(STOPPED)
+        self.assertEqual(self.late_lines(),
+                         ["fake: tear_down did not finish within 2 s; stopped anyway"])
+        d.callback(None)
+        self.assertEnded(STOPPED)
+
     def test_deadline_counts_from_the_first_stop(self):
         self.working()
         self.run.stop()

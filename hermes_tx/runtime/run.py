@@ -149,9 +149,12 @@ def _build():
         core.outcome = outcome
         core.tear_down(inputs)
 
+    # A stop after a termination, or while the tear_down of work that
+    # ended on its own runs, is bounded all the same.
     @ending.upon(_Inputs.stop).loop()
     @set_up_ending.upon(_Inputs.stop).loop()
-    def stop_while_terminating(inputs, core):
+    @tearing_down.upon(_Inputs.stop).loop()
+    def stop_while_ending(inputs, core):
         core.arm(inputs)
 
     @tearing_down.upon(_Inputs.torn_down).to(ended)
@@ -183,7 +186,7 @@ def _build():
     late_work.upon(_Inputs.work_ended).to(ended).returns(None)
 
     # Inputs that come too late, or twice, change nothing.
-    for state in (tearing_down, ended, late_set_up, late_work, late_tear_down):
+    for state in (ended, late_set_up, late_work, late_tear_down):
         state.upon(_Inputs.stop).loop().returns(None)
     for state in (set_up_ending, ending, tearing_down, ended, late_set_up, late_work, late_tear_down):
         state.upon(_Inputs.terminate).loop().returns(None)
