@@ -6,9 +6,11 @@ and claims nothing more.
 """
 
 from twisted.internet import defer
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 
 from hermes_tx.outbox.pump import ClaimPump
+from tests.support.shared import capture_log
 
 
 class Claims:
@@ -107,13 +109,18 @@ class ClaimPumpTests(unittest.TestCase):
 
     def test_failed_claim(self):
         """
-        A claim that failed (its run reports the loss) leaves the pump
-        idle: the next reason claims again.
+        A claim function that failed (a bug: the run handles a failed
+        statement itself) is logged with its traceback, not dropped, and
+        leaves the pump idle: the next reason claims again.
         """
+        log = capture_log(self)
         pump = self.make()
         pump.want()
         self.claims.last.errback(ValueError("claim failed"))
         self.assertEqual(pump.state, "idle")
+        [event] = [e for e in log if "log_failure" in e]
+        self.assertEqual(formatEvent(event), "claiming failed")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         pump.want()
         self.assertEqual(len(self.claims.made), 2)
 
@@ -121,6 +128,7 @@ class ClaimPumpTests(unittest.TestCase):
         pump = self.make(KeyError("bug"))
         pump.want()
         self.assertEqual(pump.state, "idle")
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
         pump.want()
         self.assertEqual((pump.state, len(self.claims.made)), ("claiming", 1))
 
@@ -175,6 +183,6 @@ class ClaimPumpTests(unittest.TestCase):
         pump.want()
         pump.want()
         stopped = pump.stop()
-        self.claims.last.errback(ValueError("lost"))
+        self.claims.last.callback(False)
         self.successResultOf(stopped)
         self.assertEqual((pump.state, len(self.claims.made)), ("stopped", 1))
