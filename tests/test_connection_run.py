@@ -449,3 +449,33 @@ class WorkingTests(_Case):
         self.conn.lose()
         self.assertEqual(len(run.outcomes), 1)
         self.assertEqual([e[0] for e in run.events], ["working", "drain", "closing", "ended"])
+
+
+class ShutdownDeadlineTests(_Case):
+    def test_drain_past_the_deadline(self):
+        """
+        A source with a shutdown_timeout whose drain outlasts it: reported
+        stopped at the deadline with its connection closed then, so
+        nothing of it touches the next run (the late drain's end does not
+        close the next run's connection).
+        """
+        run = self.working()
+        self.source.shutdown_timeout = 2.0
+        self.source.drain_with = drained = defer.Deferred()
+        old = self.conn
+        stopped = self.source.stopService()
+        self.clock.advance(2)
+        self.successResultOf(stopped)
+        self.assertEqual([o.kind for o in run.outcomes], [STOPPED])
+        self.assertEqual((run.state, self.source.state), ("ended", "stopped"))
+        self.assertFalse(old.is_open)
+        # Reported first, closed right after.
+        self.assertEqual([e[0] for e in run.events], ["working", "drain", "ended", "closing"])
+        self.source.startService()
+        new = self.connector.current
+        self.assertIsNot(new, old)
+        drained.callback(None)
+        self.assertTrue(new.is_open)
+        self.assertEqual(self.source.runs[-1].state, "testing")
+        self.assertEqual(len(run.outcomes), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
