@@ -363,6 +363,10 @@ class DeadlineTests(_RunCase):
         self.assertEnded(STOPPED)
 
     def test_set_up_pending_then_failing(self):
+        """
+        A late set_up that fails: nothing to tear down, nothing more
+        reported, but its error is said (not dropped).
+        """
         self.component.set_up_with = d = defer.Deferred()
         self.run.start()
         self.run.stop()
@@ -370,6 +374,8 @@ class DeadlineTests(_RunCase):
         d.errback(ConnectionLostError("gone"))
         self.assertEqual(self.calls, ["set_up"])
         self.assertEnded(STOPPED)
+        self.assertEqual(self.component.lines(LogLevel.error),
+                         ["fake: set_up failed: ConnectionLostError: gone"])
 
     def test_terminated_set_up_stopped_later(self):
         """

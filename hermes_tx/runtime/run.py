@@ -180,7 +180,10 @@ def _build():
     def clean_up_after_set_up(inputs, core):
         core.tear_down(inputs)
 
-    late_set_up.upon(_Inputs.set_up_failed).to(ended).returns(None)
+    @late_set_up.upon(_Inputs.set_up_failed).to(ended)
+    def set_up_failed_late(inputs, core, failure):
+        # Reported stopped already: the error is said all the same.
+        core.run._set_up_failed(failure)
     late_tear_down.upon(_Inputs.torn_down).to(ended).returns(None)
     late_work.upon(_Inputs.torn_down).loop().returns(None)
     late_work.upon(_Inputs.work_ended).to(ended).returns(None)
