@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_outbox_run -*-
+# -*- test-case-name: tests.test_outbox_pump,tests.test_outbox_run -*-
 """
 L{ClaimPump}: when an outbox consumer claims, as an Automat state machine.
 
@@ -7,7 +7,9 @@ changes claimable (a wake-up, the poll, acknowledgements that freed the
 next change of a key, room in the queue, the processor's circuit closing)
 asks the pump; asked while a claim is in flight, exactly one more claim
 follows it, since the one in flight may have been made before the reason
-to ask.  A claim that came back full asks for the next one itself.
+to ask.  A claim that came back full asks for the next one itself.  A claim
+function that fails (a bug: its run handles a failed statement itself) is
+logged with its traceback, and the next reason to claim claims again.
 """
 
 from dataclasses import dataclass, field
@@ -15,8 +17,11 @@ from typing import Any, Callable, List, Protocol
 
 from automat import TypeMachineBuilder
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from hermes_tx.runtime.machines import StateName
+
+log = Logger()
 
 
 class _Inputs(Protocol):
@@ -38,6 +43,7 @@ class _Core:
 
     def begin(self, machine):
         d = defer.maybeDeferred(self.claim)
+        d.addErrback(lambda f: log.failure("claiming failed", f))
         d.addBoth(lambda more: machine.finished(more is True))
 
     def release(self):

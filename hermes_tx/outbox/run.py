@@ -26,7 +26,7 @@ from hermes_tx.outbox.claims import Claim
 from hermes_tx.outbox.pump import ClaimPump
 from hermes_tx.outbox.writes import id_array, write_owed
 from hermes_tx.postgres.liveness import LivenessProbe
-from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN
+from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN, OPEN
 from hermes_tx.sources.run import ConnectionRun
 from hermes_tx.postgres.channels import listen_statement
 
@@ -224,21 +224,24 @@ class ConsumeRun(ConnectionRun):
     def _claimed(self, rows, claim, limit, ahead):
         consumer = self.consumer
         changes = _changes(rows, claim)
-        if not self.is_working:
+        if self.is_working:
+            self.on_ready()  # claims work: the next loss retries after the shortest delay
+            if self._check is not None and self._check.state == "stopped":
+                # The first probe after the first claim, not with it: through
+                # a proxy a notification that arrives while a query of ours
+                # is under way gets through, and would prove nothing.
+                self._check.start()
+        breaker = consumer.breaker
+        if not self.is_working or (breaker is not None and breaker.state == OPEN):
             # A claim that came back after the stop began (or the
-            # connection's end): nothing of it was handed out; give it all
-            # back (attempt not counted) with the stop's last write, rather
-            # than leave the keys blocked until the claims expire.
+            # connection's end), or after the processor's circuit opened:
+            # nothing of it was handed out; give it all back (attempt not
+            # counted), with the stop's last write, rather than leave the
+            # keys blocked until the claims expire or the circuit closes.
             consumer.ledger.add_many(changes)
             for change in changes:
                 consumer.ledger.settle(change, ("unclaim", claim.token, change, None, None))
             return False
-        self.on_ready()  # claims work: the next loss retries after the shortest delay
-        if self._check is not None and self._check.state == "stopped":
-            # The first probe after the first claim, not with it: through a
-            # proxy a notification that arrives while a query of ours is
-            # under way gets through, and would prove nothing.
-            self._check.start()
         consumer.ledger.add_many(changes)
         if changes:
             consumer.pacer.claimed()

@@ -77,6 +77,11 @@ class LivenessProbe:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
             self._deadline = None
+            if self.activity is not None:
+                # The probe's own answer may move the marker (a session's
+                # last answer): it is not activity seen since, or the next
+                # probe would wait twice the interval.
+                self._last_activity = self.activity()
             self._schedule()
 
     def _failed(self, failure):

@@ -149,9 +149,12 @@ def _build():
         core.outcome = outcome
         core.tear_down(inputs)
 
+    # A stop after a termination, or while the tear_down of work that
+    # ended on its own runs, is bounded all the same.
     @ending.upon(_Inputs.stop).loop()
     @set_up_ending.upon(_Inputs.stop).loop()
-    def stop_while_terminating(inputs, core):
+    @tearing_down.upon(_Inputs.stop).loop()
+    def stop_while_ending(inputs, core):
         core.arm(inputs)
 
     @tearing_down.upon(_Inputs.torn_down).to(ended)
@@ -177,13 +180,16 @@ def _build():
     def clean_up_after_set_up(inputs, core):
         core.tear_down(inputs)
 
-    late_set_up.upon(_Inputs.set_up_failed).to(ended).returns(None)
+    @late_set_up.upon(_Inputs.set_up_failed).to(ended)
+    def set_up_failed_late(inputs, core, failure):
+        # Reported stopped already: the error is said all the same.
+        core.run.set_up_failed_outcome(failure)
     late_tear_down.upon(_Inputs.torn_down).to(ended).returns(None)
     late_work.upon(_Inputs.torn_down).loop().returns(None)
     late_work.upon(_Inputs.work_ended).to(ended).returns(None)
 
     # Inputs that come too late, or twice, change nothing.
-    for state in (tearing_down, ended, late_set_up, late_work, late_tear_down):
+    for state in (ended, late_set_up, late_work, late_tear_down):
         state.upon(_Inputs.stop).loop().returns(None)
     for state in (set_up_ending, ending, tearing_down, ended, late_set_up, late_work, late_tear_down):
         state.upon(_Inputs.terminate).loop().returns(None)

@@ -6,7 +6,8 @@ check that it is not a standby) to its loss.
 The connection's life is an Automat state machine: connecting, preparing
 (the role check and C{LISTEN} on that very connection), working (the
 subclass: listening, consuming), draining (a stop lets the subclass finish
-what it owes, the outbox its acknowledgements) and closed.  The machine
+what it owes, the outbox its acknowledgements, until the component's
+C{shutdown_timeout} if it has one) and closed.  The machine
 owns the connection and its L{hermes_tx.postgres.session.Session}, whose
 every query has a deadline (the source's C{liveness_timeout}): a server
 that stops answering is a lost connection, whatever the query.  The
@@ -20,7 +21,7 @@ from automat import TypeMachineBuilder
 from twisted.internet import defer
 
 from hermes_tx import strategies
-from hermes_tx.exceptions import StandbyServerError
+from hermes_tx.exceptions import ConnectionLostError, StandbyServerError
 from hermes_tx.postgres.session import Session
 from hermes_tx.runtime.machines import StateName
 from hermes_tx.runtime.run import Run
@@ -247,6 +248,15 @@ class ConnectionRun(Run):
         failed): end the run, lost or terminated as the error strategy says.
         """
         self._connection.failed(error)
+
+    def ended(self, outcome):
+        Run.ended(self, outcome)
+        if self._phase.name == "Draining":
+            # Reported before the drain finished (the component's
+            # shutdown_timeout passed): the connection goes now, so nothing
+            # of this run touches the next one (a late drain would close
+            # the connector's next connection).
+            self._connection.failed(ConnectionLostError("stopped before it finished"))
 
     def notified(self, batch):
         """

@@ -1,7 +1,8 @@
 """
-In-memory stand-ins for PostgreSQL connections, for tests of the Client and
-listener driven by a L{twisted.internet.task.Clock}: every answer is a
-Deferred the test fires (or an immediate one), every loss is a call.
+In-memory stand-ins for PostgreSQL connections, for tests of the Client,
+the sources and their sessions driven by a L{twisted.internet.task.Clock}:
+every answer is a Deferred the test fires (or an immediate one), every loss
+is a call.
 """
 
 from collections import namedtuple
@@ -70,15 +71,101 @@ class FakeConnection:
         self.is_open = False
 
 
-class FakeListenConnector:
+class Query:
     """
-    A listener's connector.  Each C{connect()} makes a L{FakeConnection}
-    (kept in C{connections}) at once, or fails with C{refuse} when set, or
-    waits when C{hold} is true (C{pending} holds the Deferreds).
+    One statement a L{ScriptedConnection} was given, waiting for the test's
+    answer.
+
+    @ivar statement: the statement (a string or a C{psycopg2.sql.Composable}).
+    @ivar params: its parameters.
+    @ivar deferred: what C{runQuery}/C{runOperation} returned.
     """
 
-    def __init__(self, hosts=None):
+    def __init__(self, statement, params, deferred):
+        self.statement = statement
+        self.params = params
+        self.deferred = deferred
+
+    @property
+    def waiting(self):
+        return not self.deferred.called
+
+    def answer(self, rows=()):
+        """
+        The server answers with C{rows} (a list of tuples).
+        """
+        self.deferred.callback(list(rows))
+
+    def fail(self, error):
+        """
+        The server answers with an error (or the connection fails it).
+        """
+        self.deferred.errback(Failure(error))
+
+    def __repr__(self):
+        return f"<Query {self.statement!r} {self.params!r}>"
+
+
+class ScriptedConnection(FakeConnection):
+    """
+    A connection whose every statement waits for the test: each is a
+    L{Query} in C{asked}.  While C{prepare_at_once} is true, the role check
+    (C{pg_is_in_recovery()}, answering C{in_recovery}) and C{LISTEN} are
+    answered at once, so a source's run works as soon as it connects.
+    """
+
+    def __init__(self, host=None, in_recovery=False, prepare_at_once=True):
+        FakeConnection.__init__(self, host=host, in_recovery=in_recovery)
+        self.prepare_at_once = prepare_at_once
+        self.asked = []
+
+    def runQuery(self, query, params=None):
+        self.queries.append(str(query))
+        if self.prepare_at_once and "pg_is_in_recovery" in str(query):
+            return defer.succeed([(self.in_recovery,)])
+        return self._ask(query, params)
+
+    def runOperation(self, query, params=None):
+        self.queries.append(str(query))
+        if self.prepare_at_once and "LISTEN" in str(query):
+            return defer.succeed(None)
+        return self._ask(query, params)
+
+    def _ask(self, query, params):
+        d = defer.Deferred()
+        self.asked.append(Query(query, params, d))
+        return d
+
+    def waiting(self, statement=None):
+        """
+        @return: the L{Query}s not answered yet (of C{statement} only, when
+            given), oldest first.
+        """
+        return [q for q in self.asked
+                if q.waiting and (statement is None or q.statement == statement)]
+
+    def one(self, statement=None):
+        """
+        @return: the one L{Query} waiting (of C{statement}); fails the test
+            (AssertionError) when there is not exactly one.
+        """
+        waiting = self.waiting(statement)
+        if len(waiting) != 1:
+            raise AssertionError(f"expected one query waiting, not {waiting!r}")
+        return waiting[0]
+
+
+class FakeListenConnector:
+    """
+    A source's connector.  Each C{connect()} makes a connection (kept in
+    C{connections}; a L{FakeConnection}, or what C{connection_factory} makes)
+    at once, or fails with C{refuse} when set, or waits when C{hold} is true
+    (C{pending} holds the Deferreds).
+    """
+
+    def __init__(self, hosts=None, connection_factory=FakeConnection):
         self.hosts = list(hosts or [HostEntry("", "", "")])
+        self.connection_factory = connection_factory
         self.pinned = None
         self.refuse = None
         self.hold = False
@@ -102,7 +189,7 @@ class FakeListenConnector:
         return defer.succeed(self._open())
 
     def _open(self):
-        conn = FakeConnection(host=self.pinned, in_recovery=self.in_recovery)
+        conn = self.connection_factory(host=self.pinned, in_recovery=self.in_recovery)
         self.connections.append(conn)
         self.connection = conn
         return conn

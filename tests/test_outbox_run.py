@@ -1,0 +1,611 @@
+"""
+Tests for L{hermes_tx.outbox.run.ConsumeRun} (through its
+L{hermes_tx.outbox.consumer.OutboxConsumer}) in memory: a
+L{ScriptedConnection} records every statement and the test answers each
+(claimed rows, acknowledgements, extensions), and a L{task.Clock} drives
+the poll, the extension, the liveness probe and the query deadlines.
+
+When it counts as ready, what makes it claim and what does not (wake-ups of
+other topics, a full queue, the processor's open circuit), claims that
+never overlap, claiming ahead, keeping claims alive, a dead connection
+found by the probe or a deadline, a stop that drains, figures for
+C{/metrics}.
+"""
+
+import psycopg2
+from twisted.internet import task
+from twisted.logger import LogLevel, formatEvent
+from twisted.trial import unittest
+
+from hermes_tx.exceptions import ConnectionLostError
+from hermes_tx.outbox.consumer import OutboxConsumer
+from hermes_tx.outbox.run import SKIP_AHEAD
+from hermes_tx.runtime.backoff import Backoff, backoff_policy
+from hermes_tx.runtime.breaker import THRESHOLD, Breaker
+from hermes_tx.runtime.queue import EventQueue
+from tests.support.fakes import FakeListenConnector, ScriptedConnection
+from tests.support.shared import capture_log
+
+DENIED = psycopg2.errors.InsufficientPrivilege("permission denied for function claim")
+
+
+def rows(first, count, topic="t1"):
+    """
+    @return: C{count} claimed rows with ids from C{first}, each of its own
+        key.
+    """
+    return [(i, topic, f"k{i}", 0, 1000.0, '{"n": %d}' % i) for i in range(first, first + count)]
+
+
+class Seen:
+    """
+    Notes what the consumer's supervisor tells: ready, lost (with the
+    delay before the next run).
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def run_ready(self, component):
+        self.calls.append(("ready",))
+
+    def run_lost(self, component, error, delay):
+        self.calls.append(("lost", error, delay))
+
+    @property
+    def delays(self):
+        return [call[2] for call in self.calls if call[0] == "lost"]
+
+
+def ids(text):
+    return [(int(i),) for i in text.strip("{}").split(",")]
+
+
+class _Consuming(unittest.TestCase):
+    """
+    A started consumer of topic C{t1} on fakes.  Unless a test says
+    otherwise: no liveness probe and no query deadline, a poll once a
+    minute, claims of 10, and an in-flight limit (100) the pacer does not
+    change.
+    """
+
+    timeout = 10  # seconds: nothing here waits for anything real
+
+    def make(self, queue=None, **kwargs):
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.log = capture_log(self)
+        self.connector = FakeListenConnector(connection_factory=ScriptedConnection)
+        self.queue = EventQueue() if queue is None else queue
+        settings = dict(poll_interval=60.0, batch_size=10, max_in_flight=100, claim_horizon=None,
+                        liveness_timeout=None, visibility_timeout=30.0)
+        settings.update(kwargs)
+        consumer = self.consumer = OutboxConsumer(self.connector, ["t1", "t2"],
+                                                  notif_queue=self.queue, clock=self.clock,
+                                                  **settings)
+        self.seen = Seen()
+        consumer.supervisor.add_observer(self.seen)
+        consumer.startService()
+        self.addCleanup(self.stop_anyway)
+        return consumer
+
+    def stop_anyway(self):
+        # A stop waits for the claim in flight: the connection's loss ends
+        # the drain of a test that left one unanswered.
+        if self.consumer.running:
+            stopped = self.consumer.stopService()
+            if not stopped.called:
+                self.conn.lose()
+            self.successResultOf(stopped)
+
+    @property
+    def conn(self):
+        return self.connector.current
+
+    @property
+    def statements(self):
+        return self.consumer.statements
+
+    def claims(self):
+        return self.conn.waiting(self.statements["claim"])
+
+    def claim(self):
+        """
+        @return: the one claim waiting for its answer.
+        """
+        return self.conn.one(self.statements["claim"])
+
+    def answer_claim(self, answer):
+        query = self.claim()
+        query.answer(answer)
+        return query
+
+    def no_claim(self):
+        self.assertEqual(self.claims(), [])
+
+    def settle_all(self, how="done"):
+        """
+        The processor takes every queued change and settles it.
+        """
+        changes = self.queue.take(len(self.queue))
+        for change in changes:
+            getattr(change.claim, how)(change)
+        return changes
+
+    def write(self, *expected):
+        """
+        Answer the writes of what is owed, one statement after the other:
+        each C{(kind, ids)} expected, every row written.
+        """
+        for kind, id_array in expected:
+            query = self.conn.one(self.statements[kind])
+            self.assertEqual(query.params[0], id_array)
+            query.answer(ids(id_array))
+
+    def writes(self):
+        """
+        @return: the writes of what is owed waiting for their answer.
+        """
+        kinds = ("ack", "release", "dead_letter", "unclaim")
+        return [q for q in self.conn.waiting()
+                if any(q.statement == self.statements[kind] for kind in kinds)]
+
+    def lines(self, level=LogLevel.warn):
+        return [formatEvent(e) for e in self.log if e.get("log_level") == level]
+
+
+class ReadyTests(_Consuming):
+    def test_first_claim(self):
+        """
+        Working at once: a claim of the consumer's topics, of a batch, with
+        a new token and the visibility timeout.
+        """
+        consumer = self.make()
+        self.assertEqual(consumer.state, "consuming")
+        query = self.claim()
+        topics, limit, token, visibility = query.params
+        self.assertEqual((topics, limit, visibility), (["t1", "t2"], 10, 30.0))
+        self.assertEqual(len(token), 36)
+        self.assertEqual(self.lines(LogLevel.info), ["OutboxConsumer: consuming outbox topics 't1', 't2'"])
+
+    def test_ready_once_a_claim_worked(self):
+        self.make()
+        self.assertEqual(self.seen.calls, [])
+        self.answer_claim([])
+        self.assertEqual(self.seen.calls, [("ready",)])
+
+    def test_changes_are_queued(self):
+        consumer = self.make()
+        self.answer_claim(rows(1, 3) + rows(4, 1, topic="t2"))
+        changes = list(self.queue.pending)
+        self.assertEqual([(c.id, c.topic, c.key) for c in changes],
+                         [(1, "t1", "k1"), (2, "t1", "k2"), (3, "t1", "k3"), (4, "t2", "k4")])
+        self.assertEqual(changes[0].data, {"n": 1})
+        self.assertEqual(list(consumer.ledger.in_flight), [1, 2, 3, 4])
+        self.assertEqual(consumer.claimed, {"t1": 3, "t2": 1})
+
+    def test_claims_that_keep_failing_back_off(self):
+        """
+        A claim refused every time (a missing grant) loses the connection,
+        but the run never counted as ready: the supervisor's delays grow
+        (no reconnecting ten times a second).  Once a claim works, the
+        next loss retries after the shortest delay again.
+        """
+        self.make()
+        for _ in range(5):
+            self.claim().fail(DENIED)
+            self.clock.advance(self.seen.delays[-1])
+        delays = self.seen.delays
+        self.assertEqual(len(delays), 5)
+        for shorter, longer in zip(delays, delays[1:]):
+            self.assertGreater(longer, shorter * 1.7)
+        self.assertEqual([c[0] for c in self.seen.calls], ["lost"] * 5)
+        self.assertIs(self.seen.calls[0][1], DENIED)
+        self.answer_claim([])
+        self.conn.lose()
+        self.assertLessEqual(self.seen.delays[-1], 0.1)
+
+
+class WakeUpTests(_Consuming):
+    def test_its_topics_only(self):
+        self.make()
+        self.answer_claim([])
+        self.conn.deliver("other", "t3")
+        self.no_claim()
+        self.conn.deliver("other", "t2")
+        self.assertEqual(len(self.claims()), 1)
+
+    def test_poll(self):
+        self.make()
+        self.answer_claim([])
+        self.clock.advance(59)
+        self.no_claim()
+        self.clock.advance(1)
+        self.answer_claim([])
+        self.clock.advance(60)
+        self.assertEqual(len(self.claims()), 1)
+
+
+class ClaimingTests(_Consuming):
+    def test_claims_never_overlap(self):
+        """
+        Wake-ups and the poll while a claim is in flight: no second claim
+        at once, exactly one right after it.
+        """
+        self.make()
+        for _ in range(3):
+            self.conn.deliver("t1")
+        self.clock.advance(60)
+        self.assertEqual(len(self.claims()), 1)
+        self.answer_claim([])
+        self.assertEqual(len(self.claims()), 1)
+        self.answer_claim([])
+        self.no_claim()
+
+    def test_full_claim_claims_again(self):
+        self.make()
+        self.answer_claim(rows(1, 10))
+        self.answer_claim(rows(11, 10))
+        self.answer_claim(rows(21, 6))
+        self.no_claim()
+        self.assertEqual(len(self.queue), 26)
+
+    def test_after_a_short_claim_ahead_full_claims_are_not_followed(self):
+        """
+        A claim made ahead (right after a full one) that comes back short:
+        the next SKIP_AHEAD full claims wait for the acknowledgements (or
+        the next reason), then full claims are followed again.
+        """
+        self.make(max_in_flight=1000)
+        self.answer_claim(rows(1, 10))
+        self.answer_claim(rows(11, 4))  # ahead, and short
+        self.no_claim()
+        first = 100
+        for _ in range(SKIP_AHEAD):
+            self.conn.deliver("t1")
+            self.answer_claim(rows(first, 10))
+            first += 10
+            self.no_claim()
+        self.conn.deliver("t1")
+        self.answer_claim(rows(first, 10))
+        self.assertEqual(len(self.claims()), 1)
+
+    def test_a_short_claim_not_ahead_changes_nothing(self):
+        self.make()
+        self.answer_claim(rows(1, 2))  # not ahead
+        self.conn.deliver("t1")
+        self.answer_claim(rows(3, 10))
+        self.assertEqual(len(self.claims()), 1)
+
+    def test_never_more_than_the_limit(self):
+        self.make(max_in_flight=25)
+        self.answer_claim(rows(1, 10))
+        self.answer_claim(rows(11, 10))
+        query = self.claim()
+        self.assertEqual(query.params[1], 5)
+        query.answer(rows(21, 5))
+        self.no_claim()
+        self.conn.deliver("t1")
+        self.no_claim()
+
+    def test_acknowledgements_claim_next(self):
+        """
+        Acknowledged changes may have held back the next changes of their
+        keys: written, they make the consumer claim.
+        """
+        consumer = self.make(max_in_flight=10)
+        self.answer_claim(rows(1, 10))
+        self.no_claim()
+        self.settle_all()
+        self.clock.advance(0)  # acknowledgements are written on the next turn
+        ack = self.conn.one(self.statements["ack"])
+        self.assertEqual(ack.params[0], "{1,2,3,4,5,6,7,8,9,10}")
+        self.no_claim()
+        ack.answer([(i,) for i in range(1, 11)])
+        self.assertEqual(consumer.ledger.counts["acked"], 10)
+        self.assertEqual(len(self.claims()), 1)
+
+
+class QueueTests(_Consuming):
+    def test_full_queue_waits_for_room(self):
+        """
+        No claim while the queue has no room; one when it drains to its
+        low water mark, for no more than the room it has.
+        """
+        self.make(queue=EventQueue(maxsize=10))
+        self.answer_claim(rows(1, 10))
+        self.no_claim()
+        self.conn.deliver("t1")
+        self.clock.advance(60)
+        self.no_claim()
+        self.queue.take(4)
+        self.no_claim()
+        self.queue.take(1)
+        self.assertEqual(self.claim().params[1], 5)
+
+    def test_claims_no_more_than_the_room(self):
+        self.make(queue=EventQueue(maxsize=16))
+        self.answer_claim(rows(1, 10))
+        self.assertEqual(self.claim().params[1], 6)
+
+    def test_no_claim_of_less_than_half_a_batch(self):
+        """
+        With a batch in flight already, room for less than half a batch
+        waits (for acknowledgements, the next reason) instead of claiming
+        a few.
+        """
+        self.make(queue=EventQueue(maxsize=14))
+        self.answer_claim(rows(1, 10))
+        self.no_claim()
+        self.queue.take(10)
+        self.no_claim()
+
+
+class BreakerTests(_Consuming):
+    def setUp(self):
+        self.consumer = self.make(poll_interval=1.0)
+        self.breaker = Breaker(self.clock, Backoff(backoff_policy(initial=5.0, jitter=None)))
+        self.consumer.follow_breaker(self.breaker)
+
+    def open(self):
+        for _ in range(THRESHOLD):
+            self.breaker.failed("down")
+        self.assertEqual(self.breaker.state, "open")
+
+    def test_open_gives_back_and_claims_nothing(self):
+        self.answer_claim(rows(1, 3))
+        self.open()
+        self.assertEqual(len(self.queue), 0)
+        self.write(("unclaim", "{1}"), ("unclaim", "{2,3}"))
+        self.assertEqual(self.writes(), [])
+        self.assertEqual(self.consumer.ledger.in_flight, {})
+        self.conn.deliver("t1")
+        self.consumer.supervisor.run.claim()
+        self.clock.advance(4.9)  # polls, until the circuit half-opens
+        self.no_claim()
+        self.clock.advance(0.1)
+        self.assertEqual(self.claim().params[1], 1)
+
+    def test_open_while_claiming(self):
+        """
+        A claim in flight when the circuit opens: what it took is given
+        back as soon as it comes, not held while the circuit is open.
+        """
+        query = self.claim()
+        self.open()
+        query.answer(rows(1, 2))
+        self.assertEqual(len(self.queue), 0)
+        self.write(("unclaim", "{1}"), ("unclaim", "{2}"))
+        self.assertEqual(self.consumer.ledger.in_flight, {})
+        self.assertEqual(self.seen.calls, [("ready",)])
+        self.no_claim()
+
+    def test_half_open_claims_one_batch(self):
+        """
+        Probing: one processor batch (half the pacer's floor, at least 1),
+        and nothing more while it is in flight.
+        """
+        self.answer_claim([])
+        self.open()
+        self.clock.advance(5)
+        self.assertEqual(self.breaker.state, "half-open")
+        query = self.claim()
+        self.assertEqual(query.params[1], 1)
+        query.answer(rows(1, 1))
+        self.conn.deliver("t1")
+        self.no_claim()
+        self.breaker.succeeded()
+        self.assertEqual(self.breaker.state, "closed")
+        self.assertEqual(self.claim().params[1], 10)
+
+
+class ExtensionTests(_Consuming):
+    def extensions(self):
+        return self.conn.waiting(self.statements["extend"])
+
+    def test_extended_every_third_of_the_visibility(self):
+        """
+        One statement per claim token, every visibility_timeout / 3, at
+        most one extension in flight.
+        """
+        self.make()
+        first = self.answer_claim(rows(1, 3))
+        self.conn.deliver("t1")
+        second = self.answer_claim(rows(4, 2))
+        self.clock.advance(9.9)
+        self.assertEqual(self.extensions(), [])
+        self.clock.advance(0.1)
+        ext = self.extensions()
+        self.assertEqual([q.params for q in ext], [
+            ("{1,2,3}", first.params[2], 30.0), ("{4,5}", second.params[2], 30.0)])
+        self.clock.advance(10)
+        self.assertEqual(len(self.extensions()), 2)  # the one in flight, no other
+        ext[0].answer([(1,), (2,), (3,)])
+        ext[1].answer([(4,), (5,)])
+        self.clock.advance(10)
+        self.assertEqual(len(self.extensions()), 2)
+
+    def test_nothing_in_flight_nothing_extended(self):
+        self.make()
+        self.answer_claim([])
+        self.clock.advance(10)
+        self.assertEqual(self.extensions(), [])
+
+    def test_expired_claims_are_counted_lost(self):
+        consumer = self.make()
+        self.answer_claim(rows(1, 3))
+        self.clock.advance(10)
+        self.extensions()[0].answer([(1,), (3,)])
+        self.assertEqual(list(consumer.ledger.in_flight), [1, 3])
+        self.assertEqual(consumer.ledger.counts["lost"], 1)
+        [line] = self.lines()
+        self.assertIn("1 claim(s) expired before their changes were processed", line)
+
+    def test_settled_meanwhile_is_not_lost(self):
+        consumer = self.make()
+        self.answer_claim(rows(1, 2))
+        self.clock.advance(10)
+        self.settle_all()
+        self.extensions()[0].answer([])
+        self.assertEqual(consumer.ledger.counts["lost"], 0)
+
+    def test_at_once_after_a_reconnect(self):
+        """
+        Claims still in flight when the connection went are extended as
+        soon as the next one works (they were last extended on the lost
+        one), before the next claim.
+        """
+        self.make()
+        self.answer_claim(rows(1, 3))
+        self.clock.advance(5)
+        self.conn.lose()
+        self.clock.advance(self.seen.delays[-1])
+        self.assertEqual(self.consumer.state, "consuming")
+        [ext] = self.extensions()
+        self.assertEqual(ext.params[0], "{1,2,3}")
+        self.assertEqual(self.conn.asked, [ext, self.claim()])
+
+    def test_refused_extension_loses_the_connection(self):
+        self.make()
+        self.answer_claim(rows(1, 3))
+        self.clock.advance(10)
+        self.extensions()[0].fail(DENIED)
+        self.assertIs(self.seen.calls[-1][1], DENIED)
+        self.assertEqual(self.consumer.state, "waiting")
+
+
+class DeadConnectionTests(_Consuming):
+    def test_liveness_probe(self):
+        """
+        With nothing to do, the probe asks liveness_interval after the last
+        answer (its own answers included); an answer keeps the connection,
+        none within liveness_timeout loses it.
+        """
+        self.make(liveness_timeout=10.0, liveness_interval=1.0)
+        self.answer_claim([])
+        for _ in range(3):
+            self.clock.advance(1)
+            self.conn.one("SELECT 1").answer([(1,)])
+        self.clock.advance(1)
+        self.conn.one("SELECT 1")
+        self.clock.advance(9.9)
+        self.assertEqual(self.consumer.state, "consuming")
+        self.clock.advance(0.1)
+        [(_, error, _)] = self.seen.calls[1:]
+        self.assertIsInstance(error, ConnectionLostError)
+        self.assertEqual(str(error), "no answer to the liveness probe within 10 s")
+        self.assertEqual(self.consumer.state, "waiting")
+        self.assertFalse(self.connector.connections[0].is_open)
+
+    def test_query_deadline(self):
+        """
+        A claim unanswered within liveness_timeout: the connection is
+        dead, a new one follows.
+        """
+        self.make(liveness_timeout=10.0, liveness_interval=20.0)
+        self.clock.advance(10)
+        [(_, error, delay)] = self.seen.calls
+        self.assertEqual(str(error), "no answer from the server within 10 s")
+        self.clock.advance(delay)
+        self.assertEqual(len(self.connector.connections), 2)
+        self.assertEqual(len(self.claims()), 1)
+
+    def test_acknowledgement_deadline(self):
+        self.make(liveness_timeout=10.0, liveness_interval=20.0)
+        self.answer_claim(rows(1, 1))
+        self.settle_all()
+        self.clock.advance(0)
+        self.conn.one(self.statements["ack"])
+        self.clock.advance(10)
+        [_, (_, error, delay)] = self.seen.calls
+        self.assertEqual(str(error), "no answer from the server within 10 s")
+        # What was owed is written on the next connection.
+        self.clock.advance(delay)
+        self.assertEqual(self.conn.one(self.statements["ack"]).params[0], "{1}")
+
+
+class StopTests(_Consuming):
+    def assertStopped(self, stopped):
+        self.successResultOf(stopped)
+        self.assertEqual(self.consumer.state, "stopped")
+        self.assertFalse(self.conn.is_open)
+        self.assertEqual(self.conn.waiting(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_waits_for_the_claim_in_flight_and_gives_it_back(self):
+        self.make(liveness_timeout=10.0)
+        query = self.claim()
+        stopped = self.consumer.stopService()
+        self.assertEqual(self.consumer.state, "stopping")
+        self.assertNoResult(stopped)
+        query.answer(rows(1, 2))
+        self.assertEqual(len(self.queue), 0)
+        self.assertEqual(self.conn.one(self.statements["unclaim"]).params[1], query.params[2])
+        self.write(("unclaim", "{1}"))
+        self.assertNoResult(stopped)
+        self.write(("unclaim", "{2}"))
+        self.assertStopped(stopped)
+        self.assertEqual(self.consumer.ledger.in_flight, {})
+
+    def test_gives_back_what_is_queued_and_writes_what_is_owed(self):
+        self.make(liveness_timeout=10.0)
+        self.answer_claim(rows(1, 3))
+        first = self.queue.take(1)[0]
+        first.claim.done(first)
+        stopped = self.consumer.stopService()
+        self.write(("ack", "{1}"), ("unclaim", "{2}"))
+        self.assertNoResult(stopped)
+        self.write(("unclaim", "{3}"))
+        self.assertEqual(self.writes(), [])
+        self.assertStopped(stopped)
+        self.assertEqual(self.consumer.ledger.counts["acked"], 1)
+
+    def test_idle(self):
+        self.make(liveness_timeout=10.0)
+        self.answer_claim([])
+        self.assertStopped(self.consumer.stopService())
+
+    def test_lost_while_draining(self):
+        self.make(liveness_timeout=10.0)
+        query = self.claim()
+        stopped = self.consumer.stopService()
+        self.conn.lose()
+        self.successResultOf(stopped)
+        self.assertEqual(self.consumer.state, "stopped")
+        query.answer(rows(1, 2))  # too late: nothing is queued
+        self.assertEqual(len(self.queue), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FiguresTests(_Consuming):
+    def figures(self):
+        return self.conn.waiting(self.consumer._figures._statement)
+
+    def test_read_when_asked_and_cached(self):
+        consumer = self.make(stats_interval=5.0)
+        self.answer_claim([])
+        self.assertEqual(consumer.figures(), {})
+        [read] = self.figures()
+        self.assertEqual(read.params, (["t1", "t2"], 10000))
+        self.assertEqual(consumer.figures(), {})
+        self.assertEqual(len(self.figures()), 1)  # one read at a time
+        read.answer([("t1", 5, 2, 3.5, 1), ("t2", 0, 0, None, 0)])
+        self.assertEqual(consumer.figures(), {"t1": (3, 2, 3.5, 1), "t2": (0, 0, None, 0)})
+        self.clock.advance(4.9)
+        consumer.figures()
+        self.assertEqual(self.figures(), [])
+        self.clock.advance(0.1)
+        consumer.figures()
+        self.assertEqual(len(self.figures()), 1)
+
+    def test_not_read_while_not_consuming(self):
+        consumer = self.make(stats_interval=5.0)
+        self.conn.lose()
+        self.assertEqual(consumer.state, "waiting")
+        self.assertEqual(consumer.figures(), {})
+        self.assertEqual(self.conn.asked[1:], [])
+
+    def test_never_read(self):
+        consumer = self.make(stats_interval=None)
+        self.assertEqual(consumer.figures(), {})
+        self.assertEqual(self.conn.waiting(), [self.claim()])
