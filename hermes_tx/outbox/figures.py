@@ -81,6 +81,8 @@ class Figures:
                     dead = max(dead, (yield self._estimate(session, "dead_letters", topic)))
                 figures[topic] = (max(0, count - in_flight), in_flight, oldest_age, dead)
         except Exception as error:
+            # A failed read waits as long as a good one before the next.
+            self.read_at = self.clock.seconds()
             if not is_connection_error(error):
                 more = self._failures.allow()
                 if more is not None:

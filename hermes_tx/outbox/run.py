@@ -153,8 +153,13 @@ class ConsumeRun(ConnectionRun):
 
     def drain(self):
         # Wait for the claim in flight (what it took is given back), then
-        # write what is owed: the stop closes the connection on nothing.
-        return self.pump.stop().addBoth(lambda _: self.consumer.ledger.flush())
+        # write what is owed, writes waiting to be tried again included:
+        # the stop closes the connection on nothing.
+        def write_all(_):
+            self.consumer.ledger.cancel()
+            return self.consumer.ledger.flush()
+
+        return self.pump.stop().addBoth(write_all)
 
     def claim(self):
         """

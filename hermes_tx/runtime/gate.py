@@ -40,6 +40,9 @@ class ComponentGate(service.MultiService):
             the sources stop reading (back-pressure; C{None}: no bound).
         """
         service.MultiService.__init__(self)
+        if queue_size is not None and (not isinstance(queue_size, int) or queue_size < 1):
+            raise InvalidConfigurationException(
+                f"queue_size must be a whole number of at least 1 (or None), not {queue_size!r}")
         self.queue = EventQueue(maxsize=queue_size)
         self.error_queue = defer.DeferredQueue()
         self.listener = None
