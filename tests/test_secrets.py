@@ -7,9 +7,12 @@ import re
 from urllib.parse import quote
 
 import psycopg2
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from hermes_tx.postgres import dsn as dsnlib
+from tests.support.shared import wait_until
+from tests.support.twistd import run_twistd
 from hermes_tx.secrets import MASK, SCRUB_ANYWHERE_FROM, Secrets, basic_token, mask_passwords, scrub
 
 #: passwords of the shapes issue 18 names, and a long plain one
@@ -109,3 +112,40 @@ def shows(text, secret):
     if len(secret) >= SCRUB_ANYWHERE_FROM:
         return secret in text
     return re.search(rf"(?<![\w.\-]){re.escape(secret)}(?![\w.\-])", text) is not None
+
+
+class TwistdTests(unittest.TestCase):
+    """
+    C{twistd hermes} with DSNs it cannot connect with (port 1 of
+    127.0.0.1, or a host made of a password piece): its log shows no
+    fragment of the password.
+    """
+
+    @defer.inlineCallbacks
+    def test_password_shapes_never_shown(self):
+        dsns = {}
+        for password in ("o", "1", "Wr@ngPassXYZ", "a:b@c", "x/y@z"):
+            dsns[f"postgresql://u:{password}@127.0.0.1:1/db"] = password
+        for password in ("o", "p@ss w/o:rd%"):
+            dsns[psycopg2.extensions.make_dsn(host="127.0.0.1", port="1", user="u", password=password)] = password
+        running = [(dsn, run_twistd(["--dsn", dsn, "--channel", "c", "--role-check-interval", "0.3"]))
+                   for dsn in dsns]
+        ended = set()
+        for dsn, (proto, _) in running:
+            proto.ended.addBoth(lambda _, dsn=dsn: ended.add(dsn))
+        try:
+            # each fails to connect (and says so), or refuses the DSN and exits
+            yield wait_until(lambda: all(b"role check failed" in p.out + p.err or dsn in ended
+                                         for dsn, (p, _) in running),
+                             timeout=30, what="every instance failing to connect")
+        finally:
+            for dsn, (_, transport) in running:
+                if dsn not in ended:
+                    transport.signalProcess("TERM")
+        for dsn, (proto, _) in running:
+            yield proto.ended
+            output = (proto.out + proto.err).decode()
+            self.assertNotIn("Traceback", output)
+            password = dsns[dsn]
+            for piece in {password} | set(PIECES.split(password)) - {""}:
+                self.assertFalse(shows(output.replace(MASK, "\x00"), piece), (dsn, piece, output))

@@ -47,14 +47,16 @@ def dead_letter_table(rows, total):
     """
     @param rows: L{hermes_tx.outbox.admin.dead_letters} dicts.
     @param total: how many there are in all.
+    @return: the table; C{SUPERSEDED BY} is the newer change of the key
+        delivered since (a retry of it is refused without C{--force}).
     """
     if not rows:
         return "no dead letters"
     text = table(
-        ("ID", "TOPIC", "KEY", "ATTEMPTS", "FAILED AT", "LAST ERROR"),
+        ("ID", "TOPIC", "KEY", "ATTEMPTS", "FAILED AT", "SUPERSEDED BY", "LAST ERROR"),
         [
             (r["id"], r["topic"], r["key"], r["attempts"],
-             r["failed_at"].isoformat(timespec="seconds"), r["last_error"])
+             r["failed_at"].isoformat(timespec="seconds"), r["superseded_by"], r["last_error"])
             for r in rows
         ],
     )
