@@ -5,6 +5,8 @@ letters, emitting by hand.  Blocking psycopg2 cursors on autocommit
 connections.
 """
 
+import time
+
 from psycopg2 import sql
 
 from hermes_tx.exceptions import InvalidConfigurationException
@@ -93,7 +95,8 @@ def _select_ids(cursor, schema, ids, topic):
     return [row[0] for row in cursor.fetchall()]
 
 
-def retry_dead_letters(cursor, schema=DEFAULT_SCHEMA, ids=None, topic=None, force=False):
+def retry_dead_letters(cursor, schema=DEFAULT_SCHEMA, ids=None, topic=None, force=False,
+                       busy_tries=1, busy_pause=0.2, sleep=time.sleep):
     """
     Put dead letters back into the outbox, in id order, each with its
     original id (before the newer pending changes of its key), attempts 0,
@@ -107,6 +110,9 @@ def retry_dead_letters(cursor, schema=DEFAULT_SCHEMA, ids=None, topic=None, forc
     @param topic: only those of this topic, or C{None}.
     @param force: put back superseded ones too (a receiver that checks no
         version then applies older data than it has).
+    @param busy_tries: how many times to try a dead letter whose key is
+        L{BUSY}, C{busy_pause} seconds apart (C{sleep}: blocking, for the
+        command line).
     @return: a list of C{(id, outcome, newer)} in id order: outcome
         L{RETRIED}, L{SUPERSEDED} (C{newer}: the delivered change's id),
         L{IN_FLIGHT} (C{newer}: the change being delivered), L{BUSY} (its
@@ -119,10 +125,17 @@ def retry_dead_letters(cursor, schema=DEFAULT_SCHEMA, ids=None, topic=None, forc
         chosen, results = sorted(set(ids)), []
     statement = sql.SQL("SELECT id, outcome, newer FROM {}(%s::bigint[], %s)").format(
         _table(schema, "retry_dead_letters"))
-    for start in range(0, len(chosen), RETRY_CHUNK):
-        cursor.execute(statement, (chosen[start:start + RETRY_CHUNK], force))
-        results.extend(cursor.fetchall())
-    return sorted(results)
+    done = {}
+    for attempt in range(max(1, busy_tries)):
+        if attempt:
+            sleep(busy_pause)
+        for start in range(0, len(chosen), RETRY_CHUNK):
+            cursor.execute(statement, (chosen[start:start + RETRY_CHUNK], force))
+            done.update((row[0], tuple(row)) for row in cursor.fetchall())
+        chosen = [i for i in chosen if done[i][1] == BUSY]
+        if not chosen:
+            break
+    return sorted(results + list(done.values()))
 
 
 def purge_dead_letters(cursor, schema=DEFAULT_SCHEMA, ids=None, topic=None):

@@ -23,6 +23,7 @@ its ownership (C{DROP TRIGGER}): run C{capture} as the table's owner.
 
 import re
 
+import psycopg2
 from psycopg2 import sql
 
 from hermes_tx.outbox.names import DEFAULT_SCHEMA, validate_schema
@@ -150,3 +151,17 @@ def explain_denied(error, part, role=None, schema=DEFAULT_SCHEMA):
 
 def _show(name):
     return name if re.match(r"^[a-z_][a-z0-9_]*$", name) else '"' + name.replace('"', '""') + '"'
+
+
+def current_role(conn):
+    """
+    @param conn: a blocking psycopg2 connection (in autocommit mode, or
+        not in a failed transaction).
+    @return: its C{current_user}, or C{None} when it cannot be asked.
+    """
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            return cur.fetchone()[0]
+    except psycopg2.Error:
+        return None

@@ -1,9 +1,12 @@
 # -*- test-case-name: tests.test_outbox_cli -*-
 """
-Plain-text tables for C{hermes-tx status} and C{hermes-tx dead-letters}.
-Every cell is one line of printable text: control characters in keys and
-error messages are escaped, long cells cut.
+Plain text for C{hermes-tx status} and C{hermes-tx dead-letters}: tables,
+and why a dead letter was not retried.  Every cell is one line of
+printable text: control characters in keys and error messages are
+escaped, long cells cut.
 """
+
+from hermes_tx.outbox import admin
 
 #: cells longer than this are cut, with an ellipsis
 MAX_CELL = 60
@@ -63,3 +66,23 @@ def dead_letter_table(rows, total):
     if total > len(rows):
         text += f"\n({total - len(rows)} more; --limit shows more)"
     return text
+
+
+_REFUSALS = {
+    admin.SUPERSEDED: "change {newer} of its key was delivered after it failed (it would overwrite "
+                      "newer data); --force retries it anyway, --purge {id} drops it",
+    admin.IN_FLIGHT: "change {newer} of its key is being delivered; retry it once that is done",
+    admin.BUSY: "its key was being written or claimed the whole time; try again",
+    admin.MISSING: "there is no dead letter with that id",
+}
+
+
+def refusal(id_, outcome, newer):
+    """
+    @param id_: a dead letter's id.
+    @param outcome: what L{hermes_tx.outbox.admin.retry_dead_letters} said
+        of it (not L{hermes_tx.outbox.admin.RETRIED}).
+    @param newer: the newer change it named, or C{None}.
+    @return: one line saying why it was not retried and what to do.
+    """
+    return f"dead letter {id_} not retried: {_REFUSALS[outcome].format(newer=newer, id=id_)}"
