@@ -112,7 +112,8 @@ class SupersedeTests(_DeadLetters, unittest.TestCase):
         """
         The dead keys' filter gets the bit of every key that gets a dead
         letter (released past max_attempts, or dead-lettered at once);
-        purges and retries rebuild it from what is left.
+        purges rebuild it from what is left, and so does a retry that
+        leaves none.
         """
         self.query("SELECT hermes.rebuild_dead_keys()")
         self.assertEqual(self.bits(), set())
@@ -124,8 +125,10 @@ class SupersedeTests(_DeadLetters, unittest.TestCase):
         with self.connect().cursor() as cur:
             admin.purge_dead_letters(cur, self.schema, [released])
         self.assertEqual(self.bits(), {self.bit_of("t", "a")})
+        self.assertEqual(self.query("SELECT empty FROM hermes.dead_keys"), [(False,)])
         self.retry(force=True)
         self.assertEqual(self.bits(), set())
+        self.assertEqual(self.query("SELECT empty FROM hermes.dead_keys"), [(True,)])
         for i in range(300):
             self.emit("t", f"many-{i}")
         token, rows = self.claim(["t"], limit=1000)

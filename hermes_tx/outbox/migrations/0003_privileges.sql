@@ -82,14 +82,15 @@ CREATE INDEX dead_letters_topic_key ON {schema}.dead_letters (topic, hashtextext
 -- The keys that have dead letters, as a Bloom filter of 65,536 bits (one
 -- hash; 8 KB): an ack looks up only the keys whose bit is set.
 CREATE TABLE {schema}.dead_keys (
-    one   boolean PRIMARY KEY DEFAULT true CHECK (one),
-    bits  bytea NOT NULL
+    one    boolean PRIMARY KEY DEFAULT true CHECK (one),
+    empty  boolean NOT NULL,  -- no bit set: no dead letter (the usual case)
+    bits   bytea NOT NULL
 );
 
 -- Stored uncompressed: nothing to gain, and every ack reads it.
 ALTER TABLE {schema}.dead_keys ALTER COLUMN bits SET STORAGE EXTERNAL;
 
-INSERT INTO {schema}.dead_keys (bits) VALUES (decode(repeat('00', 8192), 'hex'));
+INSERT INTO {schema}.dead_keys (empty, bits) VALUES (true, decode(repeat('00', 8192), 'hex'));
 
 COMMENT ON TABLE {schema}.dead_keys IS
     'hermes_tx: a Bloom filter of the keys of the dead letters, so that acknowledgements look up only those';
@@ -119,10 +120,12 @@ BEGIN
 END
 $fn$;
 
--- Rebuild the filter from the dead letters (a retry or purge leaves bits
--- of keys that have none any more).  The filter's row is locked first: a
--- statement writing dead letters that commits before sets its bits in
--- what is read next; one still running sets them after, in this version.
+-- Rebuild the filter from the dead letters (a purge leaves bits of keys
+-- that have none any more; so does a retry, which rebuilds it only once no
+-- dead letter is left: a stale bit costs a look-up, nothing more).  The
+-- filter's row is locked first: a statement writing dead letters that
+-- commits before sets its bits in what is read next; one still running
+-- sets them after, in this version.
 CREATE FUNCTION {schema}.rebuild_dead_keys()
 RETURNS void
 LANGUAGE plpgsql
@@ -130,7 +133,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
     PERFORM FROM {schema}.dead_keys FOR UPDATE;
-    UPDATE {schema}.dead_keys SET bits = (
+    UPDATE {schema}.dead_keys SET empty = NOT EXISTS (SELECT FROM {schema}.dead_letters), bits = (
         SELECT decode(string_agg(lpad(to_hex(coalesce(b.byte, 0)), 2, '0'), '' ORDER BY i.n), 'hex')
         FROM generate_series(0, 8191) i (n)
         LEFT JOIN (
@@ -229,8 +232,9 @@ $fn$;
 -- functions.  Each touches only rows that still hold the claim's token.
 
 -- ack: delete the rows; the older dead letters of their keys are
--- superseded.  No dead letter at all (the usual case): no key to look up.
--- (A dead letter that an acknowledged change must supersede was written
+-- superseded.  No dead letter at all (the usual case): no key to look up;
+-- otherwise only those the filter holds.  (A dead letter that an
+-- acknowledged change must supersede was written, and its bit set,
 -- before that change was claimed, so before this looks.)
 CREATE FUNCTION {schema}.ack(ids bigint[], token uuid)
 RETURNS TABLE (id bigint)
@@ -238,17 +242,19 @@ LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
+    nothing_dead boolean;
     filter bytea;
 BEGIN
-    IF NOT EXISTS (SELECT FROM {schema}.dead_letters) THEN
+    -- (the filter in memory once, not fetched from its TOAST table per test)
+    SELECT k.empty, CASE WHEN NOT k.empty THEN k.bits || '\x'::bytea END
+        INTO nothing_dead, filter FROM {schema}.dead_keys k;
+    IF nothing_dead THEN
         RETURN QUERY
             DELETE FROM {schema}.outbox o
             WHERE o.id = ANY (ids) AND o.claim_token = token
             RETURNING o.id;
         RETURN;
     END IF;
-    -- (in memory once, not fetched from its TOAST table per test)
-    SELECT k.bits || '\x'::bytea INTO filter FROM {schema}.dead_keys k;
     RETURN QUERY
         WITH gone AS (
             DELETE FROM {schema}.outbox o
@@ -289,7 +295,7 @@ BEGIN
             SELECT * FROM dead
         ), marked AS (
             UPDATE {schema}.dead_keys k
-            SET bits = {schema}.set_bits(k.bits, ARRAY(
+            SET empty = false, bits = {schema}.set_bits(k.bits, ARRAY(
                 SELECT {schema}.dead_key_bit(x.topic, x.key) FROM dead x))
             WHERE EXISTS (SELECT FROM dead)
         ), retried AS (
@@ -441,7 +447,9 @@ BEGIN
         END;
         RETURN NEXT;
     END LOOP;
-    PERFORM {schema}.rebuild_dead_keys();
+    IF NOT EXISTS (SELECT FROM {schema}.dead_letters) THEN
+        PERFORM {schema}.rebuild_dead_keys();
+    END IF;
 END
 $fn$;
 
