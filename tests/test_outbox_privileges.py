@@ -346,7 +346,8 @@ class GrantsCommandTests(OutboxDatabase, unittest.TestCase):
 class UpgradeTests(unittest.TestCase):
     """
     Roles that wrote version 2's tables directly keep working after the
-    upgrade to version 3, through the functions.
+    upgrade to version 3, through the functions; version 2's dead letters
+    are superseded like the others.
     """
 
     def test_old_grants_carried_over(self):
@@ -362,6 +363,11 @@ class UpgradeTests(unittest.TestCase):
         conn = psycopg2.connect(cluster.dsn(dbname))
         self.addCleanup(conn.close)
         install(conn, target=2)
+        cluster.execute("SELECT hermes.emit('t', 'k', '{}')", dbname=dbname)
+        cluster.execute("WITH c AS (SELECT * FROM hermes.claim('{t}', 1, gen_random_uuid(), 30))"
+                        " INSERT INTO hermes.dead_letters (id, topic, key, payload, created_at, attempts)"
+                        " SELECT c.id, c.topic, c.key, c.payload::jsonb, now(), 1 FROM c", dbname=dbname)
+        cluster.execute("DELETE FROM hermes.outbox", dbname=dbname)
         for statement in (f'GRANT USAGE ON SCHEMA hermes TO "{writer}", "{consumer}"',
                           f'GRANT INSERT ON hermes.outbox TO "{writer}"',
                           f'GRANT SELECT, UPDATE, DELETE ON hermes.outbox TO "{consumer}"',
@@ -380,6 +386,9 @@ class UpgradeTests(unittest.TestCase):
         [row] = cur.fetchall()
         cur.execute(statements.ack(), ([row[0]], token))
         self.assertEqual(cur.fetchall(), [(row[0],)])
+        # the dead letter of version 2 is superseded by the newer change
+        self.assertEqual(cluster.execute("SELECT superseded_by FROM hermes.dead_letters", dbname=dbname),
+                         [(row[0],)])
 
 
 class OwnerTests(unittest.TestCase):

@@ -246,7 +246,7 @@ DECLARE
     filter bytea;
 BEGIN
     -- (the filter in memory once, not fetched from its TOAST table per test)
-    SELECT k.empty, CASE WHEN NOT k.empty THEN k.bits || '\x'::bytea END
+    SELECT k.empty, CASE WHEN NOT k.empty THEN k.bits || ''::bytea END
         INTO nothing_dead, filter FROM {schema}.dead_keys k;
     IF nothing_dead THEN
         RETURN QUERY
@@ -468,6 +468,9 @@ BEGIN
     PERFORM {schema}.rebuild_dead_keys();
 END
 $fn$;
+
+-- dead letters written before this version
+SELECT {schema}.rebuild_dead_keys();
 
 -- nothing is executable unless granted
 
