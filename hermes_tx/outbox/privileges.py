@@ -113,9 +113,9 @@ def explain_denied(error, part, role=None, schema=DEFAULT_SCHEMA):
         consumer for C{twistd hermes --outbox}; C{None} while installing.
     @param role: the role that lacked it (C{current_user}), or C{None}.
     @param schema: the outbox's schema.
-    @return: e.g. C{'permission denied for function ack: role "app" needs
+    @return: e.g. C{permission denied for function ack: role 'app' needs
         EXECUTE ON FUNCTION hermes.ack (to consume the outbox: hermes-tx
-        install --grant-consumer app)'}.
+        install --grant-consumer app)}.
     """
     part = PARTS[part] if isinstance(part, str) else part
     diag = getattr(error, "diag", None)
