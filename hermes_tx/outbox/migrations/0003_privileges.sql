@@ -145,12 +145,11 @@ BEGIN
 END
 $fn$;
 
--- emit and claim: unchanged, with their owner's rights
+-- emit and claim: unchanged, with their owner's rights (named without
+-- their arguments: whatever they are, there is one of each)
 
-ALTER FUNCTION {schema}.emit(text, text, jsonb)
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION {schema}.claim(text[], integer, uuid, double precision)
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {schema}.emit SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {schema}.claim SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- capture: version 2's, with its owner's rights, taking emit's lock on a
 -- key that has dead letters (see above)
