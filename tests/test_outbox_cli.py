@@ -6,6 +6,7 @@ authentication: the DSN carries a password that must never be printed.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -111,13 +112,92 @@ class CommandTests(OutboxDatabase, unittest.TestCase):
                          [(ids[0], 1, "bad\nrequest"), (ids[1], 1, "x" * 500)])
         self.assertIn("1 more", self.run_ok("dead-letters", "--limit", "2"))
         self.assertEqual(self.run_ok("dead-letters", "--retry", str(ids[0])), "retried 1 dead letter\n")
-        [(new_id, key, attempts)] = self.outbox("id, key, attempts")
-        self.assertEqual((key, attempts), ("k0", 0))
-        self.assertGreater(new_id, ids[2])
+        self.assertEqual(self.outbox("id, key, attempts"), [(ids[0], "k0", 0)])
         self.assertEqual(self.run_ok("dead-letters", "--purge-all", "--topic", "b"), "purged 1 dead letter\n")
         self.assertOneLineError(self.run_cli("dead-letters", "--purge", str(ids[1]), "999999"), 1, "999999")
         self.assertEqual(self.run_ok("dead-letters"), "no dead letters\n")
         self.assertEqual(self.run_ok("dead-letters", "--retry-all"), "retried 0 dead letters\n")
+
+    def test_retry_refusals(self):
+        """
+        A dead letter superseded by a delivered change of its key is not
+        retried: one line on standard error, exit status 1, the listing
+        says by which change; --force retries it.
+        """
+        self.run_ok("install")
+        self.clear()
+        old = self.emit("t", "k")
+        token = str(uuid.uuid4())
+        self.query(statements.claim(self.schema), (["t"], 10, token, 30.0))
+        self.query(statements.dead_letter(self.schema), ([old], token, ["refused"]))
+        newer = self.emit("t", "k")
+        token, _ = self.claim(["t"])
+        self.ack([newer], token)
+        listed = json.loads(self.run_ok("dead-letters", "--json"))
+        self.assertEqual([(d["id"], d["superseded_by"]) for d in listed], [(old, newer)])
+        self.assertIn("SUPERSEDED BY", self.run_ok("dead-letters"))
+        status, out, err = self.run_cli("dead-letters", "--retry", str(old), "12345678")
+        self.assertEqual((status, out), (1, "retried 0 dead letters\n"))
+        self.assertEqual(err.splitlines(), [
+            f"hermes-tx: dead letter {old} not retried: change {newer} of its key was delivered after it"
+            f" failed (it would overwrite newer data); --force retries it anyway, --purge {old} drops it",
+            "hermes-tx: dead letter 12345678 not retried: there is no dead letter with that id",
+        ])
+        self.assertEqual(self.run_ok("dead-letters", "--retry-all", "--force"), "retried 1 dead letter\n")
+        self.assertEqual(self.outbox("id"), [(old,)])
+
+    def test_closed_stdout(self):
+        """
+        Standard output closed early (C{| head -1}): no traceback, nothing
+        on standard error, exit status 1; --help too.
+        """
+        self.run_ok("install")
+        self.clear()
+        for i in range(2000):
+            self.emit(f"topic-{i % 700}", "k")
+        for args in (("status", "--dsn", self.secret_dsn), ("--help",)):
+            command = [sys.executable, "-m", "hermes_tx.outbox", *args]
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc.stdout.readline()
+            proc.stdout.close()
+            err = proc.stderr.read().decode()
+            proc.wait(30)
+            self.assertEqual(err, "", args)
+            self.assertIn(proc.returncode, (0, 1))
+
+    def test_damaged_schema(self):
+        """
+        A schema missing one of its tables or functions is refused with
+        one line by install (not "up to date") and by the commands.
+        """
+        self.query("DROP SCHEMA IF EXISTS damaged CASCADE")
+        self.run_ok("install", "--schema", "damaged")
+        self.query("DROP TABLE damaged.outbox CASCADE")
+        for command in ("install", "status", "dead-letters"):
+            self.assertOneLineError(self.run_cli(command, "--schema", "damaged"), 1,
+                                    "damaged", "table damaged.outbox")
+        self.query("DROP SCHEMA damaged CASCADE")
+        self.run_ok("install", "--schema", "damaged")
+        self.query("DROP FUNCTION damaged.ack")
+        self.assertOneLineError(self.run_cli("install", "--schema", "damaged"), 1, "function damaged.ack")
+        self.query("DROP SCHEMA damaged CASCADE")
+
+    def test_password_shapes_never_shown(self):
+        """
+        Issue 18: short passwords, and passwords with @ : / % written into
+        a URI as they are: no fragment of them in any hermes-tx output
+        (libpq names the host it could not reach, which may hold a piece).
+        """
+        for password in ("o", "1", "Wr@ngPassXYZ", "a:b@c", "x/y@z", "50%@q"):
+            for dsn in (f"postgresql://u:{password}@127.0.0.1:1/db",
+                        f"host=127.0.0.1 port=1 user=u password={password}"):
+                status, out, err = hermes_tx("status", "--dsn", dsn)
+                self.assertEqual(status, 1, err)
+                self.assertEqual(len(err.splitlines()), 1, err)
+                self.assertTrue("cannot connect" in err or "invalid DSN syntax" in err, err)
+                for piece in {password} | set(re.split(r"[@:/]", password)) - {""}:
+                    self.assertIsNone(re.search(rf"(?<![\w.\-]){re.escape(piece)}(?![\w.\-])", err),
+                                      (password, dsn, err))
 
     def test_usage_errors(self):
         """
@@ -180,6 +260,42 @@ class StandbyCommandTests(PrimaryStandbyFixtures, unittest.TestCase):
         self.assertEqual(status, 1)
         self.assertEqual(err.splitlines(), ["hermes-tx: error: the server is a standby (in recovery):"
                                             " install the outbox on the primary"])
+
+    def multi_host(self, *clusters, **extra):
+        hosts = ",".join(c.host for c in clusters)
+        ports = ",".join(str(c.port) for c in clusters)
+        words = [f"host={hosts}", f"port={ports}", "user=postgres", "dbname=postgres", f"password={SECRET}"]
+        return " ".join(words + [f"{k}={v}" for k, v in extra.items()])
+
+    def test_seeks_the_primary(self):
+        """
+        Issue 18: with the standby listed first and no
+        target_session_attrs (or one asking for any server), install and
+        status use the primary, as twistd hermes does; a URI too.
+        """
+        for dsn in (self.multi_host(self.standby, self.primary),
+                    self.multi_host(self.standby, self.primary, target_session_attrs="any"),
+                    self.multi_host(self.primary, self.standby, target_session_attrs="read-write"),
+                    f"postgresql://postgres:{SECRET}@{self.standby.host}:{self.standby.port},"
+                    f"{self.primary.host}:{self.primary.port}/postgres"):
+            for command in ("install", "status"):
+                status, out, err = hermes_tx(command, "--dsn", dsn)
+                self.assertEqual((status, err), (0, ""), (command, dsn))
+
+    def test_no_primary(self):
+        """
+        No host is a primary: one line naming each host and why.
+        """
+        down = f"127.0.0.1:{self.standby.port + 1 if self.standby.port + 1 != self.primary.port else 1}"
+        dsn = self.multi_host(self.standby).replace(
+            f"host={self.standby.host}", f"host={self.standby.host},127.0.0.1").replace(
+            f"port={self.standby.port}", f"port={self.standby.port},{down.split(':')[1]}")
+        status, out, err = hermes_tx("status", "--dsn", dsn)
+        self.assertEqual(status, 1)
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn(f"no primary among the DSN's hosts (127.0.0.1:{self.standby.port}: a standby;"
+                      f" {down}: ", err)
+        self.assertNotIn(SECRET, err)
 
 
 class RenderTests(unittest.TestCase):

@@ -9,5 +9,8 @@ runs (L{hermes_tx.outbox.sql}).
     stats, the wake-up channel;
   - L{hermes_tx.outbox.capture}: capture and uncapture tables;
   - L{hermes_tx.outbox.admin}: status and dead letters;
-  - L{hermes_tx.outbox.cli}: the C{hermes-tx} command.
+  - L{hermes_tx.outbox.privileges}: the rights writers, consumers and
+    operators need, and the line that names a missing one;
+  - L{hermes_tx.outbox.cli}: the C{hermes-tx} command
+    (L{hermes_tx.outbox.commands}: what each of its commands does).
 """

@@ -205,7 +205,12 @@ def capture(conn, table, topic, schema=DEFAULT_SCHEMA):
         found = find_table(cur, table)
         _refuse(found, schema, topic, captures(cur, schema))
         trigger = sql.Identifier(capture_trigger(topic))
-        cur.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(trigger, found.identifier()))
+        cur.execute("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgname = %s)",
+                    (found.oid, capture_trigger(topic)))
+        if cur.fetchone()[0]:
+            # (dropping a trigger takes the table's ownership; creating
+            # one, the TRIGGER privilege)
+            cur.execute(sql.SQL("DROP TRIGGER {} ON {}").format(trigger, found.identifier()))
         cur.execute(
             sql.SQL(
                 "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"

@@ -1,42 +1,40 @@
 # -*- test-case-name: tests.test_outbox_cli -*-
 """
 C{hermes-tx}: install the outbox, capture tables, look at it, handle dead
-letters::
+letters (what each command does: L{hermes_tx.outbox.commands})::
 
-    hermes-tx install      [--dsn DSN] [--schema NAME]
+    hermes-tx install      [--dsn DSN] [--schema NAME] [--owner ROLE]
+                           [--grant-writer ROLE] [--grant-consumer ROLE] [--grant-operator ROLE]
+    hermes-tx grants       [--writer ROLE] [--consumer ROLE] [--operator ROLE]
     hermes-tx capture      --table SCHEMA.TABLE --topic NAME
     hermes-tx uncapture    --table SCHEMA.TABLE [--topic NAME]
     hermes-tx status       [--json]
     hermes-tx dead-letters [--topic T] [--limit N] [--json]
-                           [--retry ID ... | --retry-all | --purge ID ... | --purge-all]
+                           [--retry ID ... | --retry-all [--force] | --purge ID ... | --purge-all]
     hermes-tx emit         --topic T --key K --payload JSON
 
-The DSN comes from C{--dsn} or C{$HERMES_DSN}.  A mistake in the command
-line is one line on standard error and exit status 2; a failure (cannot
-connect, no such table, a standby) one line and exit status 1; never a
-traceback, never a password.
+The DSN comes from C{--dsn} or C{$HERMES_DSN}; with several hosts, the
+primary is used (L{hermes_tx.outbox.db.connect}).  A mistake in the
+command line is one line on standard error and exit status 2; a failure
+(cannot connect, no such table, a standby, a missing right) one line and
+exit status 1; never a traceback, never a password (scrubbed by
+L{hermes_tx.secrets}), not even when standard output is closed early
+(C{hermes-tx dead-letters | head -1}).
 """
 
 import argparse
-import json
 import os
 import sys
 
 import psycopg2
+import psycopg2.errors
 
 from hermes_tx.exceptions import HermesException
-from hermes_tx.outbox import admin
-from hermes_tx.outbox.capture import capture, uncapture
-from hermes_tx.outbox.db import connect, first_line, scrub
+from hermes_tx.outbox import privileges
+from hermes_tx.outbox.commands import COMMANDS, PROG, Refused, UsageError
+from hermes_tx.outbox.db import connect, first_line
 from hermes_tx.outbox.names import DEFAULT_SCHEMA
-from hermes_tx.outbox.render import dead_letter_table, status_table
-from hermes_tx.outbox.schema import install, latest_version
-
-PROG = "hermes-tx"
-
-
-class UsageError(Exception):
-    """A mistake in the command line (exit status 2)."""
+from hermes_tx.postgres.dsn import dsn_secrets
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +69,19 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    commands.add_parser("install", parents=[common], help="create or upgrade the outbox schema")
+    cmd = commands.add_parser("install", parents=[common], help="create or upgrade the outbox schema")
+    cmd.add_argument("--owner", metavar="ROLE",
+                     help="install as ROLE (you must be a member of it): it owns what is made, "
+                     "and the outbox's functions run with its rights")
+    for part in privileges.PARTS.values():
+        cmd.add_argument(part.option, action="append", default=[], metavar="ROLE",
+                         help=f"grant ROLE what it needs to {part.doing} (repeatable)")
+
+    cmd = commands.add_parser("grants", parents=[common],
+                              help="print the GRANT statements roles need (runs nothing)")
+    for part in privileges.PARTS.values():
+        cmd.add_argument(f"--{part.name}", action="append", default=[], metavar="ROLE",
+                         help=f"the statements for ROLE to {part.doing} (repeatable)")
 
     cmd = commands.add_parser("capture", parents=[common], help="capture a table's changes into a topic")
     cmd.add_argument("--table", required=True, help='TABLE (in public), SCHEMA.TABLE or \'"Odd Schema"."Odd.Table"\'')
@@ -93,6 +103,8 @@ def build_parser():
     action.add_argument("--retry-all", action="store_true", help="move all (of --topic) back to the outbox")
     action.add_argument("--purge", nargs="+", type=_positive, metavar="ID", help="delete these for good")
     action.add_argument("--purge-all", action="store_true", help="delete all (of --topic) for good")
+    cmd.add_argument("--force", action="store_true",
+                     help="retry dead letters superseded by a newer change of their key too")
 
     cmd = commands.add_parser("emit", parents=[common], help="emit one change (its own transaction)")
     cmd.add_argument("--topic", required=True)
@@ -101,88 +113,16 @@ def build_parser():
     return parser
 
 
-def _install(conn, args, out):
-    applied = install(conn, args.schema)
-    if applied:
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
-        print(f"schema {args.schema!r} installed at version {latest_version()} (applied {names})", file=out)
-    else:
-        print(f"schema {args.schema!r} is up to date (version {latest_version()})", file=out)
-
-
-def _capture(conn, args, out):
-    table = capture(conn, args.table, args.topic, args.schema)
-    print(f"capturing {table.display} into topic {args.topic!r} (key: {', '.join(table.key)})", file=out)
-
-
-def _uncapture(conn, args, out):
-    dropped = uncapture(conn, args.table, args.topic, args.schema)
-    what = f"into topic {args.topic!r}" if args.topic else "into any topic"
-    if dropped:
-        print(f"stopped capturing {args.table} {what} ({_count(dropped, 'trigger')} dropped)", file=out)
-    else:
-        print(f"{args.table} was not captured {what}", file=out)
-
-
-def _status(conn, args, out):
-    with conn.cursor() as cur:
-        admin.require_installed(cur, args.schema)
-        rows = admin.status(cur, args.schema)
-    if args.json:
-        print(json.dumps(rows), file=out)
-    else:
-        print(status_table(rows), file=out)
-
-
-def _dead_letters(conn, args, out):
-    with conn.cursor() as cur:
-        admin.require_installed(cur, args.schema)
-        if args.retry or args.retry_all:
-            moved = admin.retry_dead_letters(cur, args.schema, args.retry, args.topic)
-            _report(args.retry, [old for old, _ in moved], "retried", out)
-        elif args.purge or args.purge_all:
-            purged = admin.purge_dead_letters(cur, args.schema, args.purge, args.topic)
-            _report(args.purge, purged, "purged", out)
-        else:
-            rows, total = admin.dead_letters(cur, args.schema, args.topic, args.limit)
-            if args.json:
-                print(json.dumps(rows, default=lambda v: v.isoformat()), file=out)
-            else:
-                print(dead_letter_table(rows, total), file=out)
-
-
-def _report(asked, done, verb, out):
-    """
-    Say how many dead letters were C{verb}; raise when some asked for were
-    not there.
-    """
-    print(f"{verb} {_count(done, 'dead letter')}", file=out)
-    missing = sorted(set(asked or ()) - set(done))
-    if missing:
-        raise HermesException(f"no dead letter with id {', '.join(map(str, missing))}")
-
-
-def _count(items, noun):
-    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
-
-
-def _emit(conn, args, out):
-    try:
-        json.loads(args.payload)
-    except ValueError as e:
-        raise UsageError(f"--payload is not JSON: {e}") from None
-    with conn.cursor() as cur:
-        admin.require_installed(cur, args.schema)
-        print(admin.emit(cur, args.topic, args.key, args.payload, args.schema), file=out)
-
-
-COMMANDS = {
-    "install": _install,
-    "capture": _capture,
-    "uncapture": _uncapture,
-    "status": _status,
-    "dead-letters": _dead_letters,
-    "emit": _emit,
+#: which part of a deployment each command plays, for a missing right's
+#: message (L{privileges.explain_denied}; C{None}: the schema's owner)
+PARTS = {
+    "install": None,
+    "grants": privileges.OPERATOR,
+    "capture": privileges.OPERATOR,
+    "uncapture": privileges.OPERATOR,
+    "status": privileges.OPERATOR,
+    "dead-letters": privileges.OPERATOR,
+    "emit": privileges.WRITER,
 }
 
 
@@ -193,14 +133,12 @@ def run(argv, environ, out, err):
     @param argv: the arguments after the program name.
     @param environ: the environment (C{HERMES_DSN}).
     @return: the exit status.
+    @raise BrokenPipeError: C{out} was closed (L{main} ends quietly).
     """
-    secrets = _dsn_candidates(argv, environ)
+    secrets = dsn_secrets(*_dsn_candidates(argv, environ), environ=environ)
 
-    def fail(error, status):
-        message = first_line(error)
-        for dsn in secrets:
-            message = scrub(message, dsn)
-        print(f"{PROG}: error: {scrub(message, None)}", file=err)
+    def fail(message, status):
+        print(f"{PROG}: error: {secrets.scrub(message)}", file=err)
         return status
 
     try:
@@ -210,14 +148,19 @@ def run(argv, environ, out, err):
             raise UsageError("--dsn or $HERMES_DSN is required")
         conn = connect(dsn)
         try:
-            COMMANDS[args.command](conn, args, out)
+            COMMANDS[args.command](conn, args, out, err)
+        except psycopg2.errors.InsufficientPrivilege as e:
+            role = privileges.current_role(conn)
+            return fail(privileges.explain_denied(e, PARTS[args.command], role, args.schema), 1)
         finally:
             conn.close()
         return 0
     except UsageError as e:
-        return fail(e, 2)
+        return fail(first_line(e), 2)
+    except Refused:
+        return 1
     except (HermesException, psycopg2.Error) as e:
-        return fail(e, 1)
+        return fail(first_line(e), 1)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=err)
         return 130
@@ -240,6 +183,17 @@ def _dsn_candidates(argv, environ):
 
 def main(argv=None):
     """
-    The C{hermes-tx} console script.
+    The C{hermes-tx} console script.  Standard output closed early (C{|
+    head}) ends it quietly, with exit status 1 (what is done is done).
     """
-    sys.exit(run(sys.argv[1:] if argv is None else argv, os.environ, sys.stdout, sys.stderr))
+    try:
+        try:
+            status = run(sys.argv[1:] if argv is None else argv, os.environ, sys.stdout, sys.stderr)
+        except SystemExit as e:  # --help
+            status = e.code
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 1
+    sys.exit(status)

@@ -1,9 +1,12 @@
 # -*- test-case-name: tests.test_outbox_cli -*-
 """
-Plain-text tables for C{hermes-tx status} and C{hermes-tx dead-letters}.
-Every cell is one line of printable text: control characters in keys and
-error messages are escaped, long cells cut.
+Plain text for C{hermes-tx status} and C{hermes-tx dead-letters}: tables,
+and why a dead letter was not retried.  Every cell is one line of
+printable text: control characters in keys and error messages are
+escaped, long cells cut.
 """
+
+from hermes_tx.outbox import admin
 
 #: cells longer than this are cut, with an ellipsis
 MAX_CELL = 60
@@ -47,17 +50,39 @@ def dead_letter_table(rows, total):
     """
     @param rows: L{hermes_tx.outbox.admin.dead_letters} dicts.
     @param total: how many there are in all.
+    @return: the table; C{SUPERSEDED BY} is the newer change of the key
+        delivered since (a retry of it is refused without C{--force}).
     """
     if not rows:
         return "no dead letters"
     text = table(
-        ("ID", "TOPIC", "KEY", "ATTEMPTS", "FAILED AT", "LAST ERROR"),
+        ("ID", "TOPIC", "KEY", "ATTEMPTS", "FAILED AT", "SUPERSEDED BY", "LAST ERROR"),
         [
             (r["id"], r["topic"], r["key"], r["attempts"],
-             r["failed_at"].isoformat(timespec="seconds"), r["last_error"])
+             r["failed_at"].isoformat(timespec="seconds"), r["superseded_by"], r["last_error"])
             for r in rows
         ],
     )
     if total > len(rows):
         text += f"\n({total - len(rows)} more; --limit shows more)"
     return text
+
+
+_REFUSALS = {
+    admin.SUPERSEDED: "change {newer} of its key was delivered after it failed (it would overwrite "
+                      "newer data); --force retries it anyway, --purge {id} drops it",
+    admin.IN_FLIGHT: "change {newer} of its key is being delivered; retry it once that is done",
+    admin.BUSY: "its key was being written or claimed the whole time; try again",
+    admin.MISSING: "there is no dead letter with that id",
+}
+
+
+def refusal(id_, outcome, newer):
+    """
+    @param id_: a dead letter's id.
+    @param outcome: what L{hermes_tx.outbox.admin.retry_dead_letters} said
+        of it (not L{hermes_tx.outbox.admin.RETRIED}).
+    @param newer: the newer change it named, or C{None}.
+    @return: one line saying why it was not retried and what to do.
+    """
+    return f"dead letter {id_} not retried: {_REFUSALS[outcome].format(newer=newer, id=id_)}"

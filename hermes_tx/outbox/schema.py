@@ -18,6 +18,7 @@ from psycopg2 import sql
 from hermes_tx.exceptions import InvalidConfigurationException, StandbyServerError
 from hermes_tx.outbox.db import transaction
 from hermes_tx.outbox.names import DEFAULT_SCHEMA, channel, validate_schema
+from hermes_tx.outbox.privileges import grant
 
 #: first key of the advisory lock serializing installs (the second is the
 #: schema name's hash): "hermes" in ASCII, to tell it from others' locks.
@@ -102,7 +103,70 @@ def installed_versions(cursor, schema=DEFAULT_SCHEMA):
     return [row[0] for row in cursor.fetchall()]
 
 
-def install(conn, schema=DEFAULT_SCHEMA, target=None):
+#: the objects each version makes that the rest of hermes_tx uses, by kind:
+#: what L{missing_objects} looks for (helpers a later version may replace
+#: are left out)
+OBJECTS = {
+    1: {"table": ("outbox", "dead_letters"), "function": ("emit", "claim")},
+    2: {"function": ("capture",)},
+    3: {"table": ("dead_keys",),
+        "function": ("ack", "release", "dead_letter", "extend", "unclaim", "stats", "retry_dead_letters",
+                     "purge_dead_letters")},
+}
+
+
+def missing_objects(cursor, schema, version):
+    """
+    @param version: the version the schema is recorded at.
+    @return: what a schema at C{version} must hold and does not (C{"table
+        hermes.outbox"}, C{"function hermes.ack"}), in L{OBJECTS}' order:
+        someone dropped it.
+    """
+    wanted = [(kind, name) for v in sorted(OBJECTS) if v <= version
+              for kind, names in OBJECTS[v].items() for name in names]
+    cursor.execute(
+        "SELECT w.kind, w.name FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY w (kind, name, n)"
+        " WHERE NOT CASE w.kind"
+        "  WHEN 'table' THEN EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace"
+        "                            WHERE s.nspname = %s AND c.relname = w.name AND c.relkind IN ('r', 'p'))"
+        "  ELSE EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
+        "               WHERE s.nspname = %s AND p.proname = w.name) END"
+        " ORDER BY w.n",
+        ([k for k, _ in wanted], [n for _, n in wanted], schema, schema),
+    )
+    return [f"{kind} {schema}.{name}" for kind, name in cursor.fetchall()]
+
+
+def require_intact(cursor, schema, version):
+    """
+    @raise InvalidConfigurationException: L{missing_objects} found some (one
+        line: which, and what to do).
+    """
+    missing = missing_objects(cursor, schema, version)
+    if missing:
+        raise InvalidConfigurationException(
+            f"the outbox in schema {schema!r} is damaged ({', '.join(missing)} missing, "
+            f"recorded at version {version}): hermes-tx install cannot rebuild it; restore it "
+            f"from a backup, or drop the schema (its changes are lost) and install again"
+        )
+
+
+def owned_by_superuser(cursor, schema=DEFAULT_SCHEMA):
+    """
+    @return: the name of the superuser that owns the schema's C{capture()}
+        function (it runs with that owner's rights), or C{None}.
+    """
+    cursor.execute(
+        "SELECT r.rolname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " JOIN pg_roles r ON r.oid = p.proowner"
+        " WHERE n.nspname = %s AND p.proname = 'capture' AND r.rolsuper",
+        (schema,),
+    )
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def install(conn, schema=DEFAULT_SCHEMA, target=None, owner=None, grants=()):
     """
     Create the outbox schema, or bring it up to date.  Idempotent; concurrent
     installs wait for each other (an advisory lock); all migrations run in
@@ -113,11 +177,18 @@ def install(conn, schema=DEFAULT_SCHEMA, target=None):
     @param schema: the schema to install into (made if missing).
     @param target: install only up to this version (tests make old schemas
         with it); C{None} for the latest.
+    @param owner: install as this role (C{SET ROLE}: the connecting role
+        must be a member of it): the schema (when made) and every object
+        made belong to it, and the functions run with its rights.  C{None}:
+        the connecting role.
+    @param grants: C{(part, role)} pairs: grant each role what its part
+        needs (L{hermes_tx.outbox.privileges.grant}), in the same
+        transaction.
     @return: the list of L{Migration}s applied (empty when up to date).
     @raise StandbyServerError: the server is a standby.
     @raise InvalidConfigurationException: the schema name is not acceptable,
-        or the database holds a newer schema version than this hermes_tx
-        knows.
+        the database holds a newer schema version than this hermes_tx
+        knows, or the schema is damaged (L{require_intact}).
     """
     validate_schema(schema)
     wanted = [m for m in migrations() if target is None or m.version <= target]
@@ -127,6 +198,8 @@ def install(conn, schema=DEFAULT_SCHEMA, target=None):
             raise StandbyServerError(
                 "the server is a standby (in recovery): install the outbox on the primary"
             )
+        if owner is not None:
+            cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
         cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (INSTALL_LOCK, schema))
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         cur.execute(
@@ -143,6 +216,8 @@ def install(conn, schema=DEFAULT_SCHEMA, target=None):
                 f"schema {schema!r} is at version {max(done)}, newer than this hermes_tx "
                 f"knows ({max(known)}): upgrade hermes_tx"
             )
+        if done:
+            require_intact(cur, schema, max(done))
         applied = []
         for migration in wanted:
             if migration.version in done:
@@ -155,4 +230,6 @@ def install(conn, schema=DEFAULT_SCHEMA, target=None):
                 (migration.version, migration.name),
             )
             applied.append(migration)
+        for part, role in grants:
+            grant(cur, part, role, schema)
     return applied

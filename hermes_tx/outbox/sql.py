@@ -6,7 +6,10 @@ Each is one statement with C{%s} parameters, a C{psycopg2.sql.Composable}
 that blocking psycopg2 (C{cursor.execute(stmt, params)}) and txpostgres
 (C{conn.runQuery(stmt, params)}) both take.  Run them on an autocommit
 connection: one statement is one transaction, nothing is held open between
-them.  A claim carries a token (a UUID, new for every claim); C{ack},
+them.  Each calls a function of the schema that runs with its owner's
+rights (C{migrations/0003_privileges.sql}): a consumer's role needs only
+USAGE on the schema and EXECUTE on them (L{hermes_tx.outbox.privileges}).
+A claim carries a token (a UUID, new for every claim); C{ack},
 C{release}, C{dead_letter} and C{extend} only touch rows that still hold
 it, so a claim that expired and was taken by someone else is not theirs
 any more.  The statements, their parameters and what they return::
@@ -62,7 +65,9 @@ def claim(schema=DEFAULT_SCHEMA):
 
 def ack(schema=DEFAULT_SCHEMA):
     """
-    Acknowledge: delete the rows that still hold the token.
+    Acknowledge: delete the rows that still hold the token.  The older
+    dead letters of their keys are marked superseded (a newer change of
+    the key was delivered: retrying them would go back in time).
 
     Parameters: C{ids} (list of int), C{token}.
 
@@ -70,12 +75,7 @@ def ack(schema=DEFAULT_SCHEMA):
         missing from it lost its claim (expired and taken by another
         consumer, which will deliver it again).
     """
-    return _build(
-        "DELETE FROM {schema}.outbox o"
-        " WHERE o.id = ANY (%s::bigint[]) AND o.claim_token = %s::uuid"
-        " RETURNING o.id",
-        schema,
-    )
+    return _build("SELECT id FROM {schema}.ack(%s::bigint[], %s::uuid)", schema)
 
 
 def release(schema=DEFAULT_SCHEMA):
@@ -93,33 +93,8 @@ def release(schema=DEFAULT_SCHEMA):
         C{"retry"} or C{"dead"}; ids missing from it lost their claim.
     """
     return _build(
-        """
-        WITH p AS (
-            SELECT %s::bigint[] AS ids, %s::uuid AS token, %s::double precision[] AS delays,
-                   %s::text[] AS errors, %s::integer AS max_attempts
-        ), given AS (
-            SELECT g.id, coalesce(g.delay, 0) AS delay, g.error, p.token, p.max_attempts
-            FROM p, unnest(p.ids, p.delays, p.errors) AS g (id, delay, error)
-            WHERE g.id IS NOT NULL
-        ), dead AS (
-            DELETE FROM {schema}.outbox o USING given g
-            WHERE o.id = g.id AND o.claim_token = g.token AND o.attempts >= g.max_attempts
-            RETURNING o.id, o.topic, o.key, o.payload, o.created_at, o.attempts, g.error
-        ), buried AS (
-            INSERT INTO {schema}.dead_letters (id, topic, key, payload, created_at, attempts, last_error)
-            SELECT * FROM dead
-        ), retried AS (
-            UPDATE {schema}.outbox o
-            SET claim_token = NULL, claimed_until = NULL, last_error = g.error,
-                available_at = now() + make_interval(secs => g.delay)
-            FROM given g
-            WHERE o.id = g.id AND o.claim_token = g.token AND o.attempts < g.max_attempts
-            RETURNING o.id
-        )
-        SELECT id, 'dead' FROM dead
-        UNION ALL
-        SELECT id, 'retry' FROM retried
-        """,
+        "SELECT id, outcome FROM {schema}.release("
+        "%s::bigint[], %s::uuid, %s::double precision[], %s::text[], %s::integer)",
         schema,
     )
 
@@ -134,26 +109,7 @@ def dead_letter(schema=DEFAULT_SCHEMA):
 
     @return: a statement returning C{(id,)} for each row moved.
     """
-    return _build(
-        """
-        WITH p AS (
-            SELECT %s::bigint[] AS ids, %s::uuid AS token, %s::text[] AS errors
-        ), given AS (
-            SELECT g.id, g.error, p.token
-            FROM p, unnest(p.ids, p.errors) AS g (id, error)
-            WHERE g.id IS NOT NULL
-        ), dead AS (
-            DELETE FROM {schema}.outbox o USING given g
-            WHERE o.id = g.id AND o.claim_token = g.token
-            RETURNING o.id, o.topic, o.key, o.payload, o.created_at, o.attempts, g.error
-        ), buried AS (
-            INSERT INTO {schema}.dead_letters (id, topic, key, payload, created_at, attempts, last_error)
-            SELECT * FROM dead
-        )
-        SELECT id FROM dead
-        """,
-        schema,
-    )
+    return _build("SELECT id FROM {schema}.dead_letter(%s::bigint[], %s::uuid, %s::text[])", schema)
 
 
 def extend(schema=DEFAULT_SCHEMA):
@@ -167,17 +123,7 @@ def extend(schema=DEFAULT_SCHEMA):
     @return: a statement returning C{(id,)} for each row extended; an id
         missing from it lost its claim.
     """
-    return _build(
-        """
-        WITH p AS (SELECT %s::bigint[] AS ids, %s::uuid AS token, %s::double precision AS visibility)
-        UPDATE {schema}.outbox o
-        SET claimed_until = now() + make_interval(secs => p.visibility)
-        FROM p
-        WHERE o.id = ANY (p.ids) AND o.claim_token = p.token
-        RETURNING o.id
-        """,
-        schema,
-    )
+    return _build("SELECT id FROM {schema}.extend(%s::bigint[], %s::uuid, %s::double precision)", schema)
 
 
 def unclaim(schema=DEFAULT_SCHEMA):
@@ -191,13 +137,7 @@ def unclaim(schema=DEFAULT_SCHEMA):
 
     @return: a statement returning C{(id,)} for each row given back.
     """
-    return _build(
-        "UPDATE {schema}.outbox o"
-        " SET claim_token = NULL, claimed_until = NULL, attempts = greatest(o.attempts - 1, 0)"
-        " WHERE o.id = ANY (%s::bigint[]) AND o.claim_token = %s::uuid"
-        " RETURNING o.id",
-        schema,
-    )
+    return _build("SELECT id FROM {schema}.unclaim(%s::bigint[], %s::uuid)", schema)
 
 
 def stats(schema=DEFAULT_SCHEMA):
@@ -214,23 +154,7 @@ def stats(schema=DEFAULT_SCHEMA):
         oldest_age, dead_letters)} ordered by topic.
     """
     return _build(
-        """
-        WITH o AS (
-            SELECT topic,
-                   count(*) FILTER (WHERE claimed_until IS NULL OR claimed_until < now()) AS pending,
-                   count(*) FILTER (WHERE claimed_until >= now()) AS in_flight,
-                   extract(epoch FROM now() - min(created_at))::double precision AS oldest_age
-            FROM {schema}.outbox GROUP BY topic
-        ), d AS (
-            SELECT topic, count(*) AS dead_letters FROM {schema}.dead_letters GROUP BY topic
-        )
-        SELECT coalesce(o.topic, d.topic) AS topic,
-               coalesce(o.pending, 0)::bigint, coalesce(o.in_flight, 0)::bigint,
-               o.oldest_age, coalesce(d.dead_letters, 0)::bigint
-        FROM o FULL JOIN d ON o.topic = d.topic
-        ORDER BY 1
-        """,
-        schema,
+        "SELECT topic, pending, in_flight, oldest_age, dead_letters FROM {schema}.stats()", schema
     )
 
 

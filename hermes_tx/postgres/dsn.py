@@ -10,7 +10,7 @@ C{postgresql://} URI (multi-host C{host=a,b port=1,2} included).  The empty
 DSN means libpq's defaults: C{PGHOST}, C{PGPORT}, C{PGUSER},
 C{PGDATABASE}, C{PGPASSFILE} and the rest, as with C{psql}.
 
-Secrets (L{secrets}, L{scrub}): libpq never prints a password, but it does
+Secrets (L{secrets}): libpq never prints a password, but it does
 print the values it parsed (host, port, database name...), and a password
 written into a URI or C{key=value} string without the quoting it needs is
 split by libpq into pieces that land in those values:
@@ -25,12 +25,11 @@ keyword), percent-decoded or unescaped as well, and each piece of it
 between the characters libpq splits at (C{@ : / ? & = , [ ]}, quotes,
 backslashes, white space).  C{PGPASSWORD} is a secret too.
 
-L{scrub} replaces a secret of 8 characters or more wherever it occurs, and a
-shorter one only where it stands alone: not glued to a letter, digit, C{_},
-C{.} or C{-}.  libpq quotes the values it prints or ends them with white
-space or punctuation, so a piece of a password is caught, while a short
-password such as C{on} or C{1} does not turn C{connection} or C{127.0.0.1}
-into rubble.
+L{hermes_tx.secrets} scrubs them from messages (L{hermes_tx.secrets.scrub},
+L{hermes_tx.secrets.Secrets}; L{dsn_secrets} gives a DSN's as a
+L{hermes_tx.secrets.Secrets}): the one scrubber of hermes_tx, so a short
+password such as C{on} or C{1} does not turn C{connection} or
+C{127.0.0.1} into rubble.
 """
 
 import functools
@@ -42,6 +41,7 @@ import psycopg2
 import psycopg2.extensions
 
 from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.secrets import MASK, SCRUB_ANYWHERE_FROM, Secrets, mask_passwords, scrub  # noqa: F401 (here before)
 
 #: Keywords appended to every DSN unless the caller set them.  TCP keepalives
 #: make the kernel find a dead peer on an idle listen connection.
@@ -56,16 +56,7 @@ DEFAULTS = {
 #: libpq keywords whose values are secrets
 SECRET_KEYWORDS = ("password", "sslpassword")
 
-#: secrets at least this long are scrubbed wherever they occur
-SCRUB_ANYWHERE_FROM = 8
-
-#: what L{scrub} puts in place of a secret
-MASK = "***"
-
 _URI_PREFIXES = ("postgresql://", "postgres://")
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_PASSWORD_QUERY = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
-_URI_USERINFO = re.compile(r"(postgres(?:ql)?://[^:/@?#\s]*:)[^@/?#\s]*@", re.IGNORECASE)
 # Where libpq may split a password that was not quoted as it needs.
 _PIECES = re.compile(r"[\s'\"\\@:/?&=,\[\]]+")
 # A password keyword in key=value form, and in a URI query; the next
@@ -91,6 +82,21 @@ def _uri_parsed_as_meant(parsed):
         if "@" in parsed.get(key, ""):
             return False
     return all(p.isdigit() for p in parsed.get("port", "").split(",") if p)
+
+
+def dsn_secrets(*dsns, environ=None):
+    """
+    @param dsns: DSNs in any form (they need not parse); C{None} and C{""}
+        are skipped.
+    @param environ: as for L{secrets}.
+    @return: a L{hermes_tx.secrets.Secrets} holding the L{secrets} of each.
+    """
+    found = Secrets()
+    for dsn in dsns:
+        if dsn:
+            found.update(secrets(dsn, environ))
+    found.update(secrets("", environ))  # PGPASSWORD
+    return found
 
 
 @functools.lru_cache(maxsize=256)
@@ -159,45 +165,20 @@ def secrets(dsn, environ=None):
     return frozenset(found)
 
 
-@functools.lru_cache(maxsize=32)
-def _scrubber(secrets):
-    parts = []
-    for secret in sorted(secrets, key=len, reverse=True):
-        pattern = re.escape(secret)
-        if len(secret) < SCRUB_ANYWHERE_FROM:
-            pattern = rf"(?<![\w.\-]){pattern}(?![\w.\-])"
-        parts.append(pattern)
-    return re.compile("|".join(parts))
-
-
-def scrub(text, secrets):
-    """
-    @param text: any message (a libpq error, a log line).
-    @param secrets: an iterable of secrets, as L{secrets} returns.
-    @return: C{text} with each secret replaced by L{MASK} (see the module's
-        docstring for where).
-    """
-    secrets = frozenset(s for s in secrets if s)
-    if not secrets:
-        return text
-    return _scrubber(secrets).sub(MASK, text)
-
-
 def redact(dsn):
     """
     @param dsn: a DSN in any accepted form, or any text that may hold one.
-    @return: the same text with every password replaced by C{***}: the
-        C{password=} keyword, a URI's C{user:password@} and a URI's
-        C{?password=} parameter, and whatever L{secrets} finds in it.
+    @return: the same text with every password replaced by C{***}: whatever
+        L{secrets} finds in it, then
+        L{hermes_tx.secrets.mask_passwords}' patterns (the C{password=}
+        keyword, a URI's C{user:password@} and C{?password=}).
     """
     if isinstance(dsn, dict):
         return " ".join(
             f"{k}={MASK if k in SECRET_KEYWORDS else v}" for k, v in dsn.items() if v is not None
         )
-    text = scrub(str(dsn), secrets(str(dsn), environ={}))
-    text = _PASSWORD_KV.sub(r"\1***", text)
-    text = _PASSWORD_QUERY.sub(r"\1***", text)
-    return _URI_USERINFO.sub(r"\1***@", text)
+    text = str(dsn)
+    return mask_passwords(scrub(text, secrets(text, environ={})))
 
 
 def parse(dsn):
