@@ -20,7 +20,6 @@ Rounds are interleaved, each case first in turn.
 """
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys

@@ -28,7 +28,7 @@ A leaf module: it imports nothing of hermes_tx.
 import base64
 import functools
 import re
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 #: what replaces a secret
 MASK = "***"
@@ -102,6 +102,7 @@ class Secrets:
             C{None} are ignored.
         """
         self._secrets = set()
+        self._params = {}  # a short query value where it follows its name -> masked
         for secret in secrets:
             self.add(secret)
 
@@ -120,6 +121,20 @@ class Secrets:
         """
         for secret in secrets:
             self.add(secret)
+
+    def add_param(self, name, value):
+        """
+        Remember a URL query parameter's value: one of at least 8
+        characters is a secret wherever it shows (L{add}); a shorter one
+        (which may well show in other words) only where it follows
+        C{name=}, as an echoed URL shows it.
+        """
+        if len(value) >= SCRUB_ANYWHERE_FROM:
+            self.add(value)
+        elif value:
+            for n, v in ((name, value), (quote(name, safe=""), quote(value, safe="")),
+                         (quote_plus(name), quote_plus(value))):
+                self._params[f"{n}={v}"] = f"{n}={MASK}"
 
     def add_basic_auth(self, username, password):
         """
@@ -148,4 +163,8 @@ class Secrets:
         @return: C{text} (anything: it is made a string) with every known
             secret replaced by L{MASK} (L{scrub}), then L{mask_passwords}.
         """
-        return mask_passwords(scrub(text, self._secrets))
+        text = mask_passwords(scrub(text, self._secrets))
+        for pattern in sorted(self._params, key=len, reverse=True):
+            if pattern in text:
+                text = text.replace(pattern, self._params[pattern])
+        return text

@@ -281,10 +281,16 @@ class PermanentErrorTests(_Consuming, unittest.TestCase):
         client.startService()
         self.addCleanup(lambda: client.stopService() if client.running else None)
         yield sleep(3.0)
-        self.assertTrue(2 <= consumer.reconnects <= 6, consumer.reconnects)
         lines = [formatEvent(e) for e in log if "reconnecting in" in formatEvent(e)]
-        self.assertTrue(lines)
-        self.assertIn("InsufficientPrivilege: permission denied for schema hermes", lines[0])
+        delays = [float(line.rsplit("reconnecting in ", 1)[1].split()[0]) for line in lines]
+        # Growing (0.1, 0.2, 0.4 ... with jitter), never reset: a handful
+        # in 3 s, not thirty.
+        self.assertTrue(2 <= len(delays) <= 6, delays)
+        self.assertEqual(delays, sorted(delays))
+        self.assertGreater(delays[-1], 2.5 * delays[0])
+        self.assertIn("InsufficientPrivilege: permission denied for schema hermes: role "
+                      "'hermes_nogrants' needs USAGE ON SCHEMA hermes (to consume the outbox: "
+                      "hermes-tx install --grant-consumer hermes_nogrants)", lines[0])
         ready, details = readiness(client)
         self.assertFalse(ready)
         self.assertRegex(details["reason"], "outbox consumer is (waiting|connecting)")

@@ -394,11 +394,17 @@ class EndToEndTests(OutboxDatabase, unittest.TestCase):
         ignores (409, done): the document is the current row, at the
         newer change's version.
         """
-        refusing = {"on": True}
+        refusing = {"on": False}
         es = FakeBulk(script=lambda n: (400, {}) if refusing["on"] else None)
         server = serve(self, es)
         sink = from_url(server.url.replace("http://", "elasticsearch+http://") + "river")
         self.start_consumer(["river"], sink, poll_interval=0.1)
+        # A 400 for a batch of one dead-letters its change only once the
+        # endpoint has accepted a batch (else the endpoint, not the change,
+        # may be at fault: docs/sinks.rst).
+        self.query("INSERT INTO public.river VALUES (2, 'accepted')")
+        yield wait_until(lambda: "2" in es.live("river"), what="a first batch accepted")
+        refusing["on"] = True
         self.query("INSERT INTO public.river VALUES (1, 'old')")
         yield wait_until(lambda: self.dead_count() == 1, what="a dead letter")
         refusing["on"] = False
@@ -411,5 +417,5 @@ class EndToEndTests(OutboxDatabase, unittest.TestCase):
         status, out, err = yield defer.maybeDeferred(self.retry_all, "--force")
         self.assertEqual((status, out, err), (0, "retried 1 dead letter\n", ""))
         yield wait_until(lambda: self.outbox_empty() and self.dead_count() == 0, what="the forced retry")
-        self.assertEqual(es.live("river"), {"1": (newer, self.current()["1"])})
-        self.assertEqual(es.applied, [("index", "river", "1", newer)])
+        self.assertEqual(es.live("river")["1"], (newer, self.current()["1"]))
+        self.assertEqual([a for a in es.applied if a[2] == "1"], [("index", "river", "1", newer)])

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from hermes_tx.events import Change
 from hermes_tx.exceptions import InvalidConfigurationException
-from hermes_tx.outbox import sql
+from hermes_tx.outbox import privileges, sql
 from hermes_tx.outbox.claims import Ledger
 from hermes_tx.outbox.figures import Figures
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
@@ -207,6 +207,18 @@ class OutboxConsumer(ConnectedComponent):
         run = self.supervisor.run
         if run is not None and self.is_consuming:
             run.claim()
+
+    def describe_loss(self, error):
+        """
+        @return: one line for a lost connection; a missing grant names the
+            right and the C{hermes-tx install --grant-consumer} that gives it
+            (L{hermes_tx.outbox.privileges.explain_denied}).
+        """
+        if getattr(error, "pgcode", None) == "42501":
+            role = getattr(self.pg_connector, "params", {}).get("user")
+            return self._scrubbed("InsufficientPrivilege: " + privileges.explain_denied(
+                error, privileges.CONSUMER, role, self.schema))
+        return ConnectedComponent.describe_loss(self, error)
 
     def dead_lettered(self, change, reason):
         """

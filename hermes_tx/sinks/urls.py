@@ -6,17 +6,15 @@ A sink URL may carry a password (C{amqp://user:PASSWORD@host/}) or a token
 in its query string (C{https://hooks.example/x?token=...}); a secret may
 also come from a file.  Neither may reach a log line, a C{repr}, a status
 page or an error message: L{redact_url} is the only way a sink shows its
-URL, and L{Secrets.scrub} is applied to every error text a sink produces
-(an error from the other side may quote what it was sent).
+URL, and L{hermes_tx.secrets.Secrets.scrub} (the one scrubber) is applied
+to every error text a sink produces (an error from the other side may
+quote what it was sent).
 """
 
-import base64
-from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from hermes_tx.exceptions import InvalidConfigurationException
-
-#: what replaces a secret in anything shown
-MASK = "***"
+from hermes_tx.secrets import MASK, Secrets, basic_token  # noqa: F401 (the sinks' names for them)
 
 
 class SinkURLError(InvalidConfigurationException):
@@ -149,68 +147,3 @@ def read_secret(path):
         raise SinkURLError(f"the secret file {path!r} is empty")
     return text
 
-
-class Secrets:
-    """
-    The secrets a sink holds, and L{scrub}, which removes them from text.
-    """
-
-    def __init__(self, *secrets):
-        self._replacements = {}  # text to hide -> what shows instead
-        for s in secrets:
-            self.add(s)
-
-    def add(self, secret):
-        """
-        Remember C{secret} (and its URL-quoted forms); empty or C{None}
-        values are ignored.
-        """
-        if secret:
-            for form in (secret, quote(secret, safe=""), quote(secret)):
-                self._replacements[form] = MASK
-
-    def add_param(self, name, value):
-        """
-        Remember a query parameter's value: one of at least 8 characters is
-        a secret wherever it shows (L{add}); a shorter one (which may well
-        show in other words) wherever it follows C{name=}, as an echoed URL
-        shows it.
-        """
-        if len(value) >= 8:
-            self.add(value)
-        elif value:
-            for n, v in ((name, value), (quote(name, safe=""), quote(value, safe="")),
-                         (quote_plus(name), quote_plus(value))):
-                self._replacements[f"{n}={v}"] = f"{n}={MASK}"
-
-    def add_basic_auth(self, username, password):
-        """
-        Remember C{password} and the HTTP basic credentials built from it
-        (a server may echo an C{Authorization} header back).
-        """
-        if password:
-            self.add(password)
-            self.add(basic_token(username, password))
-        elif username:
-            # A user name with no password is a token.
-            self.add(username)
-            self.add(basic_token(username, password or ""))
-
-    def scrub(self, text):
-        """
-        @return: C{text} with every known secret replaced by C{***}.
-        """
-        text = str(text)
-        for secret in sorted(self._replacements, key=len, reverse=True):
-            if secret in text:
-                text = text.replace(secret, self._replacements[secret])
-        return text
-
-
-def basic_token(username, password):
-    """
-    @return: the C{user:password} pair, base64-encoded, as HTTP basic
-        authentication sends it.
-    """
-    pair = f"{username or ''}:{password}".encode("utf-8")
-    return base64.b64encode(pair).decode("ascii")

@@ -92,7 +92,7 @@ class ConnectedComponent(BaseComponent):
             return  # losses in quick succession: the next line counts them
         self.log.warn(
             "{ident}: {error}; reconnecting in {delay:.2f} s{more}",
-            ident=self.ident, error=self._scrubbed(error), delay=delay, more=more,
+            ident=self.ident, error=self.describe_loss(error), delay=delay, more=more,
         )
 
     def run_terminated(self, component, error):
@@ -100,10 +100,17 @@ class ConnectedComponent(BaseComponent):
         Its error strategy ended it for good: one line.
         """
         self.log.warn("{ident}: terminated by {error}", ident=self.ident,
-                      error=self._scrubbed(error))
+                      error=self.describe_loss(error))
 
-    def _scrubbed(self, error):
-        line = one_line(error)
+    def describe_loss(self, error):
+        """
+        @return: one line saying why a connection was lost, scrubbed of the
+            DSN's secrets (a subclass may say more: the outbox consumer names
+            a missing grant and how to give it).
+        """
+        return self._scrubbed(one_line(error))
+
+    def _scrubbed(self, line):
         scrub = getattr(self.pg_connector, "scrub", None)
         return line if scrub is None else scrub(line)
 

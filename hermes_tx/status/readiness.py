@@ -101,9 +101,9 @@ def _source_state(source):
     outcome = getattr(supervisor, "last_outcome", None)
     if state != "waiting" or outcome is None or outcome.error is None:
         return state
-    line = one_line(outcome.error)
-    scrub = getattr(getattr(source, "pg_connector", None), "scrub", None)
-    return f"{state} to reconnect after {scrub(line) if scrub is not None else line}"
+    describe = getattr(source, "describe_loss", None)
+    line = describe(outcome.error) if describe is not None else one_line(outcome.error)
+    return f"{state} to reconnect after {line}"
 
 
 def _paused(client, breaker):

@@ -23,6 +23,7 @@ number of applied actions and of items answered 429.
 import hashlib
 import json
 import random
+import time
 
 from twisted.web import resource, server
 
@@ -35,6 +36,9 @@ class FakeBulk(resource.Resource):
     @ivar docs: C{{(index, id): {"version", "source", "deleted"}}}.
     @ivar applied: every applied action as C{(op, index, id, version)}, in
         order.
+    @ivar applied_at: for every applied index action, C{(id, source["n"],
+        time.time())}: when a document's numbered version reached the index
+        (benchmarks time commit to index with it).
     @ivar bodies: the raw request bodies, with their headers.
     """
 
@@ -54,6 +58,7 @@ class FakeBulk(resource.Resource):
         self.applied = []
         self.bodies = []
         self.auto_id = 0
+        self.applied_at = []
 
     def render_POST(self, request):
         body = request.content.read()
@@ -91,8 +96,11 @@ class FakeBulk(resource.Resource):
         parts = request.path.decode().strip("/").split("/")
         if len(parts) != 2 or parts[0] != "_fake":
             return self.answer(request, 404, {"error": "no handler"})
-        return self.answer(request, 200, {"live": self.live(parts[1]), "applied": len(self.applied),
-                                          "answered_429": self.answered_429})
+        answer = {"live": self.live(parts[1]), "applied": len(self.applied),
+                  "answered_429": self.answered_429}
+        if b"times" in request.args:
+            answer["applied_at"] = self.applied_at
+        return self.answer(request, 200, answer)
 
     def validate(self, text):
         """
@@ -167,6 +175,8 @@ class FakeBulk(resource.Resource):
         created = current is None or current["deleted"]
         self.docs[(index, doc_id)] = {"version": new_version, "source": source, "deleted": False}
         self.applied.append((op, index, doc_id, new_version))
+        if isinstance(source, dict):
+            self.applied_at.append((doc_id, source.get("n"), time.time()))
         return dict(result, status=201 if created else 200,
                     result="created" if created else "updated", _version=new_version)
 

@@ -95,7 +95,7 @@ class HermesProcess(object):
         """The status endpoint says ready on a primary, and serves metrics."""
         code, body = yield self.get("/ready")
         if code != 200 or json.loads(body) != {"ready": True, "role": "primary",
-                                                "listening": True}:
+                                                "listener": "listening", "processor": "working"}:
             self.problem(f"{what}: /ready answered {code} {body!r}")
         code, body = yield self.get("/metrics")
         if code != 200:
