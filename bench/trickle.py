@@ -142,6 +142,8 @@ def main():
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="hermes-bench-trickle-")
     cluster = Cluster.create_primary()
+    cluster.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    cluster.restart()
     server = None
     fleet = None
     try:
@@ -165,6 +167,8 @@ def main():
         writer_cpu = cluster_cpu(cluster) - before
         cur.execute("TRUNCATE hermes.outbox")
         cur.execute("VACUUM ANALYZE hermes.outbox")
+        cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        cur.execute("SELECT pg_stat_statements_reset()")
 
         server, port = start_server(SINKS, 0.0, workdir)
         fleet = Fleet(dsn, ["items"], workdir, sink=f"elasticsearch+http://127.0.0.1:{port}/items")
@@ -177,6 +181,10 @@ def main():
         writer.join()
         wait_for(lambda: depth(cur) == 0, 60, "an empty outbox")
         both_cpu = cluster_cpu(cluster) - before
+        statements = cluster.execute(
+            "SELECT calls, round(total_exec_time::numeric, 1), left(regexp_replace(query, '\\s+', ' ', 'g'), 70)"
+            " FROM pg_stat_statements WHERE calls > 10 ORDER BY total_exec_time DESC LIMIT 12",
+            dbname="trickle")
         waits, missing = latencies(writer, applied_at(port))
         if os.environ.get("TRICKLE_DEBUG"):
             applied = applied_at(port)
@@ -213,6 +221,9 @@ def main():
             server.terminate()
             server.wait()
         cluster.destroy()
+    print("statements (calls, ms, text):")
+    for calls, ms, text in statements:
+        print(f"  {calls:>7} {ms:>9} {text}")
     width = max(len(r[0]) for r in rows)
     for case, result, goal in rows:
         print(f"{case.ljust(width)}  {result}" + (f"   (goal {goal})" if goal else ""))

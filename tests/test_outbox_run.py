@@ -77,8 +77,9 @@ class _Consuming(unittest.TestCase):
         self.log = capture_log(self)
         self.connector = FakeListenConnector(connection_factory=ScriptedConnection)
         self.queue = EventQueue() if queue is None else queue
+        # No linger (LingerTests has it): claims follow their reasons at once.
         settings = dict(poll_interval=60.0, batch_size=10, max_in_flight=100, claim_horizon=None,
-                        liveness_timeout=None, visibility_timeout=30.0)
+                        liveness_timeout=None, visibility_timeout=30.0, claim_linger=0)
         settings.update(kwargs)
         consumer = self.consumer = OutboxConsumer(self.connector, ["t1", "t2"],
                                                   notif_queue=self.queue, clock=self.clock,
@@ -224,6 +225,48 @@ class WakeUpTests(_Consuming):
         self.answer_claim([])
         self.clock.advance(60)
         self.assertEqual(len(self.claims()), 1)
+
+
+class LingerTests(_Consuming):
+    def test_after_a_quiet_spell_at_once(self):
+        self.make(claim_linger=0.01)
+        self.answer_claim([])
+        self.clock.advance(1.0)
+        self.conn.deliver("t1")
+        self.assertEqual(len(self.claims()), 1)
+
+    def test_while_changes_flow_a_claim_waits_a_little(self):
+        """
+        A wake-up within 0.1 s of the last claim: the claim comes
+        claim_linger later, and wake-ups meanwhile make no other.
+        """
+        self.make(claim_linger=0.01)
+        self.answer_claim([])
+        self.clock.advance(0.02)
+        for _ in range(5):
+            self.conn.deliver("t1")
+        self.no_claim()
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.claims()), 1)
+        self.answer_claim([])
+        self.no_claim()
+
+    def test_acknowledgements_linger_too(self):
+        self.make(claim_linger=0.01)
+        self.answer_claim(rows(1, 2))
+        self.settle_all()
+        self.clock.advance(0)
+        self.write(("ack", "{1,2}"))
+        self.no_claim()
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.claims()), 1)
+
+    def test_a_stop_cancels_the_linger(self):
+        consumer = self.make(claim_linger=0.01)
+        self.answer_claim([])
+        self.conn.deliver("t1")
+        self.successResultOf(consumer.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class ClaimingTests(_Consuming):

@@ -63,6 +63,7 @@ class OutboxConsumer(ConnectedComponent):
         listen_check_timeout=5.0,
         listen_check_interval=30.0,
         listen_probe=None,
+        claim_linger=0.01,
         error_strategy=None,
         error_queue=None,
         backoff_limit=16,
@@ -107,6 +108,11 @@ class OutboxConsumer(ConnectedComponent):
             polling only, which it says once.
         @param listen_check_interval: seconds between listen-check probes
             while nothing else shows the LISTEN hears.
+        @param claim_linger: seconds a claim for a wake-up (or after
+            acknowledgements) waits while changes keep flowing (a claim was
+            made within the last 0.1 s), so that one claim takes what
+            several commits wrote; after a quiet spell claims are made at
+            once.  0: never wait.
         @param listen_probe: what sends each probe (see
             L{hermes_tx.sources.hearing.Hearing}); C{None}: a new,
             short-lived connection per probe.
@@ -138,6 +144,7 @@ class OutboxConsumer(ConnectedComponent):
         self.stats_interval = stats_interval
         self.liveness_timeout = liveness_timeout
         self.liveness_interval = liveness_interval
+        self.claim_linger = claim_linger
         #: whether the wake-ups' LISTEN hears (the listen checks' verdicts)
         self.hearing = Hearing(
             self, [self.channel], listen_check_timeout, listen_check_interval, listen_probe,

@@ -36,6 +36,11 @@ CONNECTING, CONSUMING = "connecting", "consuming"
 #: full claims not followed ahead after a claim ahead came back short
 SKIP_AHEAD = 8
 
+#: a claim made less than this many seconds ago means changes are flowing:
+#: the next one for a wake-up or after acknowledgements waits
+#: C{claim_linger} (see L{ConsumeRun._claim_soon})
+FLOWING = 0.1
+
 
 def _changes(rows, claim):
     """
@@ -48,8 +53,8 @@ def _changes(rows, claim):
 
 class Repeating:
     """
-    The run's repeating timers: each calls its action every interval
-    until the run stops them all.
+    The run's timers: each repeating one calls its action every interval,
+    a one-shot one once; the run stops them all when its work ends.
     """
 
     def __init__(self, clock):
@@ -62,6 +67,21 @@ class Repeating:
             action()
 
         self._calls[name] = self.clock.callLater(interval, tick)
+
+    def once(self, name, delay, action):
+        """
+        Call C{action} in C{delay} seconds, unless a call of that name is
+        pending already (then nothing changes).
+        """
+        call = self._calls.get(name)
+        if call is not None and call.active():
+            return
+
+        def fire():
+            del self._calls[name]
+            action()
+
+        self._calls[name] = self.clock.callLater(delay, fire)
 
     def stop(self):
         calls, self._calls = self._calls, {}
@@ -92,6 +112,7 @@ class ConsumeRun(ConnectionRun):
         self._check = None  # the ListenCheck of the wake-ups' LISTEN
         self._own_pid = None
         self._ahead = False  # the next claim is made ahead of the acks
+        self._last_claim = None  # when the last claim was made
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
 
     def listen_statement(self):
@@ -104,7 +125,7 @@ class ConsumeRun(ConnectionRun):
         # A wake-up: its payload is a topic with new changes.
         topics = self.consumer.topics
         if any(n.payload in topics for n in batch):
-            self.pump.want()
+            self._claim_soon()
 
     def start_working(self, session):
         consumer = self.consumer
@@ -167,6 +188,21 @@ class ConsumeRun(ConnectionRun):
         """
         self.pump.want()
 
+    def _claim_soon(self):
+        """
+        Claim for a wake-up or after acknowledgements: at once after a quiet
+        spell, but within a steady flow of changes a little later
+        (C{claim_linger}), so that one claim takes what several commits
+        wrote and the server works once for them.
+        """
+        consumer = self.consumer
+        linger = consumer.claim_linger
+        last = self._last_claim
+        if linger and last is not None and consumer.clock.seconds() - last < FLOWING:
+            self._timers.once("linger", linger, self.pump.want)
+        else:
+            self.pump.want()
+
     # -- claiming -------------------------------------------------------------
 
     def _claim_once(self):
@@ -187,6 +223,7 @@ class ConsumeRun(ConnectionRun):
         if room is None:
             return None
         ahead, self._ahead = self._ahead, False
+        self._last_claim = consumer.clock.seconds()
         token = str(uuid.uuid4())
         params = (consumer.topics, room, token, consumer.visibility_timeout)
         d = self.session.query(consumer.statements["claim"], params)
@@ -328,7 +365,7 @@ class ConsumeRun(ConnectionRun):
                 # Changes that left the outbox may have been holding back
                 # the next changes of their keys: claim those now, not at
                 # the next poll.
-                self.pump.want()
+                self._claim_soon()
             return result
 
         return write_owed(self.session, self.consumer, owed).addCallback(written)
