@@ -149,6 +149,22 @@ class NatsTests(_Sinks, ClassFixtures, unittest.TestCase):
         self.assertEqual([m.msg_id for m in got], [f"items:{c.id}" for c in changes])
 
     @defer.inlineCallbacks
+    def test_past_the_duplicate_window_a_change_is_stored_again(self):
+        """
+        The duplicate window is the stream's: a change published again
+        after it (1 s here) is a new message.
+        """
+        sink = self.sink(extra=f"?stream={self.name}&duplicate_window=1")
+        changes = make_changes(1, 1)
+        yield sink.execute(changes)
+        yield sink.execute(changes)
+        self.assertEqual(sink.duplicates, 1)
+        yield sleep(2.5)
+        yield sink.execute(changes)
+        self.assertEqual(sink.duplicates, 1)
+        self.assertEqual([m.msg_id for m in (yield self.read(self.name))], ["items:1"] * 2)
+
+    @defer.inlineCallbacks
     def test_no_stream_is_one_line_for_the_whole_batch(self):
         sink = self.sink(subject=f"nowhere-{uuid.uuid4().hex}.{{topic}}")
         for _ in range(2):
