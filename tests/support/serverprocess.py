@@ -62,7 +62,25 @@ class ServerProcess:
         self._end(lambda process: process.kill())
 
     def freeze(self):
+        """
+        SIGSTOP, and wait until every thread stopped: C{kill} returns
+        before a busy process is stopped, and a request sent meanwhile
+        could still be answered.
+        """
         os.kill(self.process.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        tasks = f"/proc/{self.process.pid}/task"
+        while time.monotonic() < deadline:
+            try:
+                states = []
+                for tid in os.listdir(tasks):
+                    with open(f"{tasks}/{tid}/stat") as f:
+                        states.append(f.read().rpartition(")")[2].split()[0])
+            except OSError:
+                return  # no /proc here, or a thread just ended: as good as it gets
+            if all(state in "Tt" for state in states):
+                return
+            time.sleep(0.001)
 
     def thaw(self):
         os.kill(self.process.pid, signal.SIGCONT)
