@@ -21,6 +21,7 @@ setup(
         "prometheus_client>=0.17",
         "txredisapi>=1.6",
         "pika>=1.3",
+        "nats-py>=2.16",
     ],
     classifiers=["Framework :: Twisted"],
 )

@@ -19,6 +19,11 @@ restarted) and is timed from the first request to the last answer:
             array per 100 events on one keep-alive connection
   es        ElasticsearchSink (max_batch 500) vs http.client, one _bulk POST
             per 500 events
+  nats      NatsSink (max_batch 500, on the asyncio reactor, into a stream
+            it makes) vs a minimal nats-py loop publishing the same messages
+            (the JSON record, Nats-Msg-Id) with publish_async and awaiting
+            each batch's 500 acknowledgements, into a stream of its own, on
+            a nats-server of the bench's own (-js, file storage)
 
 The HTTP servers (a webhook that reads and decodes each body, and the
 tests' stand-in for the _bulk API) run in a separate process.  Each sink is
@@ -45,7 +50,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 PAIRS = [("redis", "redis-sink", "redis-py"), ("amqp", "amqp-sink", "pika-blocking"),
-         ("webhook", "webhook-sink", "http.client"), ("es", "es-sink", "es-http.client")]
+         ("webhook", "webhook-sink", "http.client"), ("es", "es-sink", "es-http.client"),
+         ("nats", "nats-sink", "nats-py")]
 
 
 def backlog(n):
@@ -133,6 +139,57 @@ def pika_blocking(exchange, events):
     return {"seconds": seconds, "events": len(events)}
 
 
+def nats_py(port, tag, events, size=500):
+    """
+    The nats-py loop: each batch's messages published with
+    C{publish_async}, then its acknowledgements awaited together.
+    """
+    import asyncio
+
+    import nats
+
+    from hermes_tx.sinks.records import encode, record
+
+    async def main():
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        js = nc.jetstream()
+        await js.add_stream(name=f"BENCH{tag}", subjects=[f"bench{tag}.>"])
+
+        async def batch(chunk):
+            acks = []
+            for e in chunk:
+                acks.append(await js.publish_async(
+                    f"bench{tag}.{e.topic}", encode(record(e)).encode("utf-8"),
+                    headers={"Nats-Msg-Id": f"{e.topic}:{e.id}"}))
+            for ack in await asyncio.gather(*acks):
+                if ack.duplicate:
+                    raise RuntimeError("duplicate")
+
+        await batch(events[:size])
+        started = time.perf_counter()
+        for i in range(size, len(events), size):
+            await batch(events[i:i + size])
+        seconds = time.perf_counter() - started
+        await js.delete_stream(f"BENCH{tag}")
+        await nc.close()
+        return {"seconds": seconds, "events": len(events) - size}
+
+    return asyncio.run(main())
+
+
+def delete_nats_stream(port, name):
+    import asyncio
+
+    import nats
+
+    async def main():
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        await nc.jetstream().delete_stream(name)
+        await nc.close()
+
+    asyncio.run(main())
+
+
 def http_client(port, path, events, size, body_of):
     connection = http.client.HTTPConnection("127.0.0.1", port)
     started = time.perf_counter()
@@ -165,6 +222,10 @@ def bulk_body(index, batch):
 
 
 def worker(args):
+    if args.worker == "nats-sink":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
     events = backlog(args.events)
     name, port = args.worker, args.port
     tag = uuid.uuid4().hex[:8]
@@ -185,6 +246,12 @@ def worker(args):
     elif name == "es-http.client":
         result = http_client(port, "/_bulk", events, 500,
                              lambda batch: bulk_body(f"bench-{tag}", batch))
+    elif name == "nats-sink":
+        result = run_sink(f"nats://127.0.0.1:{port}/bench{tag}.{{topic}}?stream=BENCH{tag}",
+                          events, 500)
+        delete_nats_stream(port, f"BENCH{tag}")
+    elif name == "nats-py":
+        result = nats_py(port, tag, events)
     else:
         raise SystemExit(f"unknown worker {name}")
     if name.startswith("amqp") or name.startswith("pika"):
@@ -246,7 +313,7 @@ def main():
     parser.add_argument("--worker")
     parser.add_argument("--port", type=int)
     parser.add_argument("--serve")
-    parser.add_argument("--only", help="one system: redis, amqp, webhook, es or es-429")
+    parser.add_argument("--only", help="one system: redis, amqp, webhook, es, nats or es-429")
     parser.add_argument("--first-sight-429", type=float, default=0.0)
     parser.add_argument("--es-events", type=int, default=20_000)
     parser.add_argument("--es-timeout", type=float, default=120.0)
@@ -268,9 +335,11 @@ def main():
 
 def pairs(args):
     """Each sink against its hand-written loop."""
+    from tests.support.natsserver import NatsServer
     from tests.support.redisserver import RedisServer
 
     redis_server = RedisServer().start()
+    nats_server = NatsServer().start()
     port_file = os.path.join(redis_server.dir, "http-port")
     http_server = subprocess.Popen([sys.executable, __file__, "--serve", port_file])
     try:
@@ -282,7 +351,7 @@ def pairs(args):
             for system, sink, peer in PAIRS:
                 if args.only and system != args.only:
                     continue
-                port = redis_server.port if system == "redis" else http_port
+                port = {"redis": redis_server.port, "nats": nats_server.port}.get(system, http_port)
                 for name in ((sink, peer) if r % 2 == 0 else (peer, sink)):
                     rate = measure(name, port, args.events)
                     rates.setdefault(name, []).append(rate)
@@ -298,6 +367,7 @@ def pairs(args):
         http_server.terminate()
         http_server.wait()
         redis_server.destroy()
+        nats_server.destroy()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connectors -*-
+# -*- test-case-name: tests.test_connectors,tests.test_sink_nats -*-
 """
 L{HermesConnection}: a txpostgres connection with its sharp edges filed
 down.
@@ -9,7 +9,11 @@ notification through a Cooperator, cannot pause reading, and trips over
 libpq replacing its socket while connecting (so connecting is done here,
 with L{hermes_tx.postgres.socketwait}, and txpostgres gets the established connection).  Each workaround below is marked
 "txpostgres workaround" and covered by tests.test_connectors and
-tests.test_faults.
+tests.test_faults.  txpostgres registers a query's cursor on its
+connection's socket, which only a reactor keeping a descriptor's first
+registration (epoll) forgives; the workarounds keep one registration per
+socket, so hermes also runs on Twisted's asyncio reactor (which the NATS
+sink needs), tested by tests.sink_nats_asyncio.
 """
 
 import psycopg2
@@ -106,11 +110,15 @@ class HermesConnection(txpostgres.Connection):
         # txpostgres workaround: its close() lets removeReader/removeWriter
         # raise when libpq has dropped or replaced its socket (a stale epoll
         # registration), hiding the error that made us close.
-        for remove in (self.reactor.removeReader, self.reactor.removeWriter):
-            try:
-                remove(self)
-            except (OSError, ValueError, KeyError):
-                pass
+        # A query's cursor is registered on the same socket: a reactor that
+        # tracks registrations per object (the asyncio reactor) keeps it
+        # after the connection's own is gone.
+        for pollable in [self] + list(self._cursors):
+            for remove in (self.reactor.removeReader, self.reactor.removeWriter):
+                try:
+                    remove(pollable)
+                except (OSError, ValueError, KeyError):
+                    pass
         if not self._connection.closed:
             self._connection.close()
         done = Failure(main.CONNECTION_DONE)
@@ -157,12 +165,22 @@ class HermesConnection(txpostgres.Connection):
             return self._abandon(ConnectionLostError("the server closed the connection"))
 
     def _doRead(self):
-        result = txpostgres.Connection.doRead(self)
-        # txpostgres re-adds itself as a reader after every read; a sink that
-        # paused reading meanwhile must stay paused.
-        if self._paused:
-            self.reactor.removeReader(self)
-        return result
+        # txpostgres.Connection.doRead, except that the connection reads
+        # again only when no cursor does and no sink paused reading.
+        # txpostgres re-adds it as a reader after delivering notifications
+        # even when an observer started a query meanwhile, whose cursor now
+        # waits on the same socket: a reactor that keeps a descriptor's
+        # first registration (epoll) ignores that, one that keeps the last
+        # (the asyncio reactor: one callback per descriptor) hands the
+        # query's answer to the connection, and the query never ends.
+        # cursorFinished and resume_reading add the connection back.
+        self.reactor.removeReader(self)
+        if not self._connection.closed:
+            self.continuePolling()
+        self.checkForNotifies()
+        if not self._connection.closed and not self._cursors and not self._paused:
+            self.reactor.addReader(self)
+        return None
 
     def _abandon(self, error):
         waiting, self._pollingD = self._pollingD, None

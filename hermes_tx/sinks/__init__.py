@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_sink_urls -*-
 """
-Built-in sink processors: keep a webhook, a search index, a Redis stream
-or a RabbitMQ exchange in sync with the events hermes_tx hands out.
+Built-in sink processors: keep a webhook, a search index, a Redis stream,
+a RabbitMQ exchange or a NATS JetStream stream in sync with the events
+hermes_tx hands out.
 
 L{from_url} picks one by the URL's scheme:
 
@@ -10,7 +11,9 @@ L{from_url} picks one by the URL's scheme:
     C{opensearch+http(s)://}):
     L{hermes_tx.sinks.elasticsearch.ElasticsearchSink};
   - C{redis://}: L{hermes_tx.sinks.redis_streams.RedisStreamSink};
-  - C{amqp://}, C{amqps://}: L{hermes_tx.sinks.amqp.AmqpSink}.
+  - C{amqp://}, C{amqps://}: L{hermes_tx.sinks.amqp.AmqpSink};
+  - C{nats://}, C{tls://}: L{hermes_tx.sinks.nats.NatsSink} (on Twisted's
+    asyncio reactor only).
 
 Each class is also usable on its own (in a C{.tac}).  Outcomes follow
 L{hermes_tx.outcomes}: a sink reports an event done only once the other
@@ -32,6 +35,8 @@ SCHEMES = {
     "redis": ("hermes_tx.sinks.redis_streams", "RedisStreamSink"),
     "amqp": ("hermes_tx.sinks.amqp", "AmqpSink"),
     "amqps": ("hermes_tx.sinks.amqp", "AmqpSink"),
+    "nats": ("hermes_tx.sinks.nats", "NatsSink"),
+    "tls": ("hermes_tx.sinks.nats", "NatsSink"),
 }
 
 

@@ -4,7 +4,7 @@ Per-sink metrics as plain numbers on each sink (L{SinkMetrics}), and
 L{collect}, a prometheus_client-compatible collector over every live sink:
 
   - C{hermes_sink_requests_total{sink, target}}: requests made (one HTTP
-    request, one Redis pipeline, one AMQP batch of publishes);
+    request, one Redis pipeline, one AMQP or NATS batch of publishes);
   - C{hermes_sink_failures_total{sink, target}}: requests that failed as a
     whole (an error status, a timeout, a lost connection);
   - C{hermes_sink_events_total{sink, target, outcome}}: events by outcome
@@ -12,7 +12,8 @@ L{collect}, a prometheus_client-compatible collector over every live sink:
   - C{hermes_sink_request_seconds{sink, target}}: a histogram of request
     durations.
 
-C{sink} is the kind (C{webhook}, C{elasticsearch}, C{redis}, C{amqp}) and
+C{sink} is the kind (C{webhook}, C{elasticsearch}, C{redis}, C{amqp},
+C{nats}) and
 C{target} the sink's redacted URL.  Plug it into a registry with
 C{prometheus_client.REGISTRY.register(SinkCollector())}.
 """

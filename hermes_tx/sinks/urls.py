@@ -16,6 +16,10 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.secrets import MASK, Secrets, basic_token  # noqa: F401 (the sinks' names for them)
 
+#: schemes besides HTTP's whose user name alone is a token
+#: (C{nats://TOKEN@host})
+TOKEN_USER_SCHEMES = ("nats", "tls")
+
 
 class SinkURLError(InvalidConfigurationException):
     """
@@ -27,10 +31,10 @@ class SinkURLError(InvalidConfigurationException):
 def redact_url(url, safe_params=()):
     """
     The URL as it may be shown: the password of the user information
-    becomes C{***}, and so does an HTTP URL's user name when no password
-    follows it (C{https://TOKEN@host/}, C{https://TOKEN:@host/}: then it is
-    the secret; a broker's user name, whose password may come from a
-    secret file, is shown), and the value of every query parameter not named in
+    becomes C{***}, and so does an HTTP or NATS URL's user name when no
+    password follows it (C{https://TOKEN@host/}, C{https://TOKEN:@host/},
+    C{nats://TOKEN@host/}: then it is the secret; a Redis or AMQP user
+    name, whose password may come from a secret file, is shown), and the value of every query parameter not named in
     C{safe_params} (a webhook's C{?token=...}).  The path is shown: do not
     put a secret in it.
 
@@ -50,7 +54,7 @@ def redact_url(url, safe_params=()):
         user, _, password = userinfo.partition(":")
         if password:
             netloc = f"{user}:{MASK}@{hostport}"
-        elif user and "http" in parts.scheme:
+        elif user and ("http" in parts.scheme or parts.scheme.lower() in TOKEN_USER_SCHEMES):
             netloc = f"{MASK}@{hostport}"
         else:
             netloc = f"{user}@{hostport}" if user else hostport

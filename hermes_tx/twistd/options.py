@@ -133,7 +133,8 @@ class Options(usage.Options):
         ["max-attempts", None, 10,
          "deliveries of an outbox change before it moves to the dead letters", _typed("max-attempts", int)],
         ["sink", None, None, "a built-in sink as the processor: http(s)://, elasticsearch+http(s)://, "
-         "redis://, amqp:// URL (instead of --processor)"],
+         "redis://, amqp://, nats:// URL (instead of --processor; nats:// needs twistd --reactor "
+         "asyncio)"],
         ["sink-secret-file", None, None, "a file holding the sink's password, token or HMAC secret"],
     ]
 

@@ -111,7 +111,13 @@ class Fleet:
     @ivar instances: every instance started, in order.
     """
 
-    def __init__(self, dsn, topics, workdir, extra=(), processor=RECORDER, execute_delay=None, sink=None):
+    def __init__(self, dsn, topics, workdir, extra=(), processor=RECORDER, execute_delay=None, sink=None,
+                 command=None):
+        """
+        @param command: what comes before C{hermes}'s arguments (see
+            L{Instance}), e.g. with C{--reactor asyncio}.
+        """
+        self.command = command
         self.dsn = dsn
         self.env = {"E2E_EXECUTE_DELAY": str(execute_delay)} if execute_delay else {}
         self.topics = list(topics)
@@ -132,7 +138,7 @@ class Fleet:
         for topic in self.topics:
             args += ["--outbox", topic]
         log = os.path.join(self.workdir, f"twistd-{len(self.instances)}.log")
-        instance = Instance(args + self.extra, log, self.env)
+        instance = Instance(args + self.extra, log, self.env, command=self.command)
         self.instances.append(instance)
         return instance
 
