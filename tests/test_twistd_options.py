@@ -360,10 +360,16 @@ class TwistdParentTests(unittest.TestCase):
         options.parseOptions(["--dsn", "dbname=x", "-c", "x"] + list(args))
         return options.parent
 
-    def test_foreground_stdout_logs_to_stderr(self):
-        self.assertEqual(self.parse({"nodaemon": True})["logger"],
-                         "hermes_tx.twistd.options.stderr_log_observer")
-        self.assertIsNone(self.parse({"nodaemon": True}, "-o", "out.jsonl")["logger"])
+    def test_foreground_logs_to_stderr(self):
+        """
+        In the foreground the log goes to standard error whatever the
+        processor writes where: the JSON lines on stdout, a file, a sink
+        (nothing on stdout), a processor of one's own.
+        """
+        for args in ((), ("-o", "out.jsonl"), ("--sink", "http://127.0.0.1:9/hook"),
+                     ("--processor", "examples.printer:Printer")):
+            self.assertEqual(self.parse({"nodaemon": True}, *args)["logger"],
+                             "hermes_tx.twistd.options.stderr_log_observer", args)
 
     def test_log_files_are_reopenable(self):
         for parent, path in (({"nodaemon": True, "logfile": "h.log"}, "h.log"),
