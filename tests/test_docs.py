@@ -7,6 +7,7 @@ C{scripts/docs}, which CI runs after this suite.
 """
 
 import argparse
+import ast
 import doctest
 import importlib
 import importlib.util
@@ -636,3 +637,105 @@ class PublicNamesTests(unittest.TestCase):
             except ImportError:
                 self.assertTrue(hasattr(importlib.import_module(module), name), dotted)
 
+
+def layers_of_page():
+    """
+    @return: C{{group: layer}} from the layer table of architecture.rst,
+        where a group is a top-level module or subpackage of hermes_tx
+        (C{"client"}, C{"runtime"} ...).
+    """
+    text = pages()["architecture.rst"]
+    table = text.split("\nLayers\n------\n", 1)[1].split("\n\n=====", 1)[1].split("\n\n", 1)[0]
+    layers, layer = {}, None
+    for line in table.splitlines():
+        number = re.match(r"(\d+)\s", line)
+        if number:
+            layer = int(number.group(1))
+        for group in re.findall(r":py:mod:`hermes_tx\.(\w+)`", line):
+            layers[group] = layer
+    return layers
+
+
+def imports_between_groups():
+    """
+    @return: C{{(importer group, imported group): an example module}} for
+        every C{import} (at any depth of a module) of one part of
+        hermes_tx by another.
+    """
+    package = os.path.join(ROOT, "hermes_tx")
+    found = {}
+    for folder, dirs, files in os.walk(package):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            parts = os.path.relpath(path, package)[:-3].split(os.sep)
+            if parts == ["__init__"]:
+                continue
+            group = parts[0]
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                else:
+                    continue
+                for target in targets:
+                    bits = target.split(".")
+                    if bits[0] == "hermes_tx" and len(bits) > 1 and _is_group(bits[1]):
+                        found.setdefault((group, bits[1]), "/".join(parts))
+    return found
+
+
+def _is_group(name):
+    package = os.path.join(ROOT, "hermes_tx")
+    return os.path.isdir(os.path.join(package, name)) or os.path.isfile(os.path.join(package, name + ".py"))
+
+
+class ArchitectureTests(unittest.TestCase):
+    """
+    The layers architecture.rst shows are those of the code.
+    """
+
+    def test_every_part_has_a_layer(self):
+        """
+        Every top-level module and subpackage of hermes_tx is in the table,
+        once.
+        """
+        package = os.path.join(ROOT, "hermes_tx")
+        groups = {name[:-3] if name.endswith(".py") else name for name in os.listdir(package)
+                  if (name.endswith(".py") and name != "__init__.py")
+                  or os.path.isfile(os.path.join(package, name, "__init__.py"))}
+        self.assertEqual(set(layers_of_page()), groups)
+        self.assertIn(0, layers_of_page().values())
+
+    def test_no_import_runs_up_a_layer(self):
+        layers = layers_of_page()
+        upward = {f"{where} imports hermes_tx.{imported} (layer {layers[imported]} > "
+                  f"{layers[importer]})"
+                  for (importer, imported), where in imports_between_groups().items()
+                  if layers[imported] > layers[importer]}
+        self.assertEqual(upward, set())
+
+    def test_no_import_circle(self):
+        edges = {}
+        for importer, imported in imports_between_groups():
+            if importer != imported:
+                edges.setdefault(importer, set()).add(imported)
+        done, path = set(), []
+
+        def visit(group):
+            self.assertNotIn(group, path, " -> ".join(path + [group]))
+            if group in done:
+                return
+            path.append(group)
+            for other in sorted(edges.get(group, ())):
+                visit(other)
+            path.pop()
+            done.add(group)
+
+        for group in sorted(edges):
+            visit(group)
