@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_testing -*-
 """
 Testing a processor with trial, without a server: L{ProcessorHarness}
-feeds it events on a C{task.Clock} and says what became of each one.
+feeds it events on a C{task.Clock} and says what became of each one::
 
     from twisted.internet import task
     from twisted.trial import unittest

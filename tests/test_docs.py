@@ -7,6 +7,7 @@ C{scripts/docs}, which CI runs after this suite.
 """
 
 import argparse
+import ast
 import doctest
 import importlib
 import importlib.util
@@ -16,11 +17,10 @@ import os
 import pkgutil
 import re
 import shlex
-import sys
 
 import psycopg2
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -31,11 +31,11 @@ from hermes_tx.client import Client
 from hermes_tx.events import Event
 from hermes_tx.outcomes import Retry
 from hermes_tx.status import StatusService
+from hermes_tx.testing import ProcessorHarness
+from hermes_tx.twistd.process import ProcessService
+from tests.support.docpages import DOCS, ROOT, code_blocks, import_page_module, is_file_name, pages
 from tests.support.httpserver import free_port
 from tests.support.shared import shared_primary, wait_until
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = os.path.join(ROOT, "docs")
 
 
 def _load_clireference():
@@ -48,21 +48,6 @@ def _load_clireference():
 
 
 clireference = _load_clireference()
-
-
-def pages():
-    """
-    @return: C{{path relative to docs/: text}} of every reST page.
-    """
-    found = {}
-    for folder, dirs, files in os.walk(DOCS):
-        dirs[:] = [d for d in dirs if not d.startswith("_")]
-        for name in files:
-            if name.endswith(".rst"):
-                path = os.path.join(folder, name)
-                with open(path, encoding="utf-8") as f:
-                    found[os.path.relpath(path, DOCS)] = f.read()
-    return found
 
 
 def documented_options(lines, program):
@@ -233,14 +218,12 @@ class ArgparseReferenceTests(unittest.TestCase):
 
 
 _LITERALINCLUDE = re.compile(r"^\s*\.\. literalinclude:: (\S+)", re.M)
-_PYTHON_BLOCK = re.compile(r"^\s*\.\. (code-block|code|sourcecode|highlight):: (python|py|pycon)\b", re.M)
+_OTHER_PYTHON = re.compile(r"^\s*\.\. (code|sourcecode|highlight):: (python|py|pycon)\b", re.M)
 
 #: every file a page includes, and the test here or elsewhere that runs it
 INCLUDED = {
-    "examples/printer.py": "ExamplesTests.test_printer",
-    "examples/tables.py": "TableExamplesTests",
-    "examples/strategy.py": "ExamplesTests.test_strategy, the doctest of processors.rst",
-    "examples/hermes.tac": "tests.test_client.TacCompositionTests",
+    "examples/hermes.tac": "tests.test_client.TacCompositionTests, "
+                           "tests.test_docs_run.RecipeTests.test_plain_tac_ends_by_its_signal",
     "examples/service.tac": "ExamplesTests.test_service_tac",
     "examples/ops/hermes.service": "OperationsFilesTests.test_systemd_unit",
     "examples/ops/logrotate.conf": "OperationsFilesTests.test_logrotate",
@@ -254,6 +237,25 @@ INCLUDED = {
     "examples/patroni/node1.dsn": "tests.test_patroni_files",
     "examples/patroni/node2.dsn": "tests.test_patroni_files",
     "examples/patroni/hermes.sh": "tests.test_patroni_files",
+}
+
+
+#: what PAGE_FILES says of the seed's code, shown beside its port: it
+#: needs the seed (Python 2, multiprocessing), so it is only parsed
+SEED_CODE = "not run: the seed's code (PagesTests.test_no_untested_python_blocks parses it)"
+
+#: every Python block of a page (its page and caption), and the test that
+#: runs it from the files the page shows
+PAGE_FILES = {
+    ("processors.rst", "printer.py"): "ExamplesTests.test_printer, "
+                                      "tests.test_docs_run.RecipeTests.test_printer",
+    ("processors.rst", "tables.py"): "TableExamplesTests, tests.test_docs_run.RecipeTests.test_app_tac",
+    ("processors.rst", "failfast.py"): "ExamplesTests.test_failfast",
+    ("processors.rst", "orders.py"): "tests.test_docs_install",
+    ("processors.rst", "test_orders.py"): "tests.test_docs_install",
+    ("composing.rst", "app.tac"): "tests.test_docs_run.RecipeTests.test_app_tac",
+    ("porting.rst", "the seed's wordindexer.py (hermes 0.2, Python 2)"): SEED_CODE,
+    ("porting.rst", "wordindexer.py"): "tests.test_docs_run.RecipeTests.test_ported_processor",
 }
 
 
@@ -278,11 +280,39 @@ class PagesTests(unittest.TestCase):
 
     def test_no_untested_python_blocks(self):
         """
-        No page has a Python code block of its own: Python is a doctest
-        (run by L{DoctestTests}) or an included file.
+        Python in a page is a doctest (run by L{DoctestTests}), an included
+        file (L{INCLUDED}), or a C{.. code-block:: python} with a caption
+        naming the file the reader saves, which L{PAGE_FILES} names the
+        test of; every entry there is on its page.
         """
+        found = set()
         for name, text in pages().items():
-            self.assertEqual(_PYTHON_BLOCK.findall(text), [], name)
+            self.assertEqual(_OTHER_PYTHON.findall(text), [], name)
+            for language, caption, source in code_blocks(text):
+                if language not in ("python", "py", "pycon"):
+                    continue
+                self.assertEqual(language, "python", name)
+                self.assertIsNotNone(caption, f"{name}: a Python block without a caption")
+                found.add((name, caption))
+                compile(source, caption, "exec")  # the seed's code too: at least it parses
+        self.assertEqual(found, set(PAGE_FILES))
+        for (name, caption), test in PAGE_FILES.items():
+            self.assertEqual(is_file_name(caption), test != SEED_CODE, (name, caption))
+
+    def test_no_examples_package(self):
+        """
+        Nothing a page shows imports the repository's C{examples} folder as
+        a package (a pip install has none) or names it in C{--processor}:
+        not a code block, a doctest or an included file.
+        """
+        pattern = re.compile(r"(from|import)\s+examples\b|--processor[ =]examples\.")
+        texts = dict(pages())
+        for path in INCLUDED:
+            with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+                texts[path] = f.read()
+        for name, text in texts.items():
+            self.assertIsNone(pattern.search(text), name)
+        self.assertFalse(os.path.exists(os.path.join(ROOT, "examples", "__init__.py")))
 
     def test_twistd_command_lines(self):
         """
@@ -320,6 +350,8 @@ def hermes_command_lines(text):
             words = shlex.split(line.split("#")[0].split("|")[0])
         except ValueError:
             continue
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+            words.pop(0)  # PYTHONPATH=. twistd ...
         if not words or not re.fullmatch(r"[\w./-]*twistd", words[0]):
             continue
         found.append(words[words.index("hermes") + 1:])
@@ -346,14 +378,10 @@ class DoctestTests(unittest.TestCase):
         The pages with C{>>>} examples are the ones tested below.
         """
         with_doctests = {name for name, text in pages().items() if "\n>>> " in text}
-        self.assertEqual(with_doctests, {"concepts.rst", "processors.rst", "sinks.rst",
-                                         "operations.rst"})
+        self.assertEqual(with_doctests, {"concepts.rst", "sinks.rst", "operations.rst"})
 
     def test_concepts(self):
         self.run_page("concepts.rst")
-
-    def test_processors(self):
-        self.run_page("processors.rst")
 
     def test_sinks(self):
         self.run_page("sinks.rst")
@@ -364,72 +392,75 @@ class DoctestTests(unittest.TestCase):
 
 class ExamplesTests(unittest.TestCase):
     """
-    The example processors and .tac files the pages include.
+    The modules the pages show and the .tac files they include.
     """
 
     def test_printer(self):
         """
-        examples/printer.py prints notifications and says it catches up on
+        The page's printer.py logs notifications and says it catches up on
         start and resync.
         """
-        from examples.printer import Printer
+        printer = import_page_module(self, "printer", "processors.rst")
+        processor = printer.Printer()
+        processor.clock = task.Clock()  # a seed-style constructor takes none
+        harness = ProcessorHarness(processor)
+        self.addCleanup(harness.stop)
+        results = harness.feed(Event("start"), Event("notification", "jobs", "42"), Event("resync"))
+        self.assertEqual([r.outcome for r in results], ["done"] * 3)
+        self.assertEqual(harness.lines, ["start: catching up", "#1 jobs: 42", "resync: catching up"])
 
-        out = io.StringIO()
-        self.patch(sys, "stdout", out)
-        printer = Printer()
-        printer.startService()
-        for event in (Event("start"), Event("notification", "jobs", "42"), Event("resync")):
-            printer.notification_pipe.put(event)
-        printer.stopService()
-        self.assertEqual(out.getvalue().splitlines(),
-                         ["start: catching up", "#1 jobs: 42", "resync: catching up"])
-
-    def test_strategy(self):
+    def test_failfast(self):
         """
-        FailFast keeps the common strategy's answers for expected errors
-        and terminates on the others.
+        The page's FailFast keeps the common strategy's answers for
+        expected errors and terminates on the others.
         """
-        from examples.strategy import FailFast
-
-        strategy = FailFast()
+        failfast = import_page_module(self, "failfast", "processors.rst")
+        strategy = failfast.FailFast()
         self.assertEqual(strategy.handle_exception(psycopg2.OperationalError("gone")),
                          (True, strategies.BACKOFF))
+        self.assertEqual(strategy.handle_exception(psycopg2.ProgrammingError("bad SQL")),
+                         (True, strategies.CONTINUE))
         self.assertEqual(strategy.handle_exception(KeyError("id")), (False, strategies.TERMINATE))
 
     def test_service_tac(self):
         """
-        examples/service.tac builds, without a server, the tree the
-        operations page describes: the Client (a listener on C{items}
-        decoding JSON, the batch processor Latest) and the status service.
+        examples/service.tac builds, without a server, the tree the page
+        describes: a ProcessService at the top holding the Client (a
+        listener on C{items} decoding JSON, the JSON-lines processor,
+        reopened on SIGHUP) and the status service.
         """
-        from examples.tables import Latest
+        from hermes_tx.processors import JsonLinesProcessor
 
         port = free_port()
-        env = {"HERMES_DSN": "host=127.0.0.1 port=1 dbname=app", "HERMES_STATUS_PORT": str(port)}
+        env = {"HERMES_DSN": "host=127.0.0.1 port=1 dbname=app", "HERMES_STATUS_PORT": str(port),
+               "HERMES_OUTPUT": os.path.abspath(self.mktemp())}
         for name, value in env.items():
             self.addCleanup(os.environ.__setitem__, name, os.environ[name]) if name in os.environ \
                 else self.addCleanup(os.environ.pop, name, None)
             os.environ[name] = value
         application = service.loadApplication(os.path.join(ROOT, "examples", "service.tac"), "python")
-        top = service.IService(application)
+        top = service.IService(application).getServiceNamed("process")
+        self.assertIsInstance(top, ProcessService)
         hermes = top.getServiceNamed("hermes")
         status = top.getServiceNamed("status")
         self.assertIsInstance(hermes, Client)
         self.assertIsInstance(status, StatusService)
         self.assertEqual(hermes.listener.channels, ["items"])
         self.assertEqual(hermes.listener.payload_format, "json")
-        self.assertIsInstance(hermes.processor, Latest)
+        self.assertIsInstance(hermes.processor, JsonLinesProcessor)
+        self.assertEqual([name for name, _ in top.reopeners], ["output file"])
         self.assertEqual(len(hermes._failure_observers), 1)
 
 
 class TableExamplesTests(unittest.TestCase):
     """
-    examples/tables.py against a throwaway server.
+    The page's tables.py against a throwaway server.
     """
 
     def setUp(self):
         self.cluster = shared_primary()
         self.addCleanup(self.cluster.execute, "DROP TABLE IF EXISTS hermes_audit, hermes_latest")
+        self.tables = import_page_module(self, "tables", "processors.rst")
 
     def count(self, table):
         """
@@ -442,8 +473,7 @@ class TableExamplesTests(unittest.TestCase):
     def run_processor(self, processor, events, done):
         processor.startService()
         try:
-            for event in events:
-                processor.notification_pipe.put(event)
+            processor.queue.put_many(events)
             yield wait_until(done, what="rows written")
         finally:
             yield processor.stopService()
@@ -451,17 +481,19 @@ class TableExamplesTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_audit(self):
         """
-        Audit makes its table in set_up and writes one row per event.
+        Audit makes its table in set_up and writes one row per event, a
+        notification's channel or a change's topic as its source.
         """
-        from examples.tables import Audit
+        from hermes_tx.events import Change
 
         events = [Event("start"), Event("notification", "jobs", "a 'quoted' payload"),
-                  Event("notification", "Jobs", "")]
-        yield self.run_processor(Audit(self.cluster.dsn()), events,
-                                 lambda: self.count("hermes_audit") == 3)
-        rows = self.cluster.execute("SELECT kind, channel, payload FROM hermes_audit ORDER BY id")
+                  Event("notification", "Jobs", ""),
+                  Change(7, "items", "1", 0, 0.0, '{"id": 1}')]
+        yield self.run_processor(self.tables.Audit(self.cluster.dsn()), events,
+                                 lambda: self.count("hermes_audit") == 4)
+        rows = self.cluster.execute("SELECT kind, source, payload FROM hermes_audit ORDER BY id")
         self.assertEqual(rows, [("start", None, None), ("notification", "jobs", "a 'quoted' payload"),
-                                ("notification", "Jobs", "")])
+                                ("notification", "Jobs", ""), ("change", "items", '{"id": 1}')])
 
     @defer.inlineCallbacks
     def test_audit_unreachable_is_retry(self):
@@ -469,9 +501,7 @@ class TableExamplesTests(unittest.TestCase):
         With no server to write to, Audit's execute fails with Retry, so
         the event is executed again later rather than skipped.
         """
-        from examples.tables import Audit
-
-        audit = Audit(f"host=127.0.0.1 port={free_port()} dbname=x connect_timeout=5")
+        audit = self.tables.Audit(f"host=127.0.0.1 port={free_port()} dbname=x connect_timeout=5")
         yield self.assertFailure(audit.execute(Event("notification", "jobs", "x")), Retry)
         yield audit.db.disconnect()
 
@@ -480,10 +510,8 @@ class TableExamplesTests(unittest.TestCase):
         Errors that are not about the connection go to the error strategy
         unchanged.
         """
-        from examples.tables import retry_if_unreachable
-
         failure = Failure(psycopg2.ProgrammingError("syntax error"))
-        self.assertIs(retry_if_unreachable(failure), failure)
+        self.assertIs(self.tables.retry_if_unreachable(failure), failure)
 
     @defer.inlineCallbacks
     def test_latest(self):
@@ -491,8 +519,6 @@ class TableExamplesTests(unittest.TestCase):
         Latest keeps the last payload per key, written a batch at a time;
         a payload that is not an object with a key is rejected alone.
         """
-        from examples.tables import Latest
-
         def notification(payload, data):
             event = Event("notification", "items", payload)
             event.data = data
@@ -503,7 +529,7 @@ class TableExamplesTests(unittest.TestCase):
                   notification('[1]', [1]),
                   notification('{"key": 2, "v": "b"}', {"key": 2, "v": "b"}),
                   notification('{"key": 1, "v": "c"}', {"key": 1, "v": "c"})]
-        latest = Latest(self.cluster.dsn())
+        latest = self.tables.Latest(self.cluster.dsn())
         yield self.run_processor(latest, events, lambda: self.count("hermes_latest") == 2)
         rows = self.cluster.execute("SELECT key, value->>'v' FROM hermes_latest ORDER BY key")
         self.assertEqual(rows, [("1", "c"), ("2", "b")])
@@ -559,7 +585,9 @@ class OperationsFilesTests(unittest.TestCase):
         texts = list(pages().values()) + [self.read("prometheus.yml"), self.read("hermes-rules.yml")]
         named = set()
         for text in texts:
-            named.update(re.findall(r"(?<![\w.])(hermes_(?!tx\b)[a-z_]+)\b(?![.(])", text))
+            # (hermes_audit and hermes_latest: the tables of processors.rst)
+            named.update(re.findall(r"(?<![\w.])(hermes_(?!tx\b|audit\b|latest\b)[a-z_]+)\b(?![.(])",
+                                    text))
         self.assertIn("hermes_outbox_oldest_age_seconds", named)
         self.assertEqual(named - exported, set())
 
@@ -608,3 +636,106 @@ class PublicNamesTests(unittest.TestCase):
                 importlib.import_module(dotted)  # a module (:py:mod:)
             except ImportError:
                 self.assertTrue(hasattr(importlib.import_module(module), name), dotted)
+
+
+def layers_of_page():
+    """
+    @return: C{{group: layer}} from the layer table of architecture.rst,
+        where a group is a top-level module or subpackage of hermes_tx
+        (C{"client"}, C{"runtime"} ...).
+    """
+    text = pages()["architecture.rst"]
+    table = text.split("\nLayers\n------\n", 1)[1].split("\n\n=====", 1)[1].split("\n\n", 1)[0]
+    layers, layer = {}, None
+    for line in table.splitlines():
+        number = re.match(r"(\d+)\s", line)
+        if number:
+            layer = int(number.group(1))
+        for group in re.findall(r":py:mod:`hermes_tx\.(\w+)`", line):
+            layers[group] = layer
+    return layers
+
+
+def imports_between_groups():
+    """
+    @return: C{{(importer group, imported group): an example module}} for
+        every C{import} (at any depth of a module) of one part of
+        hermes_tx by another.
+    """
+    package = os.path.join(ROOT, "hermes_tx")
+    found = {}
+    for folder, dirs, files in os.walk(package):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            parts = os.path.relpath(path, package)[:-3].split(os.sep)
+            if parts == ["__init__"]:
+                continue
+            group = parts[0]
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                else:
+                    continue
+                for target in targets:
+                    bits = target.split(".")
+                    if bits[0] == "hermes_tx" and len(bits) > 1 and _is_group(bits[1]):
+                        found.setdefault((group, bits[1]), "/".join(parts))
+    return found
+
+
+def _is_group(name):
+    package = os.path.join(ROOT, "hermes_tx")
+    return os.path.isdir(os.path.join(package, name)) or os.path.isfile(os.path.join(package, name + ".py"))
+
+
+class ArchitectureTests(unittest.TestCase):
+    """
+    The layers architecture.rst shows are those of the code.
+    """
+
+    def test_every_part_has_a_layer(self):
+        """
+        Every top-level module and subpackage of hermes_tx is in the table,
+        once.
+        """
+        package = os.path.join(ROOT, "hermes_tx")
+        groups = {name[:-3] if name.endswith(".py") else name for name in os.listdir(package)
+                  if (name.endswith(".py") and name != "__init__.py")
+                  or os.path.isfile(os.path.join(package, name, "__init__.py"))}
+        self.assertEqual(set(layers_of_page()), groups)
+        self.assertIn(0, layers_of_page().values())
+
+    def test_no_import_runs_up_a_layer(self):
+        layers = layers_of_page()
+        upward = {f"{where} imports hermes_tx.{imported} (layer {layers[imported]} > "
+                  f"{layers[importer]})"
+                  for (importer, imported), where in imports_between_groups().items()
+                  if layers[imported] > layers[importer]}
+        self.assertEqual(upward, set())
+
+    def test_no_import_circle(self):
+        edges = {}
+        for importer, imported in imports_between_groups():
+            if importer != imported:
+                edges.setdefault(importer, set()).add(imported)
+        done, path = set(), []
+
+        def visit(group):
+            self.assertNotIn(group, path, " -> ".join(path + [group]))
+            if group in done:
+                return
+            path.append(group)
+            for other in sorted(edges.get(group, ())):
+                visit(other)
+            path.pop()
+            done.add(group)
+
+        for group in sorted(edges):
+            visit(group)

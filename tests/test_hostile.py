@@ -249,8 +249,8 @@ class HostileTwistdTests(unittest.TestCase):
         agent = Agent(r)
         try:
             ended = yield dead.ended
-            # With -o a file and -n, twistd logs to standard output.
-            yield wait_until(lambda: b"not delivered" in full.out, timeout=20, what="a retry")
+            # twistd -n hermes logs to standard error, whatever the output.
+            yield wait_until(lambda: b"not delivered" in full.err, timeout=20, what="a retry")
             cluster.notify("x", "one")
             yield sleep(1.5)
             response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/ready".encode())

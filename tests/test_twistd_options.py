@@ -162,10 +162,10 @@ class OptionsTests(unittest.TestCase):
         A processor with a zero-argument constructor is made without
         arguments and still gets the backoff limit.
         """
-        o = self.parse("--dsn", "dbname=x", "-c", "x", "--processor", "examples.printer:Printer",
+        o = self.parse("--dsn", "dbname=x", "-c", "x", "--processor", "tests.support.shared:Collector",
                        "--backoff-limit", "4")
         p = make_processor(o["processor_class"], o)
-        self.assertEqual(type(p).__name__, "Printer")
+        self.assertEqual(type(p).__name__, "Collector")
         self.assertEqual(p.backoff_limit, 4)
 
     def test_constructor_arguments(self):
@@ -180,7 +180,7 @@ class OptionsTests(unittest.TestCase):
             "tests.support.processors:PassThrough": {"output": "out.jsonl", "backoff_limit": 5},
             "tests.support.processors:BareKwargs": {"backoff_limit": 5},
             "tests.support.processors:Explicit": {"output": "out.jsonl"},
-            "examples.printer:Printer": {},
+            "tests.support.shared:Collector": {},
             "hermes_tx.processors:JsonLinesProcessor": {"output": "out.jsonl", "backoff_limit": 5},
         }
         for spec, expected in cases.items():
@@ -217,7 +217,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(processor.execute_timeout, 5)
         self.assertNotIn("pw-in-url", repr(processor))
         self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--sink", "http://h/",
-                               "--processor", "examples.printer:Printer"], "not both")
+                               "--processor", "tests.support.shared:Collector"], "not both")
         e = self.assertUsageError(["--dsn", "dbname=x", "-c", "x", "--sink", "ftp://u:pw-in-url@h/"],
                                   "unknown scheme 'ftp'")
         self.assertNotIn("pw-in-url", str(e))
@@ -360,10 +360,16 @@ class TwistdParentTests(unittest.TestCase):
         options.parseOptions(["--dsn", "dbname=x", "-c", "x"] + list(args))
         return options.parent
 
-    def test_foreground_stdout_logs_to_stderr(self):
-        self.assertEqual(self.parse({"nodaemon": True})["logger"],
-                         "hermes_tx.twistd.options.stderr_log_observer")
-        self.assertIsNone(self.parse({"nodaemon": True}, "-o", "out.jsonl")["logger"])
+    def test_foreground_logs_to_stderr(self):
+        """
+        In the foreground the log goes to standard error whatever the
+        processor writes where: the JSON lines on stdout, a file, a sink
+        (nothing on stdout), a processor of one's own.
+        """
+        for args in ((), ("-o", "out.jsonl"), ("--sink", "http://127.0.0.1:9/hook"),
+                     ("--processor", "tests.support.shared:Collector")):
+            self.assertEqual(self.parse({"nodaemon": True}, *args)["logger"],
+                             "hermes_tx.twistd.options.stderr_log_observer", args)
 
     def test_log_files_are_reopenable(self):
         for parent, path in (({"nodaemon": True, "logfile": "h.log"}, "h.log"),
@@ -382,4 +388,4 @@ class TwistdParentTests(unittest.TestCase):
         self.assertEqual(e.code, 2)
         self.assertIn("daemon mode needs --output FILE", sys.stderr.getvalue())
         # A processor that takes no output has no use for it.
-        self.parse({}, "--processor", "examples.printer:Printer")
+        self.parse({}, "--processor", "tests.support.shared:Collector")

@@ -8,6 +8,12 @@ Sphinx directives that write parts of the documentation from the code:
     does not exist, a note saying so;
   - C{.. hermes-modules::}: every module of C{hermes_tx}, linked to its API
     page, with the first sentence of its docstring.
+
+It also gives the pages back Sphinx's C{code-block}: pydoctor registers
+its own for docstrings (globally, when its Sphinx extension builds the API
+reference at C{builder-inited}), which drops a block's C{:caption:} and
+language.  Sphinx's is put back for the pages, pydoctor's for the API
+reference it writes at C{build-finished}.
 """
 
 import importlib
@@ -131,7 +137,32 @@ class ModuleList(SphinxDirective):
         return self.parse_text_to_nodes("\n".join(lines))
 
 
+_CODE_DIRECTIVES = ("code-block", "sourcecode", "code")
+_replaced_code_directives = {}
+
+
+def _sphinx_code_directives(app):
+    from sphinx.directives.code import CodeBlock
+    from sphinx.directives.patches import Code
+
+    for name in _CODE_DIRECTIVES:
+        _replaced_code_directives[name] = directives._directives.get(name)
+    directives.register_directive("code-block", CodeBlock)
+    directives.register_directive("sourcecode", CodeBlock)
+    directives.register_directive("code", Code)
+
+
+def _pydoctor_code_directives(app, exception):
+    for name, directive in _replaced_code_directives.items():
+        if directive is not None:
+            directives.register_directive(name, directive)
+
+
 def setup(app):
+    # After pydoctor's builder-inited (priority 490), before its
+    # build-finished (500).
+    app.connect("builder-inited", _sphinx_code_directives, priority=900)
+    app.connect("build-finished", _pydoctor_code_directives, priority=100)
     app.add_directive("hermes-twistd-options", TwistdOptions)
     app.add_directive("hermes-argparse", ArgparseReference)
     app.add_directive("hermes-modules", ModuleList)

@@ -57,8 +57,11 @@ BOUNDS = {
 
 def stderr_log_observer():
     """
-    twistd C{--logger} factory: log to standard error, keeping standard
-    output for the JSON lines.
+    twistd C{--logger} factory: log to standard error.  In the foreground
+    (C{twistd -n hermes}) the log always goes there, whatever the
+    processor, so that standard output carries data only: the JSON lines,
+    or what a processor of one's own prints; with a sink it carries
+    nothing.
     """
     return textFileLogObserver(sys.stderr)
 
@@ -262,7 +265,8 @@ class Options(usage.Options):
             # A log file: ours, so SIGHUP can reopen it.
             process.log_to_file(logfile or "twistd.log")
             parent["logger"] = "hermes_tx.twistd.process.twistd_log_observer"
-        elif to_stdout:
-            # twistd -n logs to stdout by default; our data goes there.
+        else:
+            # twistd -n logs to stdout by default; stdout is for data (the
+            # JSON lines, a processor's own output), the log goes to stderr.
             parent["logger"] = "hermes_tx.twistd.options.stderr_log_observer"
 

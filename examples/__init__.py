@@ -1,1 +1,0 @@
-"""Examples: a processor in the seed's style and a .tac composing a Client."""
