@@ -57,6 +57,7 @@ def grants(bench):
         answers = poll_ready(hermes, seconds)
     finally:
         status = hermes.stop()
+    bench.server_log(mark, path)
     connections = bench.connections(mark, role)
     consumer = [t for t, app in connections if app == OUTBOX_APP]
     others = sorted({app for _, app in connections if app != OUTBOX_APP})
