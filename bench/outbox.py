@@ -8,7 +8,9 @@ hermes --outbox} processes on one throwaway server, peers in the same run
   chaos    three instances, one SIGKILLed and replaced every 3 s, one kill
            of every hermes backend, one server restart (fast), during
            20,000 UPDATEs of a captured table over 500 keys: every committed
-           change delivered, per key in order, duplicates counted
+           change delivered, per key in order, duplicates counted; with
+           --fail-rate 0.03 the processor fails the first delivery of 3% of
+           the changes (tests.support.deliveries:FlakyRecorder)
   drain    50,000 pending changes, a no-op processor in one twistd
            process, against the hand-written DELETE ... SKIP LOCKED loop
            (bench/outbox_sql.py), pgqueuer and procrastinate processing the
@@ -52,6 +54,7 @@ from tests.support.fleet import (  # noqa: E402
 from tests.support.pgcluster import Cluster  # noqa: E402
 
 NOOP = "tests.support.deliveries:NoOp"
+FLAKY = "tests.support.deliveries:FlakyRecorder"
 KEYS = [f"key-{i}" for i in range(500)]
 
 
@@ -97,11 +100,16 @@ class Bench:
     # -- chaos -----------------------------------------------------------------
 
     def chaos(self):
+        """@return: the L{Verdict} and the seconds from the last commit to an empty outbox."""
         count = 5000 if self.quick else 20000
-        print(f"chaos: {count} UPDATEs over 500 keys, 3 instances", flush=True)
+        rate = getattr(self.args, "fail_rate", 0.0)
+        failing = f", {rate:.0%} of first deliveries failing" if rate else ""
+        print(f"chaos: {count} UPDATEs over 500 keys, 3 instances{failing}", flush=True)
         dsn = self.database("chaos")
         prepare_writer_tables(dsn, KEYS, captured_topic="t")
-        fleet = self.fleet("chaos", dsn, "t", extra=["--visibility-timeout", "2", "--poll-interval", "0.5"])
+        fleet = self.fleet("chaos", dsn, "t", extra=["--visibility-timeout", "2", "--poll-interval", "0.5"],
+                           **({"processor": FLAKY} if rate else {}))
+        fleet.env["E2E_FAIL_RATE"] = str(rate)
         try:
             for _ in range(3):
                 fleet.start()
@@ -133,12 +141,14 @@ class Bench:
         counts, _ = committed_on(dsn, captured=True)
         verdict = judge([(d["key"], d["n"]) for d in read_lines(fleet.output)], counts)
         self.add(f"chaos: {verdict.expected:,} committed UPDATEs, {done.count('kill')} SIGKILLs,"
-                 f" {done.count('terminate')} kill of all backends, {done.count('restart')} restart",
+                 f" {done.count('terminate')} kill of all backends, {done.count('restart')} restart"
+                 + failing,
                  f"{len(verdict.missing)} missing, {len(verdict.disorder)} out of order,"
                  f" {verdict.duplicate_ratio:.2%} duplicates; caught up {caught_up:.1f} s after the last"
-                 " commit", "0, 0, <= 5%")
+                 " commit", "0, 0, <= 5%" + (", 30 s" if rate else ""))
         if fleet.unclean():
             self.notes.append("chaos: " + " | ".join(fleet.unclean())[:2000])
+        return verdict, caught_up
 
     def depth(self, dsn):
         conn, cur = self.connect(dsn)
@@ -323,6 +333,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fail-rate", type=float, default=0.0,
+                        help="chaos: the share of changes whose first delivery fails (e.g. 0.03)")
     parser.add_argument("--only", nargs="*",
                         default=["chaos", "drain", "scale", "latency", "capture", "xmin"])
     args = parser.parse_args()

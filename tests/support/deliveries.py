@@ -16,10 +16,15 @@ With C{$E2E_EXECUTE_DELAY} set (seconds), each change's C{execute} then
 takes that long (a Deferred, the reactor stays free): batches stay in
 flight long enough for a SIGKILL to land in the middle of one.
 
+L{FlakyRecorder} fails chosen deliveries (C{bench/flow.py}, C{bench/outbox.py
+--fail-rate}); L{EventRecorder} timestamps notifications, C{start} and
+C{resync} too.
+
 L{judge} checks numbered changes (C{data["n"]} = 1, 2, ... per key, in
 commit order) against what was committed.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -79,6 +84,72 @@ class AppendRecorder(Component):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class Flaky(Exception):
+    """
+    What L{FlakyRecorder} raises for a delivery it fails.
+    """
+
+
+def fails_first(key, n, rate):
+    """
+    @return: whether the change C{(key, n)} is one of the share C{rate}
+        (0 to 1) whose first delivery L{FlakyRecorder} fails: the same
+        changes in every process and every run, spread like random ones (a
+        SHA-256 of the key and number; a CRC would choose runs of
+        neighbouring keys).
+    """
+    digest = hashlib.sha256(f"{key}\x00{n}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < rate * 2 ** 64
+
+
+class FlakyRecorder(AppendRecorder):
+    """
+    An L{AppendRecorder} whose C{execute} raises L{Flaky} (and writes no
+    line) for
+
+      - the changes C{(key, n)} for which L{fails_first} holds with the
+        share C{$E2E_FAIL_RATE} (e.g. C{0.03}), on their first delivery
+        (C{attempts == 0}) only;
+      - every delivery of the poison changes C{$E2E_POISON}, a JSON list
+        of C{[key, n]} pairs.
+
+    So every line is a successful delivery, and a change that failed
+    first shows as a line with C{attempts} of 1 or more.
+    """
+
+    def __init__(self, output="-", **kwargs):
+        super().__init__(output, **kwargs)
+        self._rate = float(os.environ.get("E2E_FAIL_RATE") or 0)
+        self._poison = {(k, n) for k, n in json.loads(os.environ.get("E2E_POISON") or "[]")}
+
+    def execute(self, event):
+        if event.kind == "change":
+            key, n = event.key, number_of(event.data)
+            if (key, n) in self._poison:
+                raise Flaky(f"poison change {key!r} {n}: always fails")
+            if event.attempts == 0 and self._rate and fails_first(key, n, self._rate):
+                raise Flaky(f"change {key!r} {n}: its first delivery fails")
+        return super().execute(event)
+
+
+class EventRecorder(AppendRecorder):
+    """
+    An L{AppendRecorder} that also appends C{{"pid", "kind", "channel",
+    "payload", "t"}} for each notification, C{start} and C{resync}; changes
+    as L{AppendRecorder} writes them (with no C{kind}).
+    """
+
+    def execute(self, event):
+        if event.kind == "change":
+            return super().execute(event)
+        line = json.dumps({
+            "pid": self._pid, "kind": event.kind, "channel": getattr(event, "channel", None),
+            "payload": getattr(event, "payload", None), "t": time.time(),
+        })
+        os.write(self._fd, line.encode("utf-8") + b"\n")
+        return None
 
 
 class NoOp(Component):
