@@ -13,7 +13,8 @@ same event is executed again after a delay, and "never" means it is logged
 and skipped.
 
   - raise L{Retry} (optionally with C{retry_after}) when the whole event or
-    batch should be tried again;
+    batch should be tried again; L{Unavailable} when the other side is
+    down (not the events' fault);
   - raise L{Reject} when the whole event or batch can never succeed;
   - return a L{BatchOutcome} from a batch processor's C{execute} (or fire
     its Deferred with one) when the answers differ per event.
@@ -33,6 +34,18 @@ class Retry(HermesException):
     def __init__(self, reason, retry_after=None):
         HermesException.__init__(self, reason)
         self.retry_after = retry_after
+
+
+class Unavailable(Retry):
+    """
+    The other side is unavailable (down, unreachable, refusing our
+    credentials, overloaded as a whole): nothing was delivered, and it is
+    not these events' fault.  They are tried again later, their delivery
+    not counted toward the dead letters while the processor's circuit
+    breaker pauses it, and such failures in a row open the circuit
+    (L{hermes_tx.runtime.breaker}).  The built-in sinks raise it for a
+    batch that failed as a whole.
+    """
 
 
 class Reject(HermesException):

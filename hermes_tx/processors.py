@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from hermes_tx.components import Component
 from hermes_tx.exceptions import HermesException, one_line
-from hermes_tx.outcomes import BatchOutcome, Retry
+from hermes_tx.outcomes import BatchOutcome, Unavailable
 from hermes_tx.output.files import opener
 from hermes_tx.output.jsonline import json_line  # noqa: F401 (its home before hermes_tx.output)
 from hermes_tx.output.owed import OwedLines
@@ -78,11 +78,11 @@ class JsonLinesProcessor(Component):
     slow output (a pipe nobody reads, a stalled disk), C{execute} waits for
     room; the queue fills and the sources stop taking events (PostgreSQL
     keeps them meanwhile).  A wait longer than half the C{execute_timeout}
-    ends in L{hermes_tx.outcomes.Retry} (the event is executed again
+    ends in L{hermes_tx.outcomes.Unavailable} (the event is executed again
     later), not in a cancelled C{execute}.
 
     When writing fails with an C{OSError} (a full disk) the events whose
-    lines were not written raise L{hermes_tx.outcomes.Retry}, so they are
+    lines were not written raise L{hermes_tx.outcomes.Unavailable}, so they are
     executed again later; they are never skipped.  A line is never written
     twice and never left half-written: the rest of a partly written line
     is written before anything else, and an event (an outbox change too,
@@ -161,7 +161,7 @@ class JsonLinesProcessor(Component):
 
         @param item: an event, or in batch mode a list of them.
         @return: C{item}, or a Deferred firing with it once the lines are
-            written (or there is room for more); failing with L{Retry}
+            written (or there is room for more); failing with L{Unavailable}
             (L{OutputClosed} for a closed pipe), or in batch mode firing
             with a L{BatchOutcome} naming the events whose lines were not
             written.
@@ -243,13 +243,13 @@ class JsonLinesProcessor(Component):
             for event, start, end in reversed(unwritten):
                 self._owed.give_back(writer, event, start, end)
             if failure.check(defer.TimeoutError):
-                reason = Retry(f"cannot write to {self._where()}: it took nothing for {patience:g} s")
+                reason = Unavailable(f"cannot write to {self._where()}: it took nothing for {patience:g} s")
             else:
                 failure.trap(WriteFailed)
                 error = failure.value.error
                 if isinstance(error, BrokenPipeError):
                     raise OutputClosed(f"{self._where()} was closed by its reader ({one_line(error)})")
-                reason = Retry(f"cannot write to {self._where()}: {error}")
+                reason = Unavailable(f"cannot write to {self._where()}: {error}")
             if type(item) is not list:
                 raise reason
             return BatchOutcome(retry=[(event, reason, None) for event, *_ in unwritten])

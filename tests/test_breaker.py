@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from hermes_tx.components import Component
 from hermes_tx.events import Change, Event
-from hermes_tx.outcomes import BatchOutcome, Reject, Retry
+from hermes_tx.outcomes import BatchOutcome, Reject, Retry, Unavailable
 from hermes_tx.runtime.backoff import Backoff, backoff_policy
 from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN, OPEN, SPAN, THRESHOLD, Breaker
 from tests.support.shared import capture_log
@@ -283,6 +283,52 @@ class IsolationTests(unittest.TestCase):
         for first in range(0, 100, 10):
             c.notification_pipe.put_many([change(i, self.claim) for i in range(first, first + 10)])
         self.assertEqual(c.breaker.state, OPEN)
+
+    def test_poison_retried_alone_never_opens(self):
+        """
+        Changes that failed before failing again (poison, on their own
+        schedule toward the dead letters) say nothing about the dependency:
+        however many fail in a row, the circuit stays closed and each is
+        released, its delivery counted.
+        """
+        c = Failing(set(range(100)), clock=self.clock)
+        c.startService()
+        c.queue.put_many([Change(i, "t", f"k{i}", 1, 0.0, "{}", {}, claim=self.claim)
+                          for i in range(20)])
+        self.assertEqual(c.breaker.state, CLOSED)
+        self.assertEqual(self.claim.settled, [("retry", i) for i in range(20)])
+        self.flushLoggedErrors(ValueError)
+
+    def test_connection_errors_of_retried_changes_open(self):
+        """
+        A refused connection speaks of the other side whatever the change's
+        history: changes that failed before and now fail with it still open
+        the circuit (a dependency down with only a few changes pending).
+        """
+        c = Failing(set(range(100)), error=ConnectionRefusedError, clock=self.clock)
+        c.startService()
+        c.queue.put_many([Change(i, "t", f"k{i}", 3, 0.0, "{}", {}, claim=self.claim)
+                          for i in range(THRESHOLD)])
+        self.assertEqual(c.breaker.state, OPEN)
+        self.flushLoggedErrors(ConnectionRefusedError)
+
+    def test_unavailable_while_probing_is_given_back(self):
+        """
+        The other side down (Unavailable): the probe's change is given back,
+        its delivery not counted; a plain failure of a change while probing
+        is counted.
+        """
+        class Claims(Claim):
+            def give_back(self, change):
+                self.settled.append(("given back", change.id))
+
+        claim = Claims()
+        c = Failing(set(range(100)), error=lambda text: Unavailable("down"), clock=self.clock)
+        c.startService()
+        c.queue.put_many([change(i, claim) for i in range(6)])
+        self.assertEqual(c.breaker.state, OPEN)
+        self.clock.advance(c.breaker.retry_at - self.clock.seconds())
+        self.assertEqual(claim.settled[-1], ("given back", 5))
 
     def test_rejections_are_answers(self):
         """

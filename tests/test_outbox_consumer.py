@@ -14,7 +14,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
 from hermes_tx.components import Component
-from hermes_tx.outcomes import Reject, Retry
+from hermes_tx.outcomes import Reject, Retry, Unavailable
 from tests.support.outbox import OutboxDatabase
 from tests.support.shared import capture_log, sleep, wait_until
 
@@ -187,7 +187,8 @@ class BreakerTests(_Consuming, unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_dependency_down_pauses_claims_and_gives_back(self):
         """
-        Everything failing: after five failures in a row the processor's
+        Everything failing because the other side is down (the processor
+        raises Unavailable): after five failures in a row the processor's
         circuit opens, the consumer gives back what it holds (attempts not
         counted) and claims nothing more until the probe, whose failure is
         not counted either (the dependency is at fault, not the change); the
@@ -199,7 +200,7 @@ class BreakerTests(_Consuming, unittest.TestCase):
             def execute(self, change):
                 Recorder.execute(self, change)
                 if down[0]:
-                    raise Retry("connection refused")
+                    raise Unavailable("connection refused")
 
         recorder = Flaky(backoff_limit=1)
         keys = [f"k{i}" for i in range(20)]

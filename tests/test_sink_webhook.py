@@ -108,7 +108,8 @@ class WebhookTests(unittest.TestCase):
     def test_statuses(self):
         """
         Transient statuses, credentials refused, no such endpoint and
-        redirects retry the batch as a whole with one line; nothing is
+        redirects retry the batch as a whole with one line (Unavailable:
+        the other side, not the events); nothing is
         rejected (a change refused alone, before the endpoint accepted
         anything, is retried too).
         """
@@ -125,17 +126,17 @@ class WebhookTests(unittest.TestCase):
                 yield sink.execute(make_changes(1, 1))
             except (Retry, Reject) as e:
                 outcomes.append((type(e).__name__, str(e), getattr(e, "retry_after", "-")))
-        self.assertEqual(outcomes[:2], [("Retry", "HTTP 500: oops", None),
-                                        ("Retry", "HTTP 503", 7)])
-        self.assertEqual(outcomes[2][0], "Retry")
+        self.assertEqual(outcomes[:2], [("Unavailable", "HTTP 500: oops", None),
+                                        ("Unavailable", "HTTP 503", 7)])
+        self.assertEqual(outcomes[2][0], "Unavailable")
         self.assertTrue(55 <= outcomes[2][2] <= 60, outcomes[2])
         self.assertEqual(outcomes[3:], [
-            ("Retry", f"authentication refused by {url}: HTTP 401: who are you", None),
-            ("Retry", f"authentication refused by {url}: HTTP 403", None),
-            ("Retry", f"{url} not found: HTTP 404", None),
-            ("Retry", f"{url} redirects (HTTP 302 to /x): redirects are not followed, give the "
+            ("Unavailable", f"authentication refused by {url}: HTTP 401: who are you", None),
+            ("Unavailable", f"authentication refused by {url}: HTTP 403", None),
+            ("Unavailable", f"{url} not found: HTTP 404", None),
+            ("Unavailable", f"{url} redirects (HTTP 302 to /x): redirects are not followed, give the "
                       "sink the final URL", None),
-            ("Retry", "HTTP 400: bad event" + HELD_BACK, None)])
+            ("Unavailable", "HTTP 400: bad event" + HELD_BACK, None)])
         self.assertEqual((sink.metrics.requests, sink.metrics.failures, sink.metrics.rejected),
                          (8, 8, 0))
 

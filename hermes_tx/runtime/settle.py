@@ -20,19 +20,24 @@ seed: C{CONTINUE} skips the item, C{BACKOFF} waits and then goes on,
 C{TERMINATE} ends the run.  A change is never skipped: C{CONTINUE} and
 C{BACKOFF} release it with its own delay.
 
-Every failed delivery is told to the processor's
+Failed deliveries are told to the processor's
 L{hermes_tx.runtime.breaker.Breaker}, which backs the whole processor off
 only when deliveries keep failing with no success in between (a
-dependency that is down).  Lines about failed events are limited to a few
-a second (the next line counts those left out).
+dependency that is down).  It hears of failures that speak of the other
+side (L{hermes_tx.outcomes.Unavailable}, a batch in which nothing was
+done, a refused or lost connection, a timeout) and of every failed first
+delivery; a change that failed before and fails again for any other
+reason is its own story (a poison change), retried on its schedule toward
+the dead letters without pausing anything.  Lines about failed events are
+limited to a few a second (the next line counts those left out).
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, error as net
 
 from hermes_tx import strategies
 from hermes_tx.events import Change
-from hermes_tx.exceptions import failure_of, one_line
-from hermes_tx.outcomes import Reject, Retry
+from hermes_tx.exceptions import ExecuteTimeout, failure_of, one_line
+from hermes_tx.outcomes import Reject, Retry, Unavailable
 from hermes_tx.runtime.breaker import CLOSED
 from hermes_tx.runtime.supervisor import ComponentError
 
@@ -83,14 +88,14 @@ def _settle_done(loop, events):
             processed[event.channel] = processed.get(event.channel, 0) + 1
 
 
-def _release(loop, changes, reason, retry_after=None):
+def _release(loop, changes, reason, retry_after=None, systemic=False):
     """
     Give failed changes back to the outbox: with a delay of their own, the
     delivery counted toward the dead letters; or, when the delivery was the
-    probe of an open circuit (the dependency is down, not the change at
-    fault), at once and not counted.
+    probe of an open circuit and failed because the other side is down
+    (C{systemic}: not the change's fault), at once and not counted.
     """
-    probing = loop.breaker.state != CLOSED
+    probing = systemic and loop.breaker.state != CLOSED
     for change in changes:
         claim = change.claim
         if claim is None:
@@ -99,6 +104,29 @@ def _release(loop, changes, reason, retry_after=None):
             claim.give_back(change)
         else:
             claim.retry(change, reason, retry_after)
+
+
+#: Exceptions that speak of the other side rather than of the event: the
+#: circuit breaker hears of them whatever the change's history.
+_DEPENDENCY_ERRORS = (
+    Unavailable, ConnectionError, TimeoutError, ExecuteTimeout, net.ConnectError,
+    net.ConnectionLost, net.DNSLookupError, net.TimeoutError, defer.TimeoutError,
+)
+
+
+def _breaker_hears(loop, events, reason, systemic):
+    """
+    Tell the circuit breaker of a failed delivery, when it says something
+    about the dependency: a failure of the other side (C{systemic}, or an
+    exception of L{_DEPENDENCY_ERRORS}), or of a first delivery (a change
+    never handed out before, a notification).  A change that failed before
+    failing again otherwise is that change's own story (a poison change,
+    retried on its schedule toward the dead letters): the breaker does not
+    hear of it.
+    """
+    if (systemic or isinstance(reason, _DEPENDENCY_ERRORS)
+            or any(type(e) is not Change or e.attempts == 0 for e in events)):
+        loop.failed(one_line(reason) if isinstance(reason, BaseException) else str(reason))
 
 
 def _warn(loop, text, **fields):
@@ -124,7 +152,7 @@ def _reject(loop, events, reason):
 
 
 @defer.inlineCallbacks
-def _retry(loop, events, reason, retry_after):
+def _retry(loop, events, reason, retry_after, systemic=False):
     """
     Events were not delivered: changes go back to the outbox, each with its
     own delay, at once; the others are executed again after the backoff.
@@ -136,7 +164,7 @@ def _retry(loop, events, reason, retry_after):
     _tell(loop, events, "retried", reason)
     changes = [e for e in events if type(e) is Change]
     others = [e for e in events if type(e) is not Change]
-    _release(loop, changes, reason, retry_after)
+    _release(loop, changes, reason, retry_after, systemic)
     if changes:
         _warn(loop, "{ident}: change(s) {ids} not delivered ({reason}){where}; each is retried "
               "on its own schedule", ids=_ids(changes), reason=one_line(reason),
@@ -166,7 +194,8 @@ def settle_outcome(loop, item, outcome):
     """
     Apply a L{hermes_tx.outcomes.BatchOutcome} to C{item} (an event or a
     batch).  Some event done, or some rejected (the other side answered),
-    is a success for the breaker; only retries is a failure.
+    is a success for the breaker; only retries (nothing done) is a failure
+    of the other side.
 
     @return: a Deferred firing with the item to execute again, or C{None}.
     """
@@ -183,12 +212,13 @@ def settle_outcome(loop, item, outcome):
     events = [event for event, _, _ in outcome.retry]
     reason = outcome.retry[0][1]
     after = max((a for _, _, a in outcome.retry if a is not None), default=None)
-    if done or outcome.rejected:
+    answered = bool(done or outcome.rejected)
+    if answered:
         loop.succeeded()
     # Released (given back while probing) before the breaker hears of it.
-    retried = _retry(loop, events, reason, after)
-    if not (done or outcome.rejected):
-        loop.failed(one_line(reason) if isinstance(reason, BaseException) else str(reason))
+    retried = _retry(loop, events, reason, after, systemic=not answered)
+    if not answered:
+        _breaker_hears(loop, events, reason, systemic=True)
     again = yield retried
     return _as_item(loop, again)
 
@@ -207,9 +237,10 @@ def settle_failure(loop, item, error):
         loop.succeeded()  # the other side answered: nothing is down
         _reject(loop, batch, error)
         return None
+    systemic = isinstance(error, Unavailable)
     if isinstance(error, Retry):
-        retried = _retry(loop, batch, error, error.retry_after)
-        loop.failed(one_line(error))
+        retried = _retry(loop, batch, error, error.retry_after, systemic)
+        _breaker_hears(loop, batch, error, systemic)
         again = yield retried
         return _as_item(loop, again)
     expected, action = component.error_strategy.handle_exception(error)
@@ -217,7 +248,7 @@ def settle_failure(loop, item, error):
     where = _where(batch)
     changes = [e for e in batch if type(e) is Change]
     _release(loop, changes, error)
-    loop.failed(one_line(error))
+    _breaker_hears(loop, batch, error, systemic=False)
     others = [e for e in batch if type(e) is not Change]
     ident = component.ident
     if action == strategies.TERMINATE:

@@ -16,7 +16,7 @@ from twisted.internet import defer
 
 from hermes_tx.components import Component
 from hermes_tx.exceptions import HermesException, one_line
-from hermes_tx.outcomes import BatchOutcome, Reject, Retry
+from hermes_tx.outcomes import BatchOutcome, Reject, Retry, Unavailable
 from hermes_tx.sinks.metrics import SinkMetrics
 from hermes_tx.sinks.records import deliverable
 from hermes_tx.sinks.urls import Secrets
@@ -156,8 +156,9 @@ class Sink(Component):
         error = failure.value
         scrub = self.secrets.scrub
         if isinstance(error, Retry):
+            # The batch failed as a whole: the other side, not its events.
             self.metrics.count_events(retried=len(events))
-            raise Retry(scrub(error), error.retry_after)
+            raise Unavailable(scrub(error), error.retry_after)
         if isinstance(error, Reject):
             self.metrics.count_events(rejected=len(events))
             raise Reject(scrub(error))
