@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from hermes_tx.exceptions import ConnectionLostError
 from hermes_tx.outbox.consumer import OutboxConsumer
-from hermes_tx.outbox.run import SKIP_AHEAD
+from hermes_tx.outbox.run import RELEASE_MARGIN, SKIP_AHEAD
 from hermes_tx.runtime.backoff import Backoff, backoff_policy
 from hermes_tx.runtime.breaker import THRESHOLD, Breaker
 from hermes_tx.runtime.queue import EventQueue
@@ -348,6 +348,26 @@ class ClaimingTests(_Consuming):
         self.assertEqual(consumer.ledger.counts["acked"], 10)
         self.assertEqual(len(self.claims()), 1)
 
+
+    def test_released_changes_are_claimed_when_due(self):
+        """
+        A released change (and the later changes of its key) is claimable
+        once its delay has passed: the consumer claims then, not at the
+        next poll; with several released the soonest counts.
+        """
+        self.make(max_in_flight=10)
+        self.answer_claim(rows(1, 3))
+        for change in self.queue.take(3):
+            change.claim.retry(change, "not yet")
+        self.clock.advance(0)
+        release = self.conn.one(self.statements["release"])
+        delays = release.params[2]
+        release.answer([(1, "retry"), (2, "retry"), (3, "retry")])
+        self.assertEqual(len(self.claims()), 0)
+        self.clock.advance(min(delays) + RELEASE_MARGIN - 0.001)
+        self.no_claim()
+        self.clock.advance(0.001)
+        self.assertEqual(len(self.claims()), 1)
 
 class QueueTests(_Consuming):
     def test_full_queue_waits_for_room(self):

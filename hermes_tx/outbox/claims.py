@@ -58,6 +58,12 @@ class Claim:
         self.ledger.settle(change, ("unclaim", self.token, change, None, None))
 
 
+#: a failed change's delay by its deliveries so far: 0.25, 0.75, 2.25 ... s,
+#: at most 5 minutes.  The first retry is soon (the later changes of its key
+#: wait for it; most failures are passing), the next ones spread out fast:
+#: ten deliveries span about 15 minutes before the dead letters.
+CHANGE_RETRY = backoff_policy(initial=0.25, factor=3.0, max_delay=300.0)
+
 #: the longest wait a Retry(retry_after=...) may ask for (a day)
 MAX_RETRY_AFTER = 86400.0
 
@@ -93,7 +99,7 @@ class Ledger:
     def __init__(self, clock, max_attempts=10, retry_policy=None):
         self.clock = clock
         self.max_attempts = max_attempts
-        self.retry_delay = retry_policy or backoff_policy(initial=1.0, factor=2.0, max_delay=300.0)
+        self.retry_delay = retry_policy or CHANGE_RETRY
         self.in_flight = OrderedDict()
         self.counts = {"acked": 0, "released": 0, "dead": 0, "lost": 0}
         self.by_topic = {name: Counter() for name in self.counts}

@@ -9,8 +9,9 @@ The connection's lifecycle (connecting, working, draining for a stop,
 closed) is L{hermes_tx.sources.run.ConnectionRun}'s state machine, whose
 session puts a deadline on every query; when to claim is a
 L{hermes_tx.outbox.pump.ClaimPump}.  This run owns the timers of its
-working state: the poll, the claims' extension (at most one in flight) and
-the liveness probe.  A claim whose answer was lost with the connection is
+working state: the poll, the claims' extension (at most one in flight),
+the liveness probe, and a claim when the soonest change it released comes
+due again.  A claim whose answer was lost with the connection is
 not the consumer's problem: its rows are claimed by a backend that is gone,
 which any consumer may take over at once (L{hermes_tx.outbox.sql.claim}).
 """
@@ -40,6 +41,11 @@ SKIP_AHEAD = 8
 #: the next one for a wake-up or after acknowledgements waits
 #: C{claim_linger} (see L{ConsumeRun._claim_soon})
 FLOWING = 0.1
+
+
+#: seconds after a released change's delay before the claim made for it
+#: (the server counted the delay from its own clock, a little later)
+RELEASE_MARGIN = 0.01
 
 
 def _changes(rows, claim):
@@ -76,6 +82,23 @@ class Repeating:
         call = self._calls.get(name)
         if call is not None and call.active():
             return
+
+        def fire():
+            del self._calls[name]
+            action()
+
+        self._calls[name] = self.clock.callLater(delay, fire)
+
+    def soonest(self, name, delay, action):
+        """
+        Call C{action} in C{delay} seconds, or sooner if a call of that name
+        is pending for sooner already (one call, the earliest asked for).
+        """
+        call = self._calls.get(name)
+        if call is not None and call.active():
+            if call.getTime() <= self.clock.seconds() + delay:
+                return
+            call.cancel()
 
         def fire():
             del self._calls[name]
@@ -360,12 +383,17 @@ class ConsumeRun(ConnectionRun):
         @return: a Deferred firing with C{(acked, released, dead, failed)}.
         """
         def written(result):
-            acked, _, dead, _ = result
+            acked, released, dead, _ = result
             if acked or dead:
                 # Changes that left the outbox may have been holding back
                 # the next changes of their keys: claim those now, not at
                 # the next poll.
                 self._claim_soon()
+            if released:
+                # A released change is claimable again once its delay has
+                # passed: claim then, not at the next poll after it.
+                delay = min(d for kind, _, _, d, _ in owed if kind == "release")
+                self._timers.soonest("released", delay + RELEASE_MARGIN, self.pump.want)
             return result
 
         return write_owed(self.session, self.consumer, owed).addCallback(written)
