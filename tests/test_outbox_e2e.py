@@ -136,9 +136,9 @@ class KillTests(_EndToEnd, OutboxDatabase, unittest.TestCase):
     def test_at_least_once_in_order_across_sigkill(self):
         """
         Three instances share a backlog and a stream of writes from two
-        threads over 50 keys; every 2 s one of them is SIGKILLed in the
-        middle of its batches (each change takes 2 ms) and a new one
-        started.  Every committed change is delivered, per key in commit
+        threads over 50 keys; every 2 s (counted from when the last one
+        started consumes) one is SIGKILLed in the middle of its batches
+        (each change takes 2 ms) and a new one started.  Every committed change is delivered, per key in commit
         order; the dead instances' claims come back to the others.
         """
         fleet = yield self.started_fleet(3, 40, execute_delay=0.002)
@@ -148,6 +148,9 @@ class KillTests(_EndToEnd, OutboxDatabase, unittest.TestCase):
             yield sleep(2.0)
             fleet.kill_one(rng)
             fleet.start()
+            # Two seconds of work for the new one, counted from when it
+            # consumes (a busy machine starts a process slowly).
+            yield wait_until(fleet.consuming, timeout=30, what="the new instance consuming")
         verdict = yield self.finish(fleet, writer)
         self.assertEqual(sum(i.killed for i in fleet.instances), 5)
         pids = {d["pid"] for d in read_lines(fleet.output)}
