@@ -63,50 +63,53 @@ $fn$;
 -- walk_keys: the oldest row of each key of a topic with a hash from
 -- from_hash to to_hash (a key is known by its hash: when two keys share
 -- one, the oldest row of the pair), at most max_keys of them, in hash
--- order: one index probe per key, however many rows each has.
+-- order: one index probe per key, however many rows each has.  Returns
+-- their (ctid, id).
 CREATE FUNCTION {schema}.walk_keys(
-    the_topic text, from_hash bigint, to_hash bigint, max_keys integer)
-RETURNS bigint[]
+    the_topic text, from_hash bigint, to_hash bigint, max_keys integer,
+    OUT tids tid[], OUT ids bigint[])
 LANGUAGE plpgsql
 AS $fn$
 BEGIN
-    RETURN ARRAY(
-        WITH RECURSIVE heads (h, id) AS (
-            (SELECT hashtextextended(o.key, 0), o.id FROM {schema}.outbox o
-             WHERE o.topic = the_topic
-               AND hashtextextended(o.key, 0) >= from_hash AND hashtextextended(o.key, 0) <= to_hash
-             ORDER BY hashtextextended(o.key, 0), o.id LIMIT 1)
-            UNION ALL
-            SELECT n.h, n.id
-            FROM heads p
-            CROSS JOIN LATERAL (
-                SELECT hashtextextended(o.key, 0) AS h, o.id FROM {schema}.outbox o
-                WHERE o.topic = the_topic
-                  AND hashtextextended(o.key, 0) > p.h AND hashtextextended(o.key, 0) <= to_hash
-                ORDER BY hashtextextended(o.key, 0), o.id LIMIT 1) n
-        )
-        SELECT heads.id FROM heads LIMIT max_keys);
+    WITH RECURSIVE heads (h, id, tid) AS (
+        (SELECT hashtextextended(o.key, 0), o.id, o.ctid FROM {schema}.outbox o
+         WHERE o.topic = the_topic
+           AND hashtextextended(o.key, 0) >= from_hash AND hashtextextended(o.key, 0) <= to_hash
+         ORDER BY hashtextextended(o.key, 0), o.id LIMIT 1)
+        UNION ALL
+        SELECT n.h, n.id, n.tid
+        FROM heads p
+        CROSS JOIN LATERAL (
+            SELECT hashtextextended(o.key, 0) AS h, o.id, o.ctid AS tid FROM {schema}.outbox o
+            WHERE o.topic = the_topic
+              AND hashtextextended(o.key, 0) > p.h AND hashtextextended(o.key, 0) <= to_hash
+            ORDER BY hashtextextended(o.key, 0), o.id LIMIT 1) n
+    )
+    SELECT coalesce(array_agg(w.tid), '{}'), coalesce(array_agg(w.id), '{}') INTO tids, ids
+        FROM (SELECT heads.tid, heads.id FROM heads LIMIT max_keys) w;
 END
 $fn$;
 
--- lock_heads: lock up to max_rows of the candidate ids (rows of the_topic)
--- that are claimable now (available, and free as far as their claim goes),
--- oldest first, leaving out rows already picked.  With probe, only those
+-- lock_heads: lock up to max_rows of the candidates (rows of the_topic,
+-- given as the versions an earlier statement saw: their ctids and ids,
+-- oldest first) that are claimable now (available, and free as far as
+-- their claim goes), in that order, leaving out rows already picked.  With probe, only those
 -- that are the oldest row of their key (one index probe each); without,
--- the caller knows they are.  Candidates are found by id alone: with the
--- topic too, a plan may read the (topic, key hash, id) index once per
--- candidate, each time the whole topic.
+-- the caller knows they are.  A candidate changed since it was seen (for
+-- one, deleted and inserted again by a dead letter's retry, which puts an
+-- older row before it) is no longer that version: it is not locked.
 CREATE FUNCTION {schema}.lock_heads(
-    the_topic text, candidates bigint[], max_rows integer, picked tid[], probe boolean,
+    the_topic text, tids tid[], ids bigint[], max_rows integer, picked tid[], probe boolean,
     pids integer[], starts timestamptz[], seen timestamptz)
 RETURNS tid[]
 LANGUAGE plpgsql
 AS $fn$
 BEGIN
     RETURN ARRAY(
-        SELECT o.ctid FROM {schema}.outbox o
-        WHERE o.id = ANY (candidates)
-          AND o.available_at <= now()
+        SELECT o.ctid
+        FROM unnest(tids, ids) WITH ORDINALITY c (tid, id, n)
+        JOIN {schema}.outbox o ON o.ctid = c.tid AND o.id = c.id
+        WHERE o.available_at <= now()
           AND {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen)
           AND o.ctid <> ALL (picked)
           AND (NOT probe OR o.id = (
@@ -115,9 +118,9 @@ BEGIN
                 AND hashtextextended(e.key, 0) >= hashtextextended(o.key, 0)
                 AND hashtextextended(e.key, 0) <= hashtextextended(o.key, 0) AND e.key = o.key
               ORDER BY hashtextextended(e.key, 0), e.id LIMIT 1))
-        ORDER BY o.id
+        ORDER BY c.n
         LIMIT max_rows
-        FOR UPDATE SKIP LOCKED);
+        FOR UPDATE OF o SKIP LOCKED);
 END
 $fn$;
 
@@ -125,8 +128,9 @@ $fn$;
 -- window_rows free rows (see claim_free) of the rows back from a retry or
 -- a deferral, by the time they came back, then of the fresh rows, oldest
 -- first, with the rows in flight among them (scan_rows rows at most of
--- each).  Returns its candidates: the oldest row of each key in it, if
--- free; whether it was full (more rows may follow); whether it is exact:
+-- each).  Returns its candidates, the oldest row of each key in it if
+-- free (their ctids and ids); whether it was full (more rows may follow);
+-- whether it is exact:
 -- it holds every row back from a retry and no row of the topic waits, so
 -- every row older than a candidate is in it and candidates are heads.
 -- Each statement reads an index in its order, a few rows at a time, and
@@ -139,7 +143,7 @@ $fn$;
 CREATE FUNCTION {schema}.claim_window(
     the_topic text, window_rows integer, scan_rows integer,
     pids integer[], starts timestamptz[], seen timestamptz,
-    OUT candidates bigint[], OUT window_full boolean, OUT exact boolean)
+    OUT tids tid[], OUT ids bigint[], OUT window_full boolean, OUT exact boolean)
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -150,8 +154,8 @@ BEGIN
     IF current_setting('server_version_num')::integer >= 150000
        AND coalesce(current_setting('hermes.claim_window', true), '') <> 'bounds' THEN
         WITH later AS (
-            SELECT l.id, l.h, l.free, l.n FROM (
-                SELECT o.id, hashtextextended(o.key, 0) AS h, f.free,
+            SELECT l.id, l.tid, l.h, l.free, l.n FROM (
+                SELECT o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h, f.free,
                        count(*) FILTER (WHERE f.free)
                            OVER (ORDER BY o.topic, o.available_at, o.id ROWS UNBOUNDED PRECEDING) AS n
                 FROM {schema}.outbox o
@@ -163,8 +167,8 @@ BEGIN
         ), later_free AS (
             SELECT coalesce(max(l.n), 0) AS n, count(*) AS scanned FROM later l
         ), fresh AS (
-            SELECT r.id, r.h, r.free, r.n FROM (
-                SELECT o.id, hashtextextended(o.key, 0) AS h, f.free,
+            SELECT r.id, r.tid, r.h, r.free, r.n FROM (
+                SELECT o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h, f.free,
                        count(*) FILTER (WHERE f.free)
                            OVER (ORDER BY o.topic, o.id ROWS UNBOUNDED PRECEDING) AS n
                 FROM {schema}.outbox o
@@ -174,14 +178,17 @@ BEGIN
             WHERE r.n <= window_rows - (SELECT n FROM later_free)
             LIMIT scan_rows
         ), win AS (
-            SELECT l.id, l.h, l.free FROM later l UNION ALL SELECT f.id, f.h, f.free FROM fresh f
+            SELECT l.id, l.tid, l.h, l.free FROM later l UNION ALL SELECT f.id, f.tid, f.h, f.free FROM fresh f
+        ), heads AS (
+            SELECT d.id, d.tid FROM (SELECT DISTINCT ON (w.h) w.id, w.tid, w.free FROM win w ORDER BY w.h, w.id) d
+            WHERE d.free
         )
-        SELECT ARRAY(SELECT d.id FROM (SELECT DISTINCT ON (w.h) w.id, w.free FROM win w ORDER BY w.h, w.id) d
-                     WHERE d.free ORDER BY d.id),
+        SELECT coalesce((SELECT array_agg(hd.tid ORDER BY hd.id) FROM heads hd), '{}'),
+               coalesce((SELECT array_agg(hd.id ORDER BY hd.id) FROM heads hd), '{}'),
                lf.n + coalesce((SELECT max(f.n) FROM fresh f), 0) >= window_rows
                    OR lf.scanned >= scan_rows OR (SELECT count(*) FROM fresh) >= scan_rows,
                lf.n < window_rows AND lf.scanned < scan_rows
-            INTO candidates, window_full, exact
+            INTO tids, ids, window_full, exact
             FROM later_free lf;
     ELSE
         SELECT o.available_at, o.id INTO later_at, later_id FROM {schema}.outbox o
@@ -189,7 +196,7 @@ BEGIN
               AND {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen)
             ORDER BY o.topic, o.available_at, o.id OFFSET window_rows - 1 LIMIT 1;
         WITH later AS (
-            SELECT o.id, hashtextextended(o.key, 0) AS h,
+            SELECT o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h,
                    {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen) AS free
             FROM {schema}.outbox o
             WHERE o.topic = the_topic AND o.available_at > o.created_at AND o.available_at <= now()
@@ -204,7 +211,7 @@ BEGIN
             ORDER BY o.topic, o.id
             OFFSET greatest(window_rows - (SELECT n FROM later_free) - 1, 0) LIMIT 1
         ), fresh AS (
-            SELECT o.id, hashtextextended(o.key, 0) AS h,
+            SELECT o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h,
                    {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen) AS free
             FROM {schema}.outbox o
             WHERE o.topic >= the_topic AND o.topic <= the_topic AND o.available_at <= o.created_at
@@ -213,13 +220,16 @@ BEGIN
             ORDER BY o.topic, o.id LIMIT scan_rows
         ), win AS (
             SELECT * FROM later UNION ALL SELECT * FROM fresh
+        ), heads AS (
+            SELECT d.id, d.tid FROM (SELECT DISTINCT ON (w.h) w.id, w.tid, w.free FROM win w ORDER BY w.h, w.id) d
+            WHERE d.free
         )
-        SELECT ARRAY(SELECT d.id FROM (SELECT DISTINCT ON (w.h) w.id, w.free FROM win w ORDER BY w.h, w.id) d
-                     WHERE d.free ORDER BY d.id),
+        SELECT coalesce((SELECT array_agg(hd.tid ORDER BY hd.id) FROM heads hd), '{}'),
+               coalesce((SELECT array_agg(hd.id ORDER BY hd.id) FROM heads hd), '{}'),
                lf.n + (SELECT count(*) FILTER (WHERE f.free) FROM fresh f) >= window_rows
                    OR lf.scanned >= scan_rows OR (SELECT count(*) FROM fresh) >= scan_rows,
                lf.n < window_rows AND lf.scanned < scan_rows
-            INTO candidates, window_full, exact
+            INTO tids, ids, window_full, exact
             FROM later_free lf;
     END IF;
     -- and no row of the topic waits
@@ -239,11 +249,15 @@ $fn$;
 --      max_rows rows behind candidates whose key's head waits are deferred
 --      to that time (they cannot go before it), which takes them out of
 --      later windows;
---   3. still too few, nothing deferred, and the window was full (its rows
---      belong to keys whose heads are in flight): walk window_rows keys
---      from a random point (every key, oldest first, when there are no
---      more), one index probe per key; what it finds are heads.  Keys past
---      the window get their turn whatever holds the oldest rows.
+--   3. still too few, nothing deferred, and the window was full yet held
+--      fewer than max_rows candidates (its rows belong to keys whose heads
+--      are in flight; candidates merely locked by another claim do not
+--      count): walk window_rows keys from a random point (every key,
+--      oldest first, when there are no more), one index probe per key;
+--      what it finds are heads.  Keys past the window get their turn
+--      whatever holds the oldest rows.
+-- The window is max_rows + 100 free rows: a claim that meets another
+-- claim's locked rows at the same time gets what is left (at least 100).
 -- So a row that waits is in no window, nor for long the rows behind it,
 -- and the rows of a key whose head is in flight are passed over as part of
 -- their key, with no probe.
@@ -253,29 +267,33 @@ RETURNS tid[]
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
-    window_rows constant integer := 2 * max_rows + 100;
+    window_rows constant integer := max_rows + 100;
     -- rows read for one window at most, in flight or not
     scan_rows constant integer := 10 * window_rows;
     lowest constant bigint := -9223372036854775808;
     highest constant bigint := 9223372036854775807;
-    candidates bigint[];
+    tids tid[];
+    ids bigint[];
+    more_tids tid[];
+    more_ids bigint[];
     picked tid[];
     window_full boolean;
     exact boolean;
-    tids tid[] := '{}';
+    behind tid[] := '{}';
     times timestamptz[];
     from_hash bigint;
 BEGIN
-    SELECT w.candidates, w.window_full, w.exact INTO candidates, window_full, exact
+    SELECT w.tids, w.ids, w.window_full, w.exact INTO tids, ids, window_full, exact
         FROM {schema}.claim_window(the_topic, window_rows, scan_rows, pids, starts, seen) w;
-    picked := {schema}.lock_heads(the_topic, candidates, max_rows, '{}', NOT exact, pids, starts, seen);
+    picked := {schema}.lock_heads(the_topic, tids, ids, max_rows, '{}', NOT exact, pids, starts, seen);
     IF cardinality(picked) < max_rows AND NOT exact THEN
         -- defer the rows behind candidates whose key's head waits
         SELECT coalesce(array_agg(b.ctid), '{}'), coalesce(array_agg(b.until), '{}')
-            INTO tids, times
+            INTO behind, times
             FROM (
                 SELECT f.ctid, h.available_at AS until
-                FROM {schema}.outbox o
+                FROM unnest(tids, ids) c (tid, id)
+                JOIN {schema}.outbox o ON o.ctid = c.tid AND o.id = c.id
                 CROSS JOIN LATERAL (
                     SELECT e.id, e.key, e.available_at FROM {schema}.outbox e
                     WHERE e.topic = the_topic
@@ -290,27 +308,31 @@ BEGIN
                       AND f.id > h.id AND f.available_at < h.available_at
                       AND (f.claimed_until IS NULL OR f.claimed_until < now())
                     ORDER BY hashtextextended(f.key, 0), f.id LIMIT max_rows) f
-                WHERE o.id = ANY (candidates)
-                  AND h.id < o.id AND h.available_at > now()
+                WHERE h.id < o.id AND h.available_at > now()
                 LIMIT max_rows) b;
-        WITH behind AS (
+        WITH locked AS (
             SELECT o.ctid, d.until
-            FROM unnest(tids, times) d (tid, until)
+            FROM unnest(behind, times) d (tid, until)
             JOIN {schema}.outbox o ON o.ctid = d.tid
             WHERE o.available_at < d.until
             FOR UPDATE OF o SKIP LOCKED)
-        UPDATE {schema}.outbox o SET available_at = b.until
-        FROM behind b WHERE o.ctid = b.ctid;
+        UPDATE {schema}.outbox o SET available_at = l.until
+        FROM locked l WHERE o.ctid = l.ctid;
     END IF;
-    IF cardinality(picked) < max_rows AND window_full AND cardinality(tids) = 0 THEN
+    IF cardinality(tids) < max_rows AND cardinality(picked) < max_rows AND window_full
+       AND cardinality(behind) = 0 THEN
         from_hash := ((random() - 0.5) * 1.8e19)::bigint;
-        candidates := {schema}.walk_keys(the_topic, from_hash, highest, window_rows);
-        IF cardinality(candidates) < window_rows THEN
-            candidates := candidates || {schema}.walk_keys(
-                the_topic, lowest, from_hash - 1, window_rows - cardinality(candidates));
+        SELECT w.tids, w.ids INTO tids, ids FROM {schema}.walk_keys(the_topic, from_hash, highest, window_rows) w;
+        IF cardinality(tids) < window_rows THEN
+            SELECT w.tids, w.ids INTO more_tids, more_ids
+                FROM {schema}.walk_keys(the_topic, lowest, from_hash - 1, window_rows - cardinality(tids)) w;
+            tids := tids || more_tids;
+            ids := ids || more_ids;
         END IF;
+        SELECT coalesce(array_agg(u.tid ORDER BY u.id), '{}'), coalesce(array_agg(u.id ORDER BY u.id), '{}')
+            INTO tids, ids FROM unnest(tids, ids) u (tid, id);
         picked := picked || {schema}.lock_heads(
-            the_topic, candidates, max_rows - cardinality(picked), picked, false, pids, starts, seen);
+            the_topic, tids, ids, max_rows - cardinality(picked), picked, false, pids, starts, seen);
     END IF;
     RETURN picked;
 END
@@ -326,12 +348,16 @@ CREATE OR REPLACE FUNCTION {schema}.claim(
     topics text[], max_rows integer, token uuid, visibility double precision)
 RETURNS SETOF {schema}.claimed
 LANGUAGE plpgsql
--- Every statement below reads indexes in their order, a few rows at a
--- time: their plans must not depend on statistics, which lag behind a
--- queue (a plan cached while the table was small, or chosen on stale
--- statistics, would scan and sort the whole backlog on every claim).  No
--- JIT either: the estimates of a big backlog would compile every claim's
--- statements (tens of milliseconds each) to read a few rows.
+-- With its owner's rights, as every function of the schema (version 3 of
+-- the privileges).  Every statement below reads indexes in their order, a
+-- few rows at a time: their plans must not depend on statistics, which
+-- lag behind a queue (a plan cached while the table was small, or chosen
+-- on stale statistics, would scan and sort the whole backlog on every
+-- claim).  No JIT either: the estimates of a big backlog would compile
+-- every claim's statements (tens of milliseconds each) to read a few rows.
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET jit = off
@@ -386,3 +412,12 @@ BEGIN
     END LOOP;
 END
 $fn$;
+
+-- The claim's helpers are the claim's business.
+REVOKE EXECUTE ON FUNCTION
+    {schema}.claim_free(timestamptz, integer, timestamptz, integer[], timestamptz[], timestamptz),
+    {schema}.walk_keys(text, bigint, bigint, integer),
+    {schema}.lock_heads(text, tid[], bigint[], integer, tid[], boolean, integer[], timestamptz[], timestamptz),
+    {schema}.claim_window(text, integer, integer, integer[], timestamptz[], timestamptz),
+    {schema}.pick_topic(text, integer, integer[], timestamptz[], timestamptz)
+    FROM PUBLIC;
