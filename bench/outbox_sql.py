@@ -169,21 +169,26 @@ def update_workload(cur, conn_dsn, single, rows=10000, statements=20000):
 
 
 def drain(cur, args):
-    print(f"drain {args.rows} pending changes, batches of {BATCH}, median of {args.rounds} rounds")
+    print(f"drain {args.rows} pending changes, batches of {BATCH}, median of {args.rounds} rounds;"
+          " the server's CPU (its backend) per 1,000 changes")
+    cur.execute("SELECT pg_backend_pid()")
+    pid = cur.fetchone()[0]
     for keys in (None, 500, 10, 1):
         if keys is not None and keys < 100 and args.rows > 5000:
             rows = 5000 if keys == 10 else 2000
         else:
             rows = args.rows
-        hermes, plain = [], []
+        hermes, plain, cpu = [], [], []
         for _ in range(args.rounds):
             fill(cur, rows, keys)
             plain.append(drain_plain(cur, rows))
+            before = outbox_claims.cpu_seconds(pid)
             hermes.append(drain_hermes(cur, rows))
+            cpu.append(outbox_claims.cpu_seconds(pid) - before)
         h, p = statistics.median(hermes), statistics.median(plain)
         label = "own key each" if keys is None else f"{keys} keys"
         print(f"  {label:>12}: {rows} rows  hermes {rows / h:9.0f}/s   plain loop {rows / p:9.0f}/s"
-              f"   ratio {p / h:.2f}")
+              f"   ratio {p / h:.2f}   hermes CPU {statistics.median(cpu) / rows * 1e6:.1f} ms")
 
 
 def blocked(cur, args):

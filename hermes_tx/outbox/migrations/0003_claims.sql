@@ -91,9 +91,9 @@ END
 $fn$;
 
 -- lock_heads: lock up to max_rows of the candidates (rows of the_topic,
--- given as the versions an earlier statement saw: their ctids and ids,
--- oldest first) that are claimable now (available, and free as far as
--- their claim goes), in that order, leaving out rows already picked.  With probe, only those
+-- given as the versions an earlier statement saw: their ctids and ids)
+-- that are claimable now (available, and free as far as their claim
+-- goes), oldest first, leaving out rows already picked.  With probe, only those
 -- that are the oldest row of their key (one index probe each); without,
 -- the caller knows they are.  A candidate changed since it was seen (for
 -- one, deleted and inserted again by a dead letter's retry, which puts an
@@ -107,7 +107,7 @@ AS $fn$
 BEGIN
     RETURN ARRAY(
         SELECT o.ctid
-        FROM unnest(tids, ids) WITH ORDINALITY c (tid, id, n)
+        FROM (SELECT u.tid, u.id FROM unnest(tids, ids) u (tid, id) ORDER BY u.id OFFSET 0) c
         JOIN {schema}.outbox o ON o.ctid = c.tid AND o.id = c.id
         WHERE o.available_at <= now()
           AND {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen)
@@ -118,7 +118,7 @@ BEGIN
                 AND hashtextextended(e.key, 0) >= hashtextextended(o.key, 0)
                 AND hashtextextended(e.key, 0) <= hashtextextended(o.key, 0) AND e.key = o.key
               ORDER BY hashtextextended(e.key, 0), e.id LIMIT 1))
-        ORDER BY c.n
+        ORDER BY c.id
         LIMIT max_rows
         FOR UPDATE OF o SKIP LOCKED);
 END
@@ -126,12 +126,12 @@ $fn$;
 
 -- claim_window: the window of a claim (see pick_topic): the first
 -- window_rows free rows (see claim_free) of the rows back from a retry or
--- a deferral, by the time they came back, then of the fresh rows, oldest
--- first, with the rows in flight among them (scan_rows rows at most of
--- each).  Returns its candidates, the oldest row of each key in it if
--- free (their ctids and ids); whether it was full (more rows may follow);
--- whether it is exact:
--- it holds every row back from a retry and no row of the topic waits, so
+-- a deferral, by the time they came back, and the first window_rows free
+-- fresh rows, oldest first; each with the rows in flight among them
+-- (scan_rows rows at most of each).  Returns its candidates, the oldest
+-- row of each key in it if free (their ctids and ids, in no order);
+-- whether it was full (more rows may follow); whether it is exact: it
+-- holds every row back from a retry and no row of the topic waits, so
 -- every row older than a candidate is in it and candidates are heads.
 -- Each statement reads an index in its order, a few rows at a time, and
 -- its plan cannot read another way whatever the statistics say: ranges
@@ -150,11 +150,16 @@ DECLARE
     highest constant bigint := 9223372036854775807;
     later_at timestamptz;
     later_id bigint;
+    fresh_id bigint;
+    later_free bigint;
+    later_rows bigint;
+    fresh_free bigint;
+    fresh_rows bigint;
 BEGIN
     IF current_setting('server_version_num')::integer >= 150000
        AND coalesce(current_setting('hermes.claim_window', true), '') <> 'bounds' THEN
-        WITH later AS (
-            SELECT l.id, l.tid, l.h, l.free, l.n FROM (
+        WITH win AS (
+            (SELECT 'l' AS part, l.id, l.tid, l.h, l.free, l.n FROM (
                 SELECT o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h, f.free,
                        count(*) FILTER (WHERE f.free)
                            OVER (ORDER BY o.topic, o.available_at, o.id ROWS UNBOUNDED PRECEDING) AS n
@@ -162,12 +167,10 @@ BEGIN
                 CROSS JOIN LATERAL (SELECT {schema}.claim_free(
                     o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen) AS free) f
                 WHERE o.topic = the_topic AND o.available_at > o.created_at AND o.available_at <= now()) l
-            WHERE l.n <= window_rows
-            LIMIT scan_rows
-        ), later_free AS (
-            SELECT coalesce(max(l.n), 0) AS n, count(*) AS scanned FROM later l
-        ), fresh AS (
-            SELECT r.id, r.tid, r.h, r.free, r.n FROM (
+             WHERE l.n <= window_rows
+             LIMIT scan_rows)
+            UNION ALL
+            (SELECT 'f', r.id, r.tid, r.h, r.free, r.n FROM (
                 SELECT o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h, f.free,
                        count(*) FILTER (WHERE f.free)
                            OVER (ORDER BY o.topic, o.id ROWS UNBOUNDED PRECEDING) AS n
@@ -175,65 +178,50 @@ BEGIN
                 CROSS JOIN LATERAL (SELECT {schema}.claim_free(
                     o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen) AS free) f
                 WHERE o.topic >= the_topic AND o.topic <= the_topic AND o.available_at <= o.created_at) r
-            WHERE r.n <= window_rows - (SELECT n FROM later_free)
-            LIMIT scan_rows
-        ), win AS (
-            SELECT l.id, l.tid, l.h, l.free FROM later l UNION ALL SELECT f.id, f.tid, f.h, f.free FROM fresh f
-        ), heads AS (
-            SELECT d.id, d.tid FROM (SELECT DISTINCT ON (w.h) w.id, w.tid, w.free FROM win w ORDER BY w.h, w.id) d
-            WHERE d.free
+             WHERE r.n <= window_rows
+             LIMIT scan_rows)
         )
-        SELECT coalesce((SELECT array_agg(hd.tid ORDER BY hd.id) FROM heads hd), '{}'),
-               coalesce((SELECT array_agg(hd.id ORDER BY hd.id) FROM heads hd), '{}'),
-               lf.n + coalesce((SELECT max(f.n) FROM fresh f), 0) >= window_rows
-                   OR lf.scanned >= scan_rows OR (SELECT count(*) FROM fresh) >= scan_rows,
-               lf.n < window_rows AND lf.scanned < scan_rows
-            INTO tids, ids, window_full, exact
-            FROM later_free lf;
+        SELECT coalesce(array_agg(w.tid) FILTER (WHERE w.first AND w.free), '{}'),
+               coalesce(array_agg(w.id) FILTER (WHERE w.first AND w.free), '{}'),
+               coalesce(max(w.n) FILTER (WHERE w.part = 'l'), 0), count(*) FILTER (WHERE w.part = 'l'),
+               coalesce(max(w.n) FILTER (WHERE w.part = 'f'), 0), count(*) FILTER (WHERE w.part = 'f')
+            INTO tids, ids, later_free, later_rows, fresh_free, fresh_rows
+            FROM (SELECT w.*, row_number() OVER (PARTITION BY w.h ORDER BY w.id) = 1 AS first FROM win w) w;
     ELSE
         SELECT o.available_at, o.id INTO later_at, later_id FROM {schema}.outbox o
             WHERE o.topic = the_topic AND o.available_at > o.created_at AND o.available_at <= now()
               AND {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen)
             ORDER BY o.topic, o.available_at, o.id OFFSET window_rows - 1 LIMIT 1;
-        WITH later AS (
-            SELECT o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h,
-                   {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen) AS free
-            FROM {schema}.outbox o
-            WHERE o.topic = the_topic AND o.available_at > o.created_at AND o.available_at <= now()
-              AND (o.available_at, o.id) <= (coalesce(later_at, 'infinity'), coalesce(later_id, highest))
-            ORDER BY o.topic, o.available_at, o.id LIMIT scan_rows
-        ), later_free AS (
-            SELECT count(*) FILTER (WHERE l.free)::integer AS n, count(*) AS scanned FROM later l
-        ), fresh_end AS (
-            SELECT o.id FROM {schema}.outbox o
+        SELECT o.id INTO fresh_id FROM {schema}.outbox o
             WHERE o.topic >= the_topic AND o.topic <= the_topic AND o.available_at <= o.created_at
               AND {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen)
-            ORDER BY o.topic, o.id
-            OFFSET greatest(window_rows - (SELECT n FROM later_free) - 1, 0) LIMIT 1
-        ), fresh AS (
-            SELECT o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h,
-                   {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen) AS free
-            FROM {schema}.outbox o
-            WHERE o.topic >= the_topic AND o.topic <= the_topic AND o.available_at <= o.created_at
-              AND o.id <= coalesce((SELECT e.id FROM fresh_end e), highest)
-              AND (SELECT n FROM later_free) < window_rows
-            ORDER BY o.topic, o.id LIMIT scan_rows
-        ), win AS (
-            SELECT * FROM later UNION ALL SELECT * FROM fresh
-        ), heads AS (
-            SELECT d.id, d.tid FROM (SELECT DISTINCT ON (w.h) w.id, w.tid, w.free FROM win w ORDER BY w.h, w.id) d
-            WHERE d.free
+            ORDER BY o.topic, o.id OFFSET window_rows - 1 LIMIT 1;
+        WITH win AS (
+            (SELECT 'l' AS part, o.id, o.ctid AS tid, hashtextextended(o.key, 0) AS h,
+                    {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen) AS free
+             FROM {schema}.outbox o
+             WHERE o.topic = the_topic AND o.available_at > o.created_at AND o.available_at <= now()
+               AND (o.available_at, o.id) <= (coalesce(later_at, 'infinity'), coalesce(later_id, highest))
+             ORDER BY o.topic, o.available_at, o.id LIMIT scan_rows)
+            UNION ALL
+            (SELECT 'f', o.id, o.ctid, hashtextextended(o.key, 0),
+                    {schema}.claim_free(o.claimed_until, o.claim_pid, o.claimed_at, pids, starts, seen)
+             FROM {schema}.outbox o
+             WHERE o.topic >= the_topic AND o.topic <= the_topic AND o.available_at <= o.created_at
+               AND o.id <= coalesce(fresh_id, highest)
+             ORDER BY o.topic, o.id LIMIT scan_rows)
         )
-        SELECT coalesce((SELECT array_agg(hd.tid ORDER BY hd.id) FROM heads hd), '{}'),
-               coalesce((SELECT array_agg(hd.id ORDER BY hd.id) FROM heads hd), '{}'),
-               lf.n + (SELECT count(*) FILTER (WHERE f.free) FROM fresh f) >= window_rows
-                   OR lf.scanned >= scan_rows OR (SELECT count(*) FROM fresh) >= scan_rows,
-               lf.n < window_rows AND lf.scanned < scan_rows
-            INTO tids, ids, window_full, exact
-            FROM later_free lf;
+        SELECT coalesce(array_agg(w.tid) FILTER (WHERE w.first AND w.free), '{}'),
+               coalesce(array_agg(w.id) FILTER (WHERE w.first AND w.free), '{}'),
+               count(*) FILTER (WHERE w.part = 'l' AND w.free), count(*) FILTER (WHERE w.part = 'l'),
+               count(*) FILTER (WHERE w.part = 'f' AND w.free), count(*) FILTER (WHERE w.part = 'f')
+            INTO tids, ids, later_free, later_rows, fresh_free, fresh_rows
+            FROM (SELECT w.*, row_number() OVER (PARTITION BY w.h ORDER BY w.id) = 1 AS first FROM win w) w;
     END IF;
-    -- and no row of the topic waits
-    exact := exact AND coalesce((
+    window_full := later_free >= window_rows OR fresh_free >= window_rows
+        OR later_rows >= scan_rows OR fresh_rows >= scan_rows;
+    -- every row back from a retry is in the window, and no row of the topic waits
+    exact := later_free < window_rows AND later_rows < scan_rows AND coalesce((
         SELECT o.available_at <= now() FROM {schema}.outbox o
         WHERE o.topic = the_topic AND o.available_at > o.created_at
         ORDER BY o.topic DESC, o.available_at DESC LIMIT 1), true);
@@ -329,8 +317,6 @@ BEGIN
             tids := tids || more_tids;
             ids := ids || more_ids;
         END IF;
-        SELECT coalesce(array_agg(u.tid ORDER BY u.id), '{}'), coalesce(array_agg(u.id ORDER BY u.id), '{}')
-            INTO tids, ids FROM unnest(tids, ids) u (tid, id);
         picked := picked || {schema}.lock_heads(
             the_topic, tids, ids, max_rows - cardinality(picked), picked, false, pids, starts, seen);
     END IF;
