@@ -268,6 +268,7 @@ DECLARE
     window_full boolean;
     exact boolean;
     behind tid[] := '{}';
+    behind_ids bigint[];
     times timestamptz[];
     from_hash bigint;
 BEGIN
@@ -276,10 +277,11 @@ BEGIN
     picked := {schema}.lock_heads(the_topic, tids, ids, max_rows, '{}', NOT exact, pids, starts, seen);
     IF cardinality(picked) < max_rows AND NOT exact THEN
         -- defer the rows behind candidates whose key's head waits
-        SELECT coalesce(array_agg(b.ctid), '{}'), coalesce(array_agg(b.until), '{}')
-            INTO behind, times
+        SELECT coalesce(array_agg(b.ctid), '{}'), coalesce(array_agg(b.id), '{}'),
+               coalesce(array_agg(b.until), '{}')
+            INTO behind, behind_ids, times
             FROM (
-                SELECT f.ctid, h.available_at AS until
+                SELECT f.ctid, f.id, h.available_at AS until
                 FROM unnest(tids, ids) c (tid, id)
                 JOIN {schema}.outbox o ON o.ctid = c.tid AND o.id = c.id
                 CROSS JOIN LATERAL (
@@ -289,7 +291,7 @@ BEGIN
                       AND hashtextextended(e.key, 0) <= hashtextextended(o.key, 0) AND e.key = o.key
                     ORDER BY hashtextextended(e.key, 0), e.id LIMIT 1) h
                 CROSS JOIN LATERAL (
-                    SELECT f.ctid FROM {schema}.outbox f
+                    SELECT f.ctid, f.id FROM {schema}.outbox f
                     WHERE f.topic = the_topic
                       AND hashtextextended(f.key, 0) >= hashtextextended(h.key, 0)
                       AND hashtextextended(f.key, 0) <= hashtextextended(h.key, 0) AND f.key = h.key
@@ -300,8 +302,8 @@ BEGIN
                 LIMIT max_rows) b;
         WITH locked AS (
             SELECT o.ctid, d.until
-            FROM unnest(behind, times) d (tid, until)
-            JOIN {schema}.outbox o ON o.ctid = d.tid
+            FROM unnest(behind, behind_ids, times) d (tid, id, until)
+            JOIN {schema}.outbox o ON o.ctid = d.tid AND o.id = d.id
             WHERE o.available_at < d.until
             FOR UPDATE OF o SKIP LOCKED)
         UPDATE {schema}.outbox o SET available_at = l.until
