@@ -3,6 +3,10 @@ The outbox's SQL against the hand-written queue loop, on one throwaway
 server, in one run (not run by the tests).
 
     .venv/bin/python bench/outbox_sql.py [--rows 50000] [--rounds 3]
+        [--only SECTION ...] [--version N]
+
+--version installs the outbox only up to that migration (2: the claim
+before version 4), to measure before and after on the same machine.
 
   drain    N pending changes drained from one blocking psycopg2 connection
            with a no-op "processor": hermes.claim(500) + ack, against
@@ -14,6 +18,15 @@ server, in one run (not run by the tests).
   blocked  one claim(500) while other tokens hold batches of changes (other
            consumers), up to the head of every key (nothing claimable: the
            per-key check's worst case)
+  waiting  claim(500) while 100,000 keys wait for a retry; with a row
+           behind each; with 10,000 fresh keys besides
+  takeover a process holding 500 claims is SIGKILLed: seconds until
+           another connection's claim gets them (visibility 30 s)
+  bursts   three bursts of 100,000 changes drained by a claim + ack loop,
+           then 500 changes/s: commit -> claimed, p50/p99/max
+  backlog  a role with statement_timeout=50ms claiming from 400,000
+           changes inserted at once (one key each, 500 keys)
+  keys     emit with a 100 kB key; capture of a 2,690-byte text key
   capture  the same UPDATE workload on a 10,000-row table without and with
            the capture trigger: one row per autocommit statement, and one
            statement updating every row
@@ -28,10 +41,11 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
 import psycopg2  # noqa: E402
 
+import outbox_claims  # noqa: E402
 from hermes_tx.outbox import schema as outbox_schema  # noqa: E402
 from hermes_tx.outbox import sql as outbox_sql  # noqa: E402
 from hermes_tx.outbox.capture import capture, uncapture  # noqa: E402
@@ -154,56 +168,87 @@ def update_workload(cur, conn_dsn, single, rows=10000, statements=20000):
     return elapsed
 
 
+def drain(cur, args):
+    print(f"drain {args.rows} pending changes, batches of {BATCH}, median of {args.rounds} rounds;"
+          " the server's CPU (its backend) per 1,000 changes")
+    cur.execute("SELECT pg_backend_pid()")
+    pid = cur.fetchone()[0]
+    for keys in (None, 500, 10, 1):
+        if keys is not None and keys < 100 and args.rows > 5000:
+            rows = 5000 if keys == 10 else 2000
+        else:
+            rows = args.rows
+        hermes, plain, cpu = [], [], []
+        for _ in range(args.rounds):
+            fill(cur, rows, keys)
+            plain.append(drain_plain(cur, rows))
+            before = outbox_claims.cpu_seconds(pid)
+            hermes.append(drain_hermes(cur, rows))
+            cpu.append(outbox_claims.cpu_seconds(pid) - before)
+        h, p = statistics.median(hermes), statistics.median(plain)
+        label = "own key each" if keys is None else f"{keys} keys"
+        print(f"  {label:>12}: {rows} rows  hermes {rows / h:9.0f}/s   plain loop {rows / p:9.0f}/s"
+              f"   ratio {p / h:.2f}   hermes CPU {statistics.median(cpu) / rows * 1e6:.1f} ms")
+
+
+def blocked(cur, args):
+    print(f"one claim(500) while others hold changes ({args.rows} rows, median of 10)")
+    for keys, held, label in [
+        (None, 1500, "own key each, 3 batches in flight"),
+        (500, 500, "500 keys, every head in flight"),
+        (5000, 5000, "5000 keys, every head in flight"),
+        (5000, 1500, "5000 keys, 3 batches in flight"),
+    ]:
+        seconds, got, holding = blocked_claim(cur, args.rows, keys, held)
+        print(f"  {label:>34}: {seconds * 1000:7.2f} ms, got {got} (held {holding})")
+
+
+def capture_overhead(conn, cur, args):
+    print("capture overhead: UPDATE workload without / with the trigger")
+    for single in (True, False):
+        without, with_ = [], []
+        for _ in range(args.rounds):
+            without.append(update_workload(cur, None, single))
+            capture(conn, "items", "items")
+            with_.append(update_workload(cur, None, single))
+            uncapture(conn, "items")
+        w, t = statistics.median(without), statistics.median(with_)
+        label = "20000 single-row statements" if single else "one statement, 10000 rows"
+        print(f"  {label}: {w:.3f} s / {t:.3f} s = {t / w:.2f}x")
+
+
+SECTIONS = ("drain", "blocked", "waiting", "takeover", "bursts", "backlog", "keys", "capture")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--rows", type=int, default=50000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS)
+    parser.add_argument("--version", type=int, default=None, help="install the outbox up to this migration")
     args = parser.parse_args()
     cluster = Cluster.create_primary()
     try:
-        conn = psycopg2.connect(cluster.dsn(application_name="bench-outbox"))
+        dsn = cluster.dsn(application_name="bench-outbox")
+        conn = psycopg2.connect(dsn)
         conn.autocommit = True
-        outbox_schema.install(conn)
+        applied = outbox_schema.install(conn, target=args.version)
+        print(f"outbox at version {applied[-1].version}")
         cur = conn.cursor()
         make_tables(cur)
-
-        print(f"drain {args.rows} pending changes, batches of {BATCH}, median of {args.rounds} rounds")
-        for keys in (None, 500, 10, 1):
-            if keys is not None and keys < 100 and args.rows > 5000:
-                rows = 5000 if keys == 10 else 2000
-            else:
-                rows = args.rows
-            hermes, plain = [], []
-            for _ in range(args.rounds):
-                fill(cur, rows, keys)
-                plain.append(drain_plain(cur, rows))
-                hermes.append(drain_hermes(cur, rows))
-            h, p = statistics.median(hermes), statistics.median(plain)
-            label = "own key each" if keys is None else f"{keys} keys"
-            print(f"  {label:>12}: {rows} rows  hermes {rows / h:9.0f}/s   plain loop {rows / p:9.0f}/s"
-                  f"   ratio {p / h:.2f}")
-
-        print(f"one claim(500) while others hold changes ({args.rows} rows, median of 10)")
-        for keys, held, label in [
-            (None, 1500, "own key each, 3 batches in flight"),
-            (500, 500, "500 keys, every head in flight"),
-            (5000, 5000, "5000 keys, every head in flight"),
-            (5000, 1500, "5000 keys, 3 batches in flight"),
-        ]:
-            seconds, got, holding = blocked_claim(cur, args.rows, keys, held)
-            print(f"  {label:>34}: {seconds * 1000:7.2f} ms, got {got} (held {holding})")
-
-        print("capture overhead: UPDATE workload without / with the trigger")
-        for single in (True, False):
-            without, with_ = [], []
-            for _ in range(args.rounds):
-                without.append(update_workload(cur, None, single))
-                capture(conn, "items", "items")
-                with_.append(update_workload(cur, None, single))
-                uncapture(conn, "items")
-            w, t = statistics.median(without), statistics.median(with_)
-            label = "20000 single-row statements" if single else "one statement, 10000 rows"
-            print(f"  {label}: {w:.3f} s / {t:.3f} s = {t / w:.2f}x")
+        sections = {
+            "drain": lambda: drain(cur, args),
+            "blocked": lambda: blocked(cur, args),
+            "waiting": lambda: outbox_claims.waiting(cur),
+            "takeover": lambda: outbox_claims.takeover(cur, dsn),
+            "bursts": lambda: outbox_claims.bursts(cur, dsn),
+            "backlog": lambda: outbox_claims.backlog(cluster, "postgres", cur),
+            "keys": lambda: outbox_claims.keys(conn, cur),
+            "capture": lambda: capture_overhead(conn, cur, args),
+        }
+        for name in SECTIONS:
+            if name in args.only:
+                sections[name]()
         conn.close()
     finally:
         cluster.destroy()

@@ -42,10 +42,14 @@ def claim(schema=DEFAULT_SCHEMA):
     """
     Claim changes: at most C{limit} rows of the given topics, oldest first,
     each the oldest row of its topic and key still in the outbox (per-key
-    order across every consumer), available now and not claimed (or its
-    claim expired).  Each topic gets an equal share of C{limit}; what some
-    leave goes to the others.  Each row gets C{claim_token = token} and
-    C{claimed_until = now() + visibility} and its attempts counted.
+    order across every consumer), available now and not claimed, or its
+    claim expired, or the backend that made its claim gone (killed, its
+    connection lost, or a claim made on a server that failed over).  Each
+    topic gets an equal share of C{limit}; what some leave goes to the
+    others.  Each row gets C{claim_token = token}, C{claimed_until = now()
+    + visibility}, the claiming backend (C{claim_pid}, C{claimed_at}) and
+    its attempts counted.  Claims made on one connection belong to its
+    backend: a consumer that reconnects has lost them to the next claim.
 
     Parameters: C{topics} (list of str), C{limit} (int), C{token} (str or
     UUID), C{visibility} (seconds, float > 0).

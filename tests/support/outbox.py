@@ -55,12 +55,17 @@ class OutboxDatabase(ClassFixtures):
 
     schema = "hermes"
     install_outbox = True
+    #: C{hermes.claim_window} for every connection to the class's database:
+    #: C{"bounds"} makes claims find their window as on PostgreSQL 11 to 14
+    claim_window = None
 
     @classmethod
     def setUpClass(cls):
         cls.cluster = shared_primary()
         cls.dbname = make_database(cls.cluster, cls.__name__)
         cls.dsn = cls.cluster.dsn(cls.dbname)
+        if cls.claim_window is not None:
+            cls.cluster.execute(f'ALTER DATABASE "{cls.dbname}" SET hermes.claim_window = %s', (cls.claim_window,))
         if cls.install_outbox:
             conn = psycopg2.connect(cls.dsn)
             try:
@@ -133,8 +138,15 @@ class OutboxDatabase(ClassFixtures):
 
     def claim(self, topics, limit=100, token=None, visibility=30.0, conn=None):
         """
+        Claim on C{conn}, or on one connection kept open for the whole test
+        (a claim whose backend is gone is taken over by the next claim).
+
         @return: C{(token, rows)} of a claim (a new token unless given).
         """
+        if conn is None:
+            conn = self.__dict__.get("_claimer")
+            if conn is None:
+                conn = self._claimer = self.connect()
         token = token or str(uuid.uuid4())
         rows = self.execute(statements.claim(self.schema), (list(topics), limit, token, visibility), conn)
         return token, rows
@@ -174,6 +186,20 @@ def in_thread(target, *args):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, result
+
+
+def join_threads(test, threads, timeout=60.0):
+    """
+    Wait for L{in_thread} threads; fail C{test} if one is still running or
+    raised.
+
+    @return: their values, in order.
+    """
+    for thread, result in threads:
+        thread.join(timeout)
+        test.assertFalse(thread.is_alive())
+        test.assertNotIn("error", result)
+    return [result["value"] for _, result in threads]
 
 
 def notifications(conn, wait=1.0):
