@@ -83,6 +83,22 @@ class TakeoverTests(OutboxDatabase, unittest.TestCase):
         self.assertEqual(self.ack([heads[0]], new), [heads[0]])
         self.assertEqual([r[0] for r in self.claim(["t"])[1]], [follower])
 
+    def test_extension_on_a_new_connection_keeps_the_claims(self):
+        """
+        A consumer whose connection was lost extends what it holds on its
+        next connection: those claims are that backend's now, and outlive
+        the first one's end (version 5).
+        """
+        ids = [self.emit("t", f"k{i}") for i in range(2)]
+        first, second = self.connect(), self.connect()
+        token, rows = self.claim(["t"], visibility=300.0, conn=first)
+        self.assertEqual([r[0] for r in rows], ids)
+        self.assertEqual(self.execute(statements.extend(), ("{%d}" % ids[0], token, 300.0), second),
+                         [(ids[0],)])
+        self.terminate(first)
+        self.assertEqual([r[0] for r in self.claim(["t"])[1]], ids[1:])
+        self.assertEqual(self.ack(ids[:1], token), ids[:1])
+
     def test_live_backend_keeps_its_claims(self):
         """
         A backend that is alive keeps its claims, idle or busy with another
@@ -576,7 +592,7 @@ class UpgradeTests(OutboxDatabase, unittest.TestCase):
         token = str(uuid.uuid4())
         self.query(claim, (["t"], 10, token, 300.0))
         self.query(statements.release("up"), ([pending[0], waiting], token, [0.0, 60.0], [None, "x"], 10))
-        self.assertEqual([m.version for m in install(conn, "up")], [4])
+        self.assertEqual([m.version for m in install(conn, "up")], [4, 5, 6])
         again = str(uuid.uuid4())
         self.assertEqual([r[0] for r in self.execute(claim, (["t"], 10, again, 30.0), conn)], [pending[0]])
         self.assertEqual(self.query(statements.ack("up"), ([flying], token)), [(flying,)])

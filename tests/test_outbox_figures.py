@@ -3,10 +3,10 @@ Tests for L{hermes_tx.outbox.figures.Figures} in memory: a
 L{hermes_tx.postgres.session.Session} on a L{ScriptedConnection} whose
 answers the test gives, and a L{task.Clock}.  Read when asked, cached,
 one read at a time; a failing read keeps the last figures and says so
-once; counts above the cap come from the planner's estimate.
+once.  L{FunctionTests}: the schema's C{figures()} on a real server.
 """
 
-import json
+import uuid
 
 import psycopg2
 from twisted.internet import task
@@ -18,14 +18,7 @@ from hermes_tx.outbox import sql
 from hermes_tx.outbox.figures import Figures
 from hermes_tx.postgres.session import Session
 from tests.support.fakes import ScriptedConnection
-
-
-def plan(rows):
-    """
-    @return: the one row of an C{EXPLAIN (FORMAT JSON)} answer estimating
-        C{rows}.
-    """
-    return ([{"Plan": {"Node Type": "Index Only Scan", "Plan Rows": rows}}],)
+from tests.support.outbox import OutboxDatabase
 
 
 class FiguresTests(unittest.TestCase):
@@ -58,7 +51,7 @@ class FiguresTests(unittest.TestCase):
         self.assertEqual(self.figures.current(self.session), {})
         [query] = self.reads()
         self.assertEqual(query.params, (["t1", "t2"], 10))
-        query.answer([("t1", 5, 2, 3.5, 1), ("t2", 0, 0, None, 0)])
+        query.answer([("t1", 3, 2, 3.5, 1, False), ("t2", 0, 0, None, 0, False)])
         self.assertEqual(self.figures.current(self.session),
                          {"t1": (3, 2, 3.5, 1), "t2": (0, 0, None, 0)})
         self.assertEqual(self.figures.read_at, 1000)
@@ -87,7 +80,7 @@ class FiguresTests(unittest.TestCase):
 
     def test_read_now(self):
         d = self.figures.read(self.session)
-        self.reads()[0].answer([("t1", 1, 0, 0.5, 0)])
+        self.reads()[0].answer([("t1", 1, 0, 0.5, 0, False)])
         self.assertEqual(self.successResultOf(d), {"t1": (1, 0, 0.5, 0)})
 
     def test_failing_read_keeps_the_last_and_says_so_once(self):
@@ -96,7 +89,7 @@ class FiguresTests(unittest.TestCase):
         keeps the last figures and costs nothing else: one line, at most
         one a minute, and the connection stays.
         """
-        self.read([("t1", 5, 0, 1.0, 0)])
+        self.read([("t1", 5, 0, 1.0, 0, False)])
         self.clock.advance(5)
         denied = psycopg2.errors.InsufficientPrivilege("permission denied for table outbox")
         last = self.read_failing(denied)
@@ -124,36 +117,66 @@ class FiguresTests(unittest.TestCase):
         A read failing because the connection went says nothing: the
         connection's loss is said by the consumer.
         """
-        self.read([("t1", 1, 0, 1.0, 0)])
+        self.read([("t1", 1, 0, 1.0, 0, False)])
         self.clock.advance(5)
         self.read_failing(ConnectionLostError("server closed the connection unexpectedly"))
         self.assertEqual(self.lines(), [])
         self.assertEqual(self.figures.last, {"t1": (1, 0, 1.0, 0)})
 
-    def test_capped_count_is_estimated(self):
+    def test_primed_once(self):
         """
-        A topic with more changes than the cap: the planner's estimate (an
-        EXPLAIN answer), never less than the capped count.
+        Primed (the consumer's first claim worked): read if never read,
+        else nothing.
         """
-        self.figures.current(self.session)
-        self.reads()[0].answer([("t1", 11, 3, 60.0, 0), ("t2", 11, 0, 1.0, 11)])
-        estimate = self.conn.one(sql.estimate("hermes", "outbox"))
-        self.assertEqual(estimate.params, ("t1",))
-        estimate.answer([plan(250000)])
-        estimate = self.conn.one(sql.estimate("hermes", "outbox"))
-        self.assertEqual(estimate.params, ("t2",))
-        estimate.answer([(json.dumps(plan(3)[0]),)])  # as text; below the cap: the count
-        dead = self.conn.one(sql.estimate("hermes", "dead_letters"))
-        self.assertEqual(dead.params, ("t2",))
-        dead.answer([plan(4000)])
-        self.assertEqual(self.figures.last, {"t1": (249997, 3, 60.0, 0), "t2": (11, 0, 1.0, 4000)})
+        self.figures.prime(self.session)
+        self.reads()[0].answer([("t1", 1, 0, 1.0, 0, False)])
+        self.clock.advance(60)
+        self.figures.prime(self.session)
+        self.assertEqual(self.reads(), [])
 
-    def test_failing_estimate_keeps_the_last(self):
-        self.read([("t1", 2, 0, 1.0, 0)])
-        self.clock.advance(5)
-        self.figures.current(self.session)
-        self.reads()[0].answer([("t1", 11, 0, 1.0, 0)])
-        self.conn.one(sql.estimate("hermes", "outbox")).fail(
-            psycopg2.errors.InsufficientPrivilege("permission denied"))
-        self.assertEqual(self.figures.last, {"t1": (2, 0, 1.0, 0)})
-        self.assertEqual(len(self.lines()), 1)
+
+class FunctionTests(OutboxDatabase, unittest.TestCase):
+    """
+    The schema's C{figures()} (C{0006_figures.sql}) on a real server.
+    """
+
+    def figures(self, topics, cap=5):
+        return {row[0]: row[1:] for row in self.query(sql.figures(), (topics, cap))}
+
+    def test_counts_in_flight_lag_and_dead_letters(self):
+        """
+        Pending and in flight (a live claim), the age of the oldest change
+        (one waiting for a retry is older than the fresh ones), dead
+        letters; a topic with nothing.
+        """
+        self.clear()
+        ids = [self.emit("t", f"k{i}") for i in range(4)]
+        self.query("UPDATE hermes.outbox SET created_at = now() - interval '60 s' WHERE id = %s",
+                   (ids[0],))
+        token = str(uuid.uuid4())
+        claimed = self.query(sql.claim(), (["t"], 2, token, 30.0))
+        self.assertEqual([r[0] for r in claimed], ids[:2])
+        self.query(sql.release(), ([ids[0]], token, [600.0], ["later"], 10))
+        self.query(sql.dead_letter(), ([ids[1]], token, ["bad"]))
+        figures = self.figures(["t", "none"])
+        pending, in_flight, oldest, dead, estimated = figures["t"]
+        self.assertEqual((pending, in_flight, dead, estimated), (3, 0, 1, False))
+        self.assertTrue(59 <= oldest < 70, oldest)
+        self.assertEqual(figures["none"], (0, 0, None, 0, False))
+        token = str(uuid.uuid4())
+        self.query(sql.claim(), (["t"], 1, token, 30.0))
+        self.assertEqual(self.figures(["t"])["t"][:2], (2, 1))
+
+    def test_past_the_cap_estimated(self):
+        """
+        More changes than the cap: the planner's estimate, never less than
+        the capped count, and said to be one.
+        """
+        self.clear()
+        self.query("INSERT INTO hermes.outbox (topic, key, payload)"
+                   " SELECT 'big', 'k' || g, '{}' FROM generate_series(1, 2000) g")
+        self.query("ANALYZE hermes.outbox")
+        pending, in_flight, _, _, estimated = self.figures(["big"], cap=100)["big"]
+        self.assertTrue(estimated)
+        self.assertTrue(1500 <= pending <= 2500, pending)
+        self.assertEqual(self.figures(["big"], cap=5000)["big"][0], 2000)

@@ -215,6 +215,8 @@ class ConsumerTests(_Roles, unittest.TestCase):
         self.assertEqual(self.consume(statements.dead_letter(), ids[3:4], token, ["bad"]), [(ids[3],)])
         self.assertEqual(self.consume(statements.unclaim(), ids[4:], token), [(ids[4],)])
         self.assertEqual([r[:3] + r[4:] for r in self.consume(statements.stats())], [("t", 1, 0, 3)])
+        self.assertEqual([r[:3] + r[4:] for r in self.consume(statements.figures(), ["t"], 10)],
+                         [("t", 1, 0, 3, False)])
         self.denied("consumer", "SELECT * FROM hermes.outbox")
         self.denied("consumer", "SELECT * FROM hermes.retry_dead_letters('{1}', false)")
 
@@ -393,6 +395,9 @@ class UpgradeTests(unittest.TestCase):
         # the dead letter of version 2 is superseded by the newer change
         self.assertEqual(cluster.execute("SELECT superseded_by FROM hermes.dead_letters", dbname=dbname),
                          [(row[0],)])
+        # a consumer may read the figures of /metrics (version 6)
+        cur.execute(statements.figures(), (["t"], 10))
+        self.assertEqual([r[:3] + r[4:] for r in cur.fetchall()], [("t", 0, 0, 1, False)])
 
 
 class OwnerTests(unittest.TestCase):

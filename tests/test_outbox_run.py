@@ -18,6 +18,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
 from hermes_tx.exceptions import ConnectionLostError
+from hermes_tx.outbox import sql as outbox_sql
 from hermes_tx.outbox.consumer import OutboxConsumer
 from hermes_tx.outbox.run import RELEASE_MARGIN, SKIP_AHEAD
 from hermes_tx.runtime.backoff import Backoff, backoff_policy
@@ -64,7 +65,7 @@ def ids(text):
 class _Consuming(unittest.TestCase):
     """
     A started consumer of topic C{t1} on fakes.  Unless a test says
-    otherwise: no liveness probe and no query deadline, a poll once a
+    otherwise: no liveness probe and no query deadline, no figures read, a poll once a
     minute, claims of 10, and an in-flight limit (100) the pacer does not
     change.
     """
@@ -79,7 +80,8 @@ class _Consuming(unittest.TestCase):
         self.queue = EventQueue() if queue is None else queue
         # No linger (LingerTests has it): claims follow their reasons at once.
         settings = dict(poll_interval=60.0, batch_size=10, max_in_flight=100, claim_horizon=None,
-                        liveness_timeout=None, visibility_timeout=30.0, claim_linger=0)
+                        liveness_timeout=None, visibility_timeout=30.0, claim_linger=0,
+                        stats_interval=None)
         settings.update(kwargs)
         consumer = self.consumer = OutboxConsumer(self.connector, ["t1", "t2"],
                                                   notif_queue=self.queue, clock=self.clock,
@@ -642,17 +644,18 @@ class StopTests(_Consuming):
 
 class FiguresTests(_Consuming):
     def figures(self):
-        return self.conn.waiting(self.consumer._figures._statement)
+        return self.conn.waiting(outbox_sql.figures("hermes"))
 
-    def test_read_when_asked_and_cached(self):
+    def test_read_after_the_first_claim_then_when_asked_and_cached(self):
         consumer = self.make(stats_interval=5.0)
+        self.assertEqual(self.figures(), [])
         self.answer_claim([])
+        [read] = self.figures()  # the first claim worked: read, for the first scrape
         self.assertEqual(consumer.figures(), {})
-        [read] = self.figures()
         self.assertEqual(read.params, (["t1", "t2"], 10000))
         self.assertEqual(consumer.figures(), {})
         self.assertEqual(len(self.figures()), 1)  # one read at a time
-        read.answer([("t1", 5, 2, 3.5, 1), ("t2", 0, 0, None, 0)])
+        read.answer([("t1", 3, 2, 3.5, 1, False), ("t2", 0, 0, None, 0, False)])
         self.assertEqual(consumer.figures(), {"t1": (3, 2, 3.5, 1), "t2": (0, 0, None, 0)})
         self.clock.advance(4.9)
         consumer.figures()

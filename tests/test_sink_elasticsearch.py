@@ -122,8 +122,9 @@ class ElasticsearchTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_whole_request_statuses(self):
         """
-        A 5xx, a 429 and credentials refused retry the whole batch (one
-        line naming the cause); nothing is rejected.
+        A 5xx, a 429 and credentials refused give the whole batch back as
+        Unavailable (the dependency, not a change, failed; one line naming
+        the cause); nothing is rejected.
         """
         answers = [(500, {}), (429, {"Retry-After": "3"}), (401, {}), (403, {})]
         self.es.script = lambda n: answers[n] if n < len(answers) else None
@@ -135,7 +136,8 @@ class ElasticsearchTests(unittest.TestCase):
             except (Retry, Reject) as e:
                 got.append((type(e).__name__, getattr(e, "retry_after", None), str(e)[:40]))
         self.assertEqual([g[:2] for g in got],
-                         [("Retry", None), ("Retry", 3), ("Retry", None), ("Retry", None)])
+                         [("Unavailable", None), ("Unavailable", 3), ("Unavailable", None),
+                          ("Unavailable", None)])
         self.assertEqual(got[2][2], f"authentication refused by {self.url}"[:40])
 
     @defer.inlineCallbacks

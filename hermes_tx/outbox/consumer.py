@@ -178,6 +178,13 @@ class OutboxConsumer(ConnectedComponent):
         session = run.session if run is not None and self.is_consuming else None
         return self._figures.current(session)
 
+    def prime_figures(self, session):
+        """
+        The first claim worked on C{session}: read the figures now if they
+        were never read (L{hermes_tx.outbox.figures.Figures.prime}).
+        """
+        self._figures.prime(session)
+
     def stopService(self):
         """
         Stop claiming.  Changes claimed but still queued are taken out of

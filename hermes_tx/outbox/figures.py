@@ -4,16 +4,15 @@ L{Figures}: the outbox's per-topic figures for C{/metrics} (pending, in
 flight, the lag, dead letters), read on the consumer's connection when
 someone asks, at a cost that does not grow with the backlog.
 
-They are read when asked for (a scrape), at most once every C{every}
-seconds, one read at a time, and never cost the consumer its connection: a
-read that fails (a short C{statement_timeout}, a missing grant) leaves the
-last figures and one line in the log.  Counts are exact up to
-L{hermes_tx.outbox.sql.FIGURES_CAP} per topic and estimated above it from
-the planner's statistics (C{EXPLAIN}); C{hermes-tx status} counts
-everything.
+They are read once the consumer's first claim worked (so that the first
+scrape has them), then when asked for (a scrape), at most once every
+C{every} seconds, one read at a time, and never cost the consumer its
+connection: a read that fails (a short C{statement_timeout}, a missing
+grant) leaves the last figures and one line in the log.  Counts are exact
+up to L{hermes_tx.outbox.sql.FIGURES_CAP} per topic and estimated above it
+from the planner's statistics (the schema's C{figures()} function);
+C{hermes-tx status} counts everything.
 """
-
-import json
 
 from twisted.internet import defer
 
@@ -43,7 +42,6 @@ class Figures:
         self.last = {}
         self.read_at = None
         self._statement = sql.figures(schema)
-        self._estimates = {table: sql.estimate(schema, table) for table in ("outbox", "dead_letters")}
         self._reading = None  # the read in flight
         self._failures = LogLimit(clock, 1, 60.0)
 
@@ -60,6 +58,14 @@ class Figures:
             self._reading.addBoth(self._done)
         return self.last
 
+    def prime(self, session):
+        """
+        Read the figures on C{session} if they were never read, so that the
+        first scrape has them.
+        """
+        if self.read_at is None:
+            self.current(session)
+
     def _done(self, _):
         self._reading = None
 
@@ -73,13 +79,8 @@ class Figures:
         """
         try:
             rows = yield session.query(self._statement, (self.topics, self.cap))
-            figures = {}
-            for topic, count, in_flight, oldest_age, dead in rows:
-                if count > self.cap:
-                    count = max(count, (yield self._estimate(session, "outbox", topic)))
-                if dead > self.cap:
-                    dead = max(dead, (yield self._estimate(session, "dead_letters", topic)))
-                figures[topic] = (max(0, count - in_flight), in_flight, oldest_age, dead)
+            figures = {topic: (pending, in_flight, oldest_age, dead)
+                       for topic, pending, in_flight, oldest_age, dead, _ in rows}
         except Exception as error:
             # A failed read waits as long as a good one before the next.
             self.read_at = self.clock.seconds()
@@ -92,11 +93,3 @@ class Figures:
         self.last = figures
         self.read_at = self.clock.seconds()
         return figures
-
-    @defer.inlineCallbacks
-    def _estimate(self, session, table, topic):
-        rows = yield session.query(self._estimates[table], (topic,))
-        plan = rows[0][0]
-        if isinstance(plan, str):
-            plan = json.loads(plan)
-        return int(plan[0]["Plan"]["Plan Rows"])

@@ -10,7 +10,7 @@ role needs no right on the tables, only these (L{PARTS}):
   - C{writer}: C{emit()} (a captured table's writers need nothing: the
     capture trigger writes the outbox with its owner's rights);
   - C{consumer} (C{twistd hermes --outbox}): C{claim}, C{ack}, C{release},
-    C{dead_letter}, C{extend}, C{unclaim}, C{stats};
+    C{dead_letter}, C{extend}, C{unclaim}, C{stats}, C{figures};
   - C{operator} (C{hermes-tx status}, C{dead-letters}, C{emit},
     C{capture}): C{stats}, C{retry_dead_letters}, C{purge_dead_letters},
     C{emit}, C{capture} (to attach it to a table), reading C{migrations}
@@ -55,7 +55,7 @@ class Part:
 
 WRITER = Part("writer", ["emit"], doing="emit changes")
 CONSUMER = Part(
-    "consumer", ["claim", "ack", "release", "dead_letter", "extend", "unclaim", "stats"],
+    "consumer", ["claim", "ack", "release", "dead_letter", "extend", "unclaim", "stats", "figures"],
     doing="consume the outbox",
 )
 OPERATOR = Part(

@@ -291,6 +291,7 @@ class ConsumeRun(ConnectionRun):
         changes = _changes(rows, claim)
         if self.is_working:
             self.on_ready()  # claims work: the next loss retries after the shortest delay
+            consumer.prime_figures(self.session)
             if self._check is not None and self._check.state == "stopped":
                 # The first probe after the first claim, not with it: through
                 # a proxy a notification that arrives while a query of ours

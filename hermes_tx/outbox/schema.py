@@ -112,6 +112,7 @@ OBJECTS = {
     3: {"table": ("dead_keys",),
         "function": ("ack", "release", "dead_letter", "extend", "unclaim", "stats", "retry_dead_letters",
                      "purge_dead_letters")},
+    6: {"function": ("figures",)},
 }
 
 

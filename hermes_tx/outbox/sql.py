@@ -25,8 +25,7 @@ any more.  The statements, their parameters and what they return::
     stats(schema)        ()
         -> (topic, pending, in_flight, oldest_age, dead_letters)
     figures(schema)      (topics, cap)
-        -> (topic, rows, in_flight, oldest_age, dead_letters), capped
-    estimate(schema, table) (topic,)  -> EXPLAIN (FORMAT JSON) rows
+        -> (topic, pending, in_flight, oldest_age, dead_letters, estimated)
 """
 
 from psycopg2 import sql
@@ -169,54 +168,23 @@ FIGURES_CAP = 10000
 def figures(schema=DEFAULT_SCHEMA):
     """
     The per-topic figures of C{/metrics}, at a cost that does not grow with
-    the backlog (L{stats} counts everything: C{hermes-tx status}).  Per
-    topic: C{rows} (changes in the outbox, counted up to C{cap} + 1: more
-    means at least that many), C{in_flight} (claims not expired among its
-    oldest C{cap} + 1 changes), C{oldest_age} (seconds since its oldest
-    change was written; C{None} when none) and C{dead_letters} (counted up
-    to C{cap} + 1).  Each is an index scan of at most C{cap} + 1 entries.
+    the backlog (L{stats} counts everything: C{hermes-tx status}), from the
+    schema's C{figures()} function (C{migrations/0006_figures.sql}): per
+    topic, C{pending} and C{in_flight} (claims alive) among its oldest
+    C{cap} + 1 changes, the C{oldest_age} of its oldest change in seconds
+    (C{None} when none) and its C{dead_letters}; a count past C{cap} is the
+    planner's estimate, and C{estimated} says so.
 
     Parameters: C{topics} (list of str), C{cap} (int).
 
-    @return: a statement returning C{(topic, rows, in_flight, oldest_age,
-        dead_letters)} in the order of C{topics}.
+    @return: a statement returning C{(topic, pending, in_flight, oldest_age,
+        dead_letters, estimated)} in the order of C{topics}.
     """
     return _build(
-        """
-        SELECT t.topic, c.rows, c.in_flight,
-               extract(epoch FROM now() - (
-                   SELECT o.created_at FROM {schema}.outbox o
-                   WHERE o.topic = t.topic ORDER BY o.id LIMIT 1))::double precision,
-               (SELECT count(*) FROM (
-                   SELECT 1 FROM {schema}.dead_letters d
-                   WHERE d.topic = t.topic LIMIT p.cap + 1) x)
-        FROM (SELECT %s::text[] AS topics, %s::integer AS cap) p
-        CROSS JOIN LATERAL unnest(p.topics) WITH ORDINALITY AS t (topic, n)
-        CROSS JOIN LATERAL (
-            SELECT count(*) AS rows, count(*) FILTER (WHERE s.claimed_until >= now()) AS in_flight
-            FROM (SELECT o.claimed_until FROM {schema}.outbox o
-                  WHERE o.topic = t.topic ORDER BY o.id LIMIT p.cap + 1) s) c
-        ORDER BY t.n
-        """,
+        "SELECT topic, pending, in_flight, oldest_age, dead_letters, estimated"
+        " FROM {schema}.figures(%s::text[], %s::integer)",
         schema,
     )
-
-
-def estimate(schema=DEFAULT_SCHEMA, table="outbox"):
-    """
-    The planner's estimate of a topic's rows in C{table} (C{outbox} or
-    C{dead_letters}), from the statistics autovacuum keeps: planning only,
-    nothing is read.
-
-    Parameters: C{topic}.
-
-    @return: an C{EXPLAIN (FORMAT JSON)} statement; its plan's C{Plan Rows}
-        is the estimate.
-    """
-    if table not in ("outbox", "dead_letters"):
-        raise ValueError(f"no such outbox table: {table!r}")
-    return sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE topic = %s").format(
-        sql.Identifier(validate_schema(schema), table))
 
 
 def listen(schema=DEFAULT_SCHEMA):
@@ -228,4 +196,4 @@ def listen(schema=DEFAULT_SCHEMA):
 
 
 __all__ = ["claim", "ack", "release", "dead_letter", "extend", "unclaim", "stats", "figures",
-           "estimate", "channel", "listen"]
+           "channel", "listen"]
