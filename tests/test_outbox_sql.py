@@ -133,11 +133,14 @@ class ClaimTests(OutboxDatabase, unittest.TestCase):
 
     def test_extend_keeps_a_claim(self):
         """
-        extend pushes claimed_until forward for the rows holding the token.
+        extend pushes claimed_until forward for the rows holding the token
+        (and makes the claim the extending backend's: that one lives on).
         """
         change = self.emit("t", "k")
         token, _ = self.claim(["t"], visibility=0.2)
-        self.assertEqual(self.execute(statements.extend(self.schema), ([change], token, 30.0)), [(change,)])
+        extender = self.connect()
+        self.assertEqual(self.execute(statements.extend(self.schema), ([change], token, 30.0), extender),
+                         [(change,)])
         time.sleep(0.3)
         self.assertEqual(self.claim(["t"])[1], [])
         self.assertEqual(self.outbox("claimed_until > now() + interval '29 s'"), [(True,)])
