@@ -143,7 +143,7 @@ class Capture:
         @param arguments: the trigger's arguments (see L{_arguments}).
         @return: the L{Capture} they describe.
         """
-        topic, rest = arguments[0], arguments[2:]
+        topic, rest = (arguments[0] if arguments else ""), arguments[2:]
         if _END_OF_KEY not in rest:
             return cls(table, oid, topic, trigger, rest)
         end = rest.index(_END_OF_KEY)
@@ -193,23 +193,28 @@ def row_json(capture, alias):
     exactly as its trigger renders C{new}: every column (C{to_jsonb}), all
     but the excluded ones, or only the chosen ones.
 
+    Functions and operators are named with their schema (C{pg_catalog}),
+    so the caller's C{search_path} cannot swap them.  A chosen column the
+    table no longer has makes the expression fail where the trigger leaves
+    it out: run C{capture} again after dropping one.
+
     @param capture: a L{Capture}.
     @param alias: the name (or alias) the table has in the query.
     @return: a C{psycopg2.sql.Composable}.
     """
     row = sql.Identifier(alias)
     if capture.excluded is not None:
-        return sql.SQL("(to_jsonb({}) OPERATOR(pg_catalog.-) {}::text[])").format(
+        return sql.SQL("(pg_catalog.to_jsonb({}) OPERATOR(pg_catalog.-) {}::pg_catalog.text[])").format(
             row, sql.Literal(list(capture.excluded)))
     if capture.columns is None:
-        return sql.SQL("to_jsonb({})").format(row)
+        return sql.SQL("pg_catalog.to_jsonb({})").format(row)
     # (a function takes at most 100 arguments: wide selections are joined;
     # each value goes through to_jsonb's conversion, as in to_jsonb(row))
     calls = []
     for start in range(0, len(capture.columns), _PAIRS_PER_CALL):
         pairs = [sql.SQL("{}, {}.{}").format(sql.Literal(c), row, sql.Identifier(c))
                  for c in capture.columns[start:start + _PAIRS_PER_CALL]]
-        calls.append(sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(pairs)))
+        calls.append(sql.SQL("pg_catalog.jsonb_build_object({})").format(sql.SQL(", ").join(pairs)))
     return sql.SQL("({})").format(sql.SQL(" OPERATOR(pg_catalog.||) ").join(calls))
 
 
