@@ -27,7 +27,7 @@ from tests.support.natsserver import (
     NatsServer, admin, make_certificates, read_stream, start_nats)
 from tests.support.proxy import listen_proxy
 from tests.support.shared import capture_log, sleep, wait_until
-from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes
+from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes, read_change
 
 PASSWORD = "nats-pw-3c4d5e6f"
 TOKEN = "nats-token-7a8b9c0d"
@@ -113,6 +113,21 @@ class NatsTests(_Sinks, ClassFixtures, unittest.TestCase):
                                          "payload": "hello", "pid": 42})
         self.assertEqual((sink.metrics.requests, sink.metrics.sent), (1, 5))
         self.assertEqual(sink.connection.connections, 1)
+
+    @defer.inlineCallbacks
+    def test_read_sent_like_an_insert(self):
+        """
+        A backfilled row (op READ) is a message like any change, with its
+        id: the consumer upserts C{new}.
+        """
+        name = self.name
+        sink = self.sink(extra=f"?stream={name}")
+        read = read_change(5, "key-9", {"k": "key-9", "n": 0})
+        self.assertIsNone((yield sink.execute(make_changes(1, 1) + [read])))
+        got = yield self.read(name)
+        self.assertEqual([(m.msg_id, m.record["data"]["op"]) for m in got], [("items:1", "INSERT"),
+                                                                               ("items:5", "READ")])
+        self.assertEqual(got[1].record["data"], read.data)
 
     @defer.inlineCallbacks
     def test_stream_made_when_missing_and_left_as_is_when_there(self):

@@ -22,7 +22,7 @@ from hermes_tx.sinks.amqp import AmqpSink
 from tests.support.faults import event_text
 from tests.support.proxy import listen_proxy
 from tests.support.shared import capture_log
-from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes
+from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes, read_change
 
 BROKER = ("127.0.0.1", 5672)
 
@@ -130,6 +130,21 @@ class AmqpTests(unittest.TestCase):
                                                  "payload": "hi", "pid": 3})
         self.assertIsNone(got[2][1].message_id)
         self.assertEqual((sink.metrics.requests, sink.metrics.sent), (1, 3))
+
+    @defer.inlineCallbacks
+    def test_read_sent_like_an_insert(self):
+        """
+        A backfilled row (op READ) is a message like any change, its data
+        whole: the consumer upserts C{new}.
+        """
+        yield self.bind()
+        sink = self.sink()
+        read = read_change(5, "key-9", {"k": "key-9", "n": 0})
+        self.assertIsNone((yield sink.execute(make_changes(1, 1) + [read])))
+        got = yield self.messages()
+        self.assertEqual([(p.message_id, json.loads(b)["data"]["op"]) for _, p, b in got],
+                         [("1", "INSERT"), ("5", "READ")])
+        self.assertEqual(json.loads(got[1][2])["data"], read.data)
 
     @defer.inlineCallbacks
     def test_exchange_declared_when_missing(self):

@@ -87,6 +87,24 @@ class ElasticsearchTests(unittest.TestCase):
         self.assertNotIn("k", self.es.live("docs"))
 
     @defer.inlineCallbacks
+    def test_read_is_an_upsert(self):
+        """
+        A backfilled row (op READ) is indexed like an INSERT or UPDATE;
+        read before a newer change that was already indexed, it is stale
+        (409) and done, the newer document kept.
+        """
+        sink = self.sink()
+        self.assertIsNone((yield sink.execute([change(1, "r", "READ", {"id": "r", "v": 1}),
+                                               change(7, "n", "UPDATE", {"id": "n", "v": 7})])))
+        [(_, body)] = self.es.bodies
+        self.assertEqual(json.loads(body.decode().splitlines()[0]),
+                         {"index": {"_index": "docs", "_id": "r", "version": 1, "version_type": "external"}})
+        self.assertIsNone((yield sink.execute([change(5, "n", "READ", {"id": "n", "v": 5}),
+                                               change(6, "r", "READ", {"id": "r", "v": 6})])))
+        live = self.es.live("docs")
+        self.assertEqual((live["r"], live["n"]), ((6, {"id": "r", "v": 6}), (7, {"id": "n", "v": 7})))
+
+    @defer.inlineCallbacks
     def test_item_statuses(self):
         self.es.item_429 = 1.0
         sink = self.sink()

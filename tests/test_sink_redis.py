@@ -4,6 +4,7 @@ one on 6379 (unique stream names) for what does not restart it, and a
 test's own (tests.support.redisserver) for passwords, kills and freezes.
 """
 
+import json
 import random
 import uuid
 
@@ -19,7 +20,7 @@ from tests.support.faults import event_text
 from tests.support.proxy import listen_proxy
 from tests.support.redisserver import start_redis
 from tests.support.shared import capture_log
-from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes
+from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes, read_change
 
 PASSWORD = "redis-pw-5e6f7a8b"
 
@@ -60,6 +61,19 @@ class RedisTests(unittest.TestCase):
         self.assertEqual(entries[4], {"topic": "Chan", "payload": "hello", "pid": "42"})
         self.assertEqual((sink.metrics.requests, sink.metrics.sent), (1, 5))
         self.assertEqual(sink.connection.connections, 1)
+
+    @defer.inlineCallbacks
+    def test_read_sent_like_an_insert(self):
+        """
+        A backfilled row (op READ) is an entry like any change, its
+        payload whole: the reader upserts C{new}.
+        """
+        sink = self.sink()
+        read = read_change(5, "key-9", {"k": "key-9", "n": 0})
+        self.assertIsNone((yield sink.execute(make_changes(1, 1) + [read])))
+        entries = yield self.read()
+        self.assertEqual(entries[1], {"topic": "items", "key": "key-9", "id": "5", "payload": read.payload})
+        self.assertEqual([json.loads(e["payload"])["op"] for e in entries], ["INSERT", "READ"])
 
     @defer.inlineCallbacks
     def test_maxlen_trims_approximately(self):

@@ -21,7 +21,7 @@ from hermes_tx.sinks.webhook import WebhookSink
 from tests.support.faults import event_text
 from tests.support.httpserver import (
     DROP, DROP_AFTER, OK, SLOW, ScriptedResource, free_port, serve)
-from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes
+from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes, read_change
 from tests.support.shared import capture_log
 
 SECRET = "hmac-S3CRET-value"
@@ -90,6 +90,21 @@ class WebhookTests(unittest.TestCase):
                                    "payload": '{"x": 1}', "pid": 99, "data": {"x": 1}})
         self.assertEqual((sink.metrics.requests, sink.metrics.sent, sink.metrics.failures),
                          (1, 4, 0))
+
+    @defer.inlineCallbacks
+    def test_read_sent_like_an_insert(self):
+        """
+        A backfilled row (op READ) is posted like any change, its data
+        whole: the receiver upserts C{new}.
+        """
+        url = self.serve()
+        sink = self.sink(url)
+        read = read_change(5, "key-9", {"k": "key-9", "n": 0})
+        self.assertIsNone((yield sink.execute(make_changes(1, 1) + [read])))
+        [(_, body)] = self.resource.requests
+        sent = json.loads(body)
+        self.assertEqual([(e["id"], e["data"]["op"]) for e in sent], [(1, "INSERT"), (5, "READ")])
+        self.assertEqual(sent[1]["data"], read.data)
 
     @defer.inlineCallbacks
     def test_idempotency_key_and_persistent_connection(self):

@@ -8,15 +8,33 @@ Tables are named as in SQL: C{table} (in C{public}), C{schema.table}, or
 with double quotes for names that need them (C{'"My Schema"."Odd.Table"'});
 unquoted names fold to lower case.  PostgreSQL itself parses the name
 (C{parse_ident}), and every identifier reaches SQL quoted.
+
+A capture sends every column of a row unless it was given a selection:
+only some columns (the primary key's always among them), or all but some
+(never a key column).  The selection rides on the trigger's arguments
+(C{migrations/0007_columns.sql}); L{row_json} renders a row the way the
+trigger does, for the backfill.
 """
 
 import psycopg2
 from psycopg2 import sql
 
 from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.outbox.columns import show_list
 from hermes_tx.outbox.db import transaction
 from hermes_tx.outbox.names import DEFAULT_SCHEMA, capture_trigger, validate_schema, validate_topic
-from hermes_tx.outbox.schema import INSTALL_LOCK
+from hermes_tx.outbox.schema import INSTALL_LOCK, installed_versions
+
+#: the outbox version whose C{capture()} reads a column selection
+COLUMNS_VERSION = 7
+
+#: the trigger argument ending the key's columns (no column is named so)
+#: and the two kinds of selection that follow it
+_END_OF_KEY, _ONLY, _EXCEPT = "", "only", "except"
+
+#: pairs per C{jsonb_build_object} call in L{row_json} (a function takes at
+#: most 100 arguments)
+_PAIRS_PER_CALL = 40
 
 
 class Table:
@@ -103,13 +121,47 @@ class Capture:
     @ivar oid: its oid.
     @ivar topic: the topic its changes go to.
     @ivar trigger: the trigger's name.
+    @ivar key: the primary key's columns it keys changes by, in key order.
+    @ivar columns: the only columns it sends (a tuple, the key's first), or
+        C{None}.
+    @ivar excluded: the columns it leaves out (a tuple), or C{None}.
+        C{columns} and C{excluded} both C{None}: it sends every column.
     """
 
-    def __init__(self, table, oid, topic, trigger):
+    def __init__(self, table, oid, topic, trigger, key=(), columns=None, excluded=None):
         self.table = table
         self.oid = oid
         self.topic = topic
         self.trigger = trigger
+        self.key = tuple(key)
+        self.columns = None if columns is None else tuple(columns)
+        self.excluded = None if excluded is None else tuple(excluded)
+
+    @classmethod
+    def from_arguments(cls, table, oid, trigger, arguments):
+        """
+        @param arguments: the trigger's arguments (see L{_arguments}).
+        @return: the L{Capture} they describe.
+        """
+        topic, rest = (arguments[0] if arguments else ""), arguments[2:]
+        if _END_OF_KEY not in rest:
+            return cls(table, oid, topic, trigger, rest)
+        end = rest.index(_END_OF_KEY)
+        key, mode, chosen = rest[:end], rest[end + 1], rest[end + 2:]
+        if mode == _ONLY:
+            return cls(table, oid, topic, trigger, key, columns=chosen)
+        return cls(table, oid, topic, trigger, key, excluded=chosen)
+
+    def sends(self):
+        """
+        @return: what it sends, in words: C{"all columns"}, C{"only id, a"}
+            or C{"all but x, "Odd Name""} (names as L{show} writes them).
+        """
+        if self.columns is not None:
+            return f"only {show_list(self.columns)}"
+        if self.excluded is not None:
+            return f"all but {show_list(self.excluded)}"
+        return "all columns"
 
 
 def captures(cursor, schema=DEFAULT_SCHEMA):
@@ -130,9 +182,40 @@ def captures(cursor, schema=DEFAULT_SCHEMA):
         (schema,),
     )
     return [
-        Capture(table, oid, bytes(args).split(b"\x00")[0].decode("utf-8"), name)
+        Capture.from_arguments(table, oid, name, bytes(args).decode("utf-8").split("\x00")[:-1])
         for table, oid, args, name in cursor.fetchall()
     ]
+
+
+def row_json(capture, alias):
+    """
+    The SQL expression rendering a row of C{capture}'s table as C{jsonb}
+    exactly as its trigger renders C{new}: every column (C{to_jsonb}), all
+    but the excluded ones, or only the chosen ones.
+
+    Functions and operators are named with their schema (C{pg_catalog}),
+    so the caller's C{search_path} cannot swap them.  A chosen column the
+    table no longer has makes the expression fail where the trigger leaves
+    it out: run C{capture} again after dropping one.
+
+    @param capture: a L{Capture}.
+    @param alias: the name (or alias) the table has in the query.
+    @return: a C{psycopg2.sql.Composable}.
+    """
+    row = sql.Identifier(alias)
+    if capture.excluded is not None:
+        return sql.SQL("(pg_catalog.to_jsonb({}) OPERATOR(pg_catalog.-) {}::pg_catalog.text[])").format(
+            row, sql.Literal(list(capture.excluded)))
+    if capture.columns is None:
+        return sql.SQL("pg_catalog.to_jsonb({})").format(row)
+    # (a function takes at most 100 arguments: wide selections are joined;
+    # each value goes through to_jsonb's conversion, as in to_jsonb(row))
+    calls = []
+    for start in range(0, len(capture.columns), _PAIRS_PER_CALL):
+        pairs = [sql.SQL("{}, {}.{}").format(sql.Literal(c), row, sql.Identifier(c))
+                 for c in capture.columns[start:start + _PAIRS_PER_CALL]]
+        calls.append(sql.SQL("pg_catalog.jsonb_build_object({})").format(sql.SQL(", ").join(pairs)))
+    return sql.SQL("({})").format(sql.SQL(" OPERATOR(pg_catalog.||) ").join(calls))
 
 
 def _require_installed(cursor, schema):
@@ -173,29 +256,86 @@ def _refuse(found, schema, topic, existing):
         )
 
 
-def _arguments(table, topic):
+def _arguments(table, topic, columns=None, excluded=None):
     """
     @return: the capture trigger's arguments for C{table} (see
-        C{migrations/0002_capture.sql}): the topic, the table's name when
-        it is partitioned (the trigger fires on its partitions) or C{""},
-        and the primary key's columns.
+        C{migrations/0002_capture.sql} and C{0007_columns.sql}): the topic,
+        the table's name when it is partitioned (the trigger fires on its
+        partitions) or C{""}, and the primary key's columns; then, with a
+        selection, C{""}, C{"only"} or C{"except"} and its columns.
     """
-    return [topic, table.display if table.partitioned else ""] + table.key
+    arguments = [topic, table.display if table.partitioned else ""] + table.key
+    if columns is not None:
+        return arguments + [_END_OF_KEY, _ONLY] + columns
+    if excluded is not None:
+        return arguments + [_END_OF_KEY, _EXCEPT] + excluded
+    return arguments
 
 
-def capture(conn, table, topic, schema=DEFAULT_SCHEMA):
+def _selection(cursor, found, columns, excluded):
+    """
+    Check a selection against C{found}'s columns.
+
+    @param columns: the columns asked for, or C{None}.
+    @param excluded: the columns to leave out, or C{None}.
+    @return: C{(columns, excluded)} as the trigger takes them: the key's
+        columns first among C{columns}.
+    @raise InvalidConfigurationException: both given, an empty list,
+        unknown columns (all named, one line), a key column excluded.
+    """
+    if columns is not None and excluded is not None:
+        raise InvalidConfigurationException("choose either the columns to send or those to exclude, not both")
+    given = columns if columns is not None else excluded
+    if given is None:
+        return None, None
+    if not given:
+        raise InvalidConfigurationException("name at least one column")
+    cursor.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (found.oid,),
+    )
+    known = [row[0] for row in cursor.fetchall()]
+    unknown = [c for c in given if c not in known]
+    if unknown:
+        noun = "column" if len(unknown) == 1 else "columns"
+        cased = [k for k in known if any(k.lower() == c.lower() for c in unknown)]
+        if cased:
+            hint = f" (unquoted names are folded to lower case: did you mean {show_list(cased)}?)"
+        else:
+            more = f", and {len(known) - 20} more" if len(known) > 20 else ""
+            hint = f" (its columns: {show_list(known[:20])}{more})"
+        raise InvalidConfigurationException(f"table {found.display} has no {noun} {show_list(unknown)}{hint}")
+    if excluded is not None:
+        keyed = [c for c in excluded if c in found.key]
+        if keyed:
+            raise InvalidConfigurationException(
+                f"{show_list(keyed)} {'is' if len(keyed) == 1 else 'are'} in the primary key of"
+                f" {found.display}: the key's columns always leave"
+            )
+        return None, list(excluded)
+    return list(found.key) + [c for c in columns if c not in found.key], None
+
+
+def capture(conn, table, topic, schema=DEFAULT_SCHEMA, columns=None, excluded=None):
     """
     Capture C{table}'s changes into C{topic}: attach (or re-attach, picking
-    up a changed primary key) the C{AFTER INSERT OR UPDATE OR DELETE FOR
-    EACH ROW} trigger L{capture_trigger}C{(topic)} calling
-    C{<schema>.capture(topic, table name, key column, ...)}.
+    up a changed primary key and replacing the selection) the C{AFTER
+    INSERT OR UPDATE OR DELETE FOR EACH ROW} trigger
+    L{capture_trigger}C{(topic)} calling C{<schema>.capture(topic, table
+    name, key column, ...[, "", "only" or "except", column, ...])}.
 
     @param conn: a blocking psycopg2 connection, not in a transaction.
     @param table: the table's name as the user wrote it.
-    @return: the L{Table}.
+    @param columns: send only these columns (exact names; the key's always
+        leave too), or C{None}.
+    @param excluded: send all columns but these (never a key column), or
+        C{None}.  Neither: every column.
+    @return: the L{Table} (L{captures} then describes the capture).
     @raise InvalidConfigurationException: unknown table, no primary key or a
         deferrable one, a table of the outbox's own schema, a topic that
-        already captures another table, or the outbox not installed.
+        already captures another table, a selection naming unknown or key
+        columns, or the outbox not installed (or, for a selection, older
+        than version 7).
     """
     validate_schema(schema)
     validate_topic(topic)
@@ -204,6 +344,13 @@ def capture(conn, table, topic, schema=DEFAULT_SCHEMA):
         _require_installed(cur, schema)
         found = find_table(cur, table)
         _refuse(found, schema, topic, captures(cur, schema))
+        columns, excluded = _selection(cur, found, columns, excluded)
+        if (columns is not None or excluded is not None) and max(installed_versions(cur, schema)) < COLUMNS_VERSION:
+            raise InvalidConfigurationException(
+                f"the outbox in schema {schema!r} is older than version {COLUMNS_VERSION}, which chooses"
+                " columns: run hermes-tx install"
+            )
+        arguments = _arguments(found, topic, columns, excluded)
         trigger = sql.Identifier(capture_trigger(topic))
         cur.execute("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgname = %s)",
                     (found.oid, capture_trigger(topic)))
@@ -219,7 +366,7 @@ def capture(conn, table, topic, schema=DEFAULT_SCHEMA):
                 trigger,
                 found.identifier(),
                 sql.Identifier(schema, "capture"),
-                sql.SQL(", ").join(sql.Literal(a) for a in _arguments(found, topic)),
+                sql.SQL(", ").join(sql.Literal(a) for a in arguments),
             )
         )
         return found

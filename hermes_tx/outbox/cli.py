@@ -6,8 +6,9 @@ letters (what each command does: L{hermes_tx.outbox.commands})::
     hermes-tx install      [--dsn DSN] [--schema NAME] [--owner ROLE]
                            [--grant-writer ROLE] [--grant-consumer ROLE] [--grant-operator ROLE]
     hermes-tx grants       [--writer ROLE] [--consumer ROLE] [--operator ROLE]
-    hermes-tx capture      --table SCHEMA.TABLE --topic NAME
+    hermes-tx capture      --table SCHEMA.TABLE --topic NAME [--columns A,B | --exclude-columns X,Y]
     hermes-tx uncapture    --table SCHEMA.TABLE [--topic NAME]
+    hermes-tx captures     [--json]
     hermes-tx status       [--json]
     hermes-tx dead-letters [--topic T] [--limit N] [--json]
                            [--retry ID ... | --retry-all [--force] | --purge ID ... | --purge-all]
@@ -86,10 +87,20 @@ def build_parser():
     cmd = commands.add_parser("capture", parents=[common], help="capture a table's changes into a topic")
     cmd.add_argument("--table", required=True, help='TABLE (in public), SCHEMA.TABLE or \'"Odd Schema"."Odd.Table"\'')
     cmd.add_argument("--topic", required=True)
+    chosen = cmd.add_mutually_exclusive_group()
+    chosen.add_argument("--columns", metavar="A,B",
+                        help="send only these columns (the primary key's always leave too); "
+                        "names as in SQL: unquoted ones fold to lower case, '\"Odd, Name\"' keeps one exactly")
+    chosen.add_argument("--exclude-columns", metavar="X,Y",
+                        help="send every column but these (not a key column)")
 
     cmd = commands.add_parser("uncapture", parents=[common], help="stop capturing a table's changes")
     cmd.add_argument("--table", required=True)
     cmd.add_argument("--topic", help="only this topic (default: every topic)")
+
+    cmd = commands.add_parser("captures", parents=[common],
+                              help="the captured tables: topic, key and the columns each sends")
+    cmd.add_argument("--json", action="store_true", help="print JSON")
 
     cmd = commands.add_parser("status", parents=[common], help="pending, in flight, lag and dead letters per topic")
     cmd.add_argument("--json", action="store_true", help="print JSON")
@@ -120,6 +131,7 @@ PARTS = {
     "grants": privileges.OPERATOR,
     "capture": privileges.OPERATOR,
     "uncapture": privileges.OPERATOR,
+    "captures": privileges.OPERATOR,
     "status": privileges.OPERATOR,
     "dead-letters": privileges.OPERATOR,
     "emit": privileges.WRITER,

@@ -12,8 +12,10 @@ import json
 
 from hermes_tx.exceptions import HermesException
 from hermes_tx.outbox import admin, privileges
-from hermes_tx.outbox.capture import capture, uncapture
-from hermes_tx.outbox.render import dead_letter_table, refusal, status_table
+from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.outbox.capture import capture, captures, uncapture
+from hermes_tx.outbox.columns import parse_columns
+from hermes_tx.outbox.render import capture_table, dead_letter_table, refusal, status_table
 from hermes_tx.outbox.schema import install, latest_version, owned_by_superuser
 
 
@@ -71,10 +73,40 @@ def grants(conn, args, out, err):
 
 def capture_(conn, args, out, err):
     """
-    C{capture}: attach the capture trigger.
+    C{capture}: attach the capture trigger (replacing the selection of
+    columns an earlier C{capture} of the table into the topic made); say
+    what it sends.
     """
-    table = capture(conn, args.table, args.topic, args.schema)
-    print(f"capturing {table.display} into topic {args.topic!r} (key: {', '.join(table.key)})", file=out)
+    try:
+        columns = None if args.columns is None else parse_columns(args.columns, "--columns")
+        excluded = None if args.exclude_columns is None else parse_columns(args.exclude_columns,
+                                                                           "--exclude-columns")
+    except InvalidConfigurationException as e:
+        raise UsageError(str(e)) from None
+    table = capture(conn, args.table, args.topic, args.schema, columns=columns, excluded=excluded)
+    with conn.cursor() as cur:
+        [found] = [c for c in captures(cur, args.schema) if c.oid == table.oid and c.topic == args.topic]
+    print(f"capturing {table.display} into topic {args.topic!r} (key: {', '.join(table.key)}),"
+          f" sending {found.sends()}", file=out)
+
+
+def captures_(conn, args, out, err):
+    """
+    C{captures}: the captured tables, their topics, keys and what each
+    sends.
+    """
+    with conn.cursor() as cur:
+        admin.require_installed(cur, args.schema)
+        found = captures(cur, args.schema)
+    if args.json:
+        print(json.dumps([
+            {"table": c.table, "topic": c.topic, "key": list(c.key),
+             "columns": None if c.columns is None else list(c.columns),
+             "excluded": None if c.excluded is None else list(c.excluded)}
+            for c in found
+        ]), file=out)
+    else:
+        print(capture_table(found), file=out)
 
 
 def uncapture_(conn, args, out, err):
@@ -178,6 +210,7 @@ COMMANDS = {
     "grants": grants,
     "capture": capture_,
     "uncapture": uncapture_,
+    "captures": captures_,
     "status": status,
     "dead-letters": dead_letters,
     "emit": emit,

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_outbox_cli -*-
 """
-Plain text for C{hermes-tx status} and C{hermes-tx dead-letters}: tables,
+Plain text for C{hermes-tx status}, C{captures} and C{dead-letters}: tables,
 and why a dead letter was not retried.  Every cell is one line of
 printable text: control characters in keys and error messages are
 escaped, long cells cut.
@@ -25,11 +25,13 @@ def cell(value, width=MAX_CELL):
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def table(headers, rows):
+def table(headers, rows, whole=()):
     """
+    @param whole: the indexes of the columns whose cells are not cut.
     @return: C{rows} (sequences of cells) under C{headers}, columns padded.
     """
-    lines = [list(headers)] + [[cell(v) for v in row] for row in rows]
+    lines = [list(headers)] + [[cell(v, 10**9 if i in whole else MAX_CELL) for i, v in enumerate(row)]
+                               for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
@@ -44,6 +46,18 @@ def status_table(rows):
         ("TOPIC", "PENDING", "IN FLIGHT", "OLDEST (s)", "DEAD LETTERS"),
         [(r["topic"], r["pending"], r["in_flight"], r["oldest_age"], r["dead_letters"]) for r in rows],
     )
+
+
+def capture_table(found):
+    """
+    @param found: L{hermes_tx.outbox.capture.Capture}s.
+    @return: one line per capture: table, topic, key, what it sends (not
+        cut: a selection is shown whole).
+    """
+    if not found:
+        return "no table is captured"
+    return table(("TABLE", "TOPIC", "KEY", "SENDS"),
+                 [(c.table, c.topic, ", ".join(c.key), c.sends()) for c in found], whole=(3,))
 
 
 def dead_letter_table(rows, total):

@@ -13,6 +13,9 @@ from hermes_tx.sinks.records import encode
 from hermes_tx.sinks.statuses import snippet
 from hermes_tx.sinks.urls import SinkURL, SinkURLError, Secrets, read_secret
 
+#: the ops of a captured change that index C{data["new"]} (C{READ}: a row
+#: backfilled, as it was when read)
+UPSERTS = ("INSERT", "UPDATE", "READ")
 #: query parameters of the sink URL passed on to C{_bulk}
 BULK_PARAMS = ("refresh", "pipeline", "routing", "timeout")
 #: errors of a bulk item answered 400 that are the index's, not the
@@ -26,8 +29,9 @@ def action(event, index):
     The bulk lines for one event.
 
     A change whose data has an C{op} (as C{hermes-tx capture} writes it)
-    indexes C{data["new"]} for C{INSERT} and C{UPDATE} and deletes for
-    C{DELETE}; a change without C{op} indexes its whole data.  Changes use
+    indexes C{data["new"]} for C{INSERT}, C{UPDATE} and C{READ} (a row
+    backfilled: an upsert like the others) and deletes for C{DELETE}; a
+    change without C{op} indexes its whole data.  Changes use
     C{_id} = the key and C{version} = the outbox id with
     C{version_type=external}, so a stale retry never overwrites a newer
     document.  A notification's decoded data is indexed with an id the
@@ -46,7 +50,7 @@ def action(event, index):
             return "delete", _lines({"delete": meta})
         if op is None:
             doc = data
-        elif op in ("INSERT", "UPDATE"):
+        elif op in UPSERTS:
             doc = data.get("new")
         else:
             raise Unsendable(f"unknown op {op!r}")

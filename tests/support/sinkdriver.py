@@ -32,6 +32,15 @@ def make_changes(keys, per_key, topic="items", start_id=1):
     return changes
 
 
+def read_change(id_, key, row, topic="items"):
+    """
+    @return: a change as C{hermes-tx backfill} writes it for an existing
+        row: op C{READ}, C{new} = the row, C{old} = null.
+    """
+    data = {"table": "public.items", "op": "READ", "key": {"k": key}, "old": None, "new": row}
+    return Change(id_, topic, key, 0, 1_700_000_000.0 + id_, json.dumps(data), data)
+
+
 def again(change):
     """@return: C{change} as the outbox hands it out next time."""
     return Change(change.id, change.topic, change.key, change.attempts + 1,
