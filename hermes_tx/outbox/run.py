@@ -14,6 +14,15 @@ the liveness probe, and a claim when the soonest change it released comes
 due again.  A claim whose answer was lost with the connection is
 not the consumer's problem: its rows are claimed by a backend that is gone,
 which any consumer may take over at once (L{hermes_tx.outbox.sql.claim}).
+
+A claim or an extension that the server cut short (the role's
+C{statement_timeout}: L{hermes_tx.postgres.cut}) costs no reconnect (that
+would give up every claim the connection's backend holds): one line (at
+most one every L{CUT_LINE_SECONDS} seconds), and it is tried again after
+a delay that grows while statements keep being cut; each cut also halves
+the size of the next claims (they grow back as claims succeed), so claims
+fit in a short timeout on a large backlog.  Any other error of a statement
+is a lost connection, retried on the component's backoff.
 """
 
 import uuid
@@ -26,7 +35,9 @@ from hermes_tx.exceptions import ConnectionLostError
 from hermes_tx.outbox.claims import Claim
 from hermes_tx.outbox.pump import ClaimPump
 from hermes_tx.outbox.writes import id_array, write_owed
+from hermes_tx.postgres.cut import describe_cut, is_cut
 from hermes_tx.postgres.liveness import LivenessProbe
+from hermes_tx.runtime.backoff import Backoff, backoff_policy
 from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN, OPEN
 from hermes_tx.sources.run import ConnectionRun
 from hermes_tx.postgres.channels import listen_statement
@@ -42,6 +53,16 @@ SKIP_AHEAD = 8
 #: C{claim_linger} (see L{ConsumeRun._claim_soon})
 FLOWING = 0.1
 
+
+#: at most one line about statements cut short in this many seconds
+CUT_LINE_SECONDS = 10.0
+
+#: a claim or extension cut short is tried again after 0.05 s, doubling
+#: while they keep being cut, at most 5 s
+CUT_RETRY = backoff_policy(initial=0.05, factor=2.0, max_delay=5.0, jitter=None)
+
+#: the smallest share of a claim's size after cuts (see L{ConsumeRun})
+CUT_SCALE_FLOOR = 1.0 / 64
 
 #: seconds after a released change's delay before the claim made for it
 #: (the server counted the delay from its own clock, a little later)
@@ -137,6 +158,8 @@ class ConsumeRun(ConnectionRun):
         self._ahead = False  # the next claim is made ahead of the acks
         self._last_claim = None  # when the last claim was made
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
+        self._cut_retry = Backoff(CUT_RETRY)  # statements cut short in a row
+        self._claim_scale = 1.0  # the share of a full claim (halved by cuts)
 
     def listen_statement(self):
         private = self.consumer.hearing.channel
@@ -251,7 +274,7 @@ class ConsumeRun(ConnectionRun):
         params = (consumer.topics, room, token, consumer.visibility_timeout)
         d = self.session.query(consumer.statements["claim"], params)
         d.addCallback(self._claimed, Claim(consumer.ledger, token), room, ahead)
-        d.addErrback(self._query_failed)
+        d.addErrback(self._claim_failed)
         return d
 
     def _room(self, breaker):
@@ -267,6 +290,8 @@ class ConsumeRun(ConnectionRun):
         # keys: each acknowledgement may free the next change of a key).
         limit = consumer.pacer.limit
         batch = min(consumer.batch_size, max(1, limit // 2))
+        if self._claim_scale < 1.0:
+            batch = max(1, int(batch * self._claim_scale))
         if breaker is not None and breaker.state == HALF_OPEN:
             limit = batch = max(1, consumer.pacer.floor // 2)  # one processor batch
         in_flight = len(consumer.ledger.in_flight)
@@ -291,6 +316,8 @@ class ConsumeRun(ConnectionRun):
         changes = _changes(rows, claim)
         if self.is_working:
             self.on_ready()  # claims work: the next loss retries after the shortest delay
+            self._cut_retry.reset()
+            self._claim_scale = min(1.0, self._claim_scale * 1.25)
             consumer.prime_figures(self.session)
             if self._check is not None and self._check.state == "stopped":
                 # The first probe after the first claim, not with it: through
@@ -339,6 +366,31 @@ class ConsumeRun(ConnectionRun):
         self.lose(failure.value)
         return False
 
+    def _claim_failed(self, failure):
+        error = failure.value
+        if is_cut(error) and self.is_working:
+            self._claim_scale = max(CUT_SCALE_FLOOR, self._claim_scale / 2.0)
+            self._cut("a claim", error, "claiming", self.pump.want)
+            return False
+        return self._query_failed(failure)
+
+    def _cut(self, what, error, doing, again):
+        """
+        A statement of ours was cut short by the server: no reconnect; one
+        line (rate-limited), and C{again} after the cuts' delay.
+        """
+        consumer = self.consumer
+        delay = self._cut_retry.next_delay()
+        self._timers.once(f"cut-{doing}", delay, again)
+        more = consumer.cut_lines.allow()
+        if more is not None:
+            consumer.log.warn(
+                "{ident}: {what} was cut short by the server: {cause}; {doing} again in "
+                "{delay:.2g} s, on the same connection (is the role's statement_timeout shorter "
+                "than the outbox's statements take?){more}",
+                ident=consumer.ident, what=what, cause=describe_cut(error), doing=doing,
+                delay=delay, more=more)
+
     # -- keeping claims and writing what is owed --------------------------------
 
     def _extend(self):
@@ -357,8 +409,14 @@ class ConsumeRun(ConnectionRun):
             d.addCallback(self._extended, ids, token)
             statements.append(d)
         self._extending = defer.gatherResults(statements, consumeErrors=True)
-        self._extending.addErrback(lambda f: self._query_failed(f.value.subFailure))
+        self._extending.addErrback(lambda f: self._extend_failed(f.value.subFailure))
         self._extending.addBoth(self._extension_over)
+
+    def _extend_failed(self, failure):
+        if is_cut(failure.value) and self.is_working:
+            self._cut("extending claims", failure.value, "extending", self._extend)
+            return None
+        return self._query_failed(failure)
 
     def _extension_over(self, _):
         self._extending = None
