@@ -369,7 +369,7 @@ class ClaimingTests(_Consuming):
         self.assertEqual(len(self.claims()), 0)
         self.clock.advance(min(delays) + RELEASE_MARGIN - 0.001)
         self.no_claim()
-        self.clock.advance(0.001)
+        self.clock.advance(0.002)  # 0.001 fell short by a rounding error 1 run in 6
         self.assertEqual(len(self.claims()), 1)
 
 class QueueTests(_Consuming):
@@ -553,41 +553,34 @@ class CutTests(_Consuming):
         return [formatEvent(e) for e in self.log
                 if e.get("log_level") == LogLevel.warn and "cut short" in formatEvent(e)]
 
-    def test_a_cut_claim_is_tried_again_smaller(self):
+    def test_a_cut_claim_is_tried_again(self):
         """
         A cut claim keeps the connection: one line naming the cause, the
-        claim again after 0.05 s (doubling while claims keep being cut),
-        each cut halving the claim's size; claims that work grow it back.
+        claim again after 0.05 s, doubling while claims keep being cut; a
+        claim that works resets the delay.
         """
         self.make()
-        self.assertEqual(self.claim().params[1], 10)
         self.claim().fail(CUT)
         self.assertEqual(self.lost(), [])
         self.assertEqual(self.consumer.state, "consuming")
         self.no_claim()
         self.clock.advance(0.05)
-        self.assertEqual(self.claim().params[1], 5)
         self.claim().fail(CUT)
         self.clock.advance(0.05)
         self.no_claim()
         self.clock.advance(0.051)  # 0.1 s after the second cut
-        self.assertEqual(self.claim().params[1], 2)
+        self.assertEqual(self.claim().params[1], 10)
         (line,) = self.cut_lines()
         self.assertIn("a claim was cut short by the server: canceling statement due to statement "
                       "timeout (SQLSTATE 57014); claiming again in 0.05 s, on the same connection", line)
         self.answer_claim([])
-        sizes = []
-        for _ in range(8):
-            self.clock.advance(60)  # the poll
-            sizes.append(self.claim().params[1])
-            self.answer_claim([])
-        self.assertEqual(sizes, sorted(sizes))
-        self.assertEqual(sizes[-1], 10)
-        # The next line about a cut comes CUT_LINE_SECONDS after the last.
+        # The next line about a cut comes CUT_LINE_SECONDS after the last,
+        # and the delay starts again from 0.05 s.
         self.assertGreater(60, CUT_LINE_SECONDS)
-        self.clock.advance(60)
+        self.clock.advance(60)  # the poll
         self.claim().fail(CUT)
         self.assertEqual(len(self.cut_lines()), 2)
+        self.assertIn("claiming again in 0.05 s", self.cut_lines()[1])
         self.assertEqual(self.lost(), [])
 
     def lost(self):

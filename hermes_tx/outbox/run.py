@@ -19,10 +19,10 @@ A claim or an extension that the server cut short (the role's
 C{statement_timeout}: L{hermes_tx.postgres.cut}) costs no reconnect (that
 would give up every claim the connection's backend holds): one line (at
 most one every L{CUT_LINE_SECONDS} seconds), and it is tried again after
-a delay that grows while statements keep being cut; each cut also halves
-the size of the next claims (they grow back as claims succeed), so claims
-fit in a short timeout on a large backlog.  Any other error of a statement
-is a lost connection, retried on the component's backoff.
+a delay that grows while statements keep being cut.  (Halving the next
+claims' size after a cut was tried: it did not cut fewer claims nor drain
+faster, bench/README.rst.)  Any other error of a statement is a lost
+connection, retried on the component's backoff.
 """
 
 import uuid
@@ -60,9 +60,6 @@ CUT_LINE_SECONDS = 10.0
 #: a claim or extension cut short is tried again after 0.05 s, doubling
 #: while they keep being cut, at most 5 s
 CUT_RETRY = backoff_policy(initial=0.05, factor=2.0, max_delay=5.0, jitter=None)
-
-#: the smallest share of a claim's size after cuts (see L{ConsumeRun})
-CUT_SCALE_FLOOR = 1.0 / 64
 
 #: seconds after a released change's delay before the claim made for it
 #: (the server counted the delay from its own clock, a little later)
@@ -159,7 +156,6 @@ class ConsumeRun(ConnectionRun):
         self._last_claim = None  # when the last claim was made
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
         self._cut_retry = Backoff(CUT_RETRY)  # statements cut short in a row
-        self._claim_scale = 1.0  # the share of a full claim (halved by cuts)
 
     def listen_statement(self):
         private = self.consumer.hearing.channel
@@ -290,8 +286,6 @@ class ConsumeRun(ConnectionRun):
         # keys: each acknowledgement may free the next change of a key).
         limit = consumer.pacer.limit
         batch = min(consumer.batch_size, max(1, limit // 2))
-        if self._claim_scale < 1.0:
-            batch = max(1, int(batch * self._claim_scale))
         if breaker is not None and breaker.state == HALF_OPEN:
             limit = batch = max(1, consumer.pacer.floor // 2)  # one processor batch
         in_flight = len(consumer.ledger.in_flight)
@@ -317,7 +311,6 @@ class ConsumeRun(ConnectionRun):
         if self.is_working:
             self.on_ready()  # claims work: the next loss retries after the shortest delay
             self._cut_retry.reset()
-            self._claim_scale = min(1.0, self._claim_scale * 1.25)
             consumer.prime_figures(self.session)
             if self._check is not None and self._check.state == "stopped":
                 # The first probe after the first claim, not with it: through
@@ -369,7 +362,6 @@ class ConsumeRun(ConnectionRun):
     def _claim_failed(self, failure):
         error = failure.value
         if is_cut(error) and self.is_working:
-            self._claim_scale = max(CUT_SCALE_FLOOR, self._claim_scale / 2.0)
             self._cut("a claim", error, "claiming", self.pump.want)
             return False
         return self._query_failed(failure)
