@@ -136,8 +136,10 @@ class ClaimTests(OutboxDatabase, unittest.TestCase):
         extend pushes claimed_until forward for the rows holding the token.
         """
         change = self.emit("t", "k")
-        token, _ = self.claim(["t"], visibility=0.2)
-        self.assertEqual(self.execute(statements.extend(self.schema), ([change], token, 30.0)), [(change,)])
+        conn = self.connect()  # the claim's backend, alive (version 5: the extending one)
+        token, _ = self.claim(["t"], visibility=0.2, conn=conn)
+        self.assertEqual(self.execute(statements.extend(self.schema), ([change], token, 30.0), conn),
+                         [(change,)])
         time.sleep(0.3)
         self.assertEqual(self.claim(["t"])[1], [])
         self.assertEqual(self.outbox("claimed_until > now() + interval '29 s'"), [(True,)])
