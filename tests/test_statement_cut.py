@@ -76,14 +76,15 @@ class CutStatementTests(OutboxDatabase, unittest.TestCase):
         While another session holds a lock on the outbox, every claim of
         the consumer waits for it until its statement_timeout cuts it: no
         reconnect, one line naming the cause (at most one every ten
-        seconds), the connection kept; once the lock goes, the change
-        written meanwhile is delivered on the same connection.
+        seconds), the connection kept, and so for a figures read (a
+        scrape); once the lock goes, the change written meanwhile is
+        delivered on the same connection.
         """
         log = capture_log(self)
         recorder = Recorder()
         client = Client(self.role_dsn, role_check_interval=0.5)
         consumer = OutboxConsumer(PostgresConnector(self.role_dsn, application_name="hermes-cut-test"),
-                                  ["t"], poll_interval=0.2, liveness_timeout=5.0)
+                                  ["t"], poll_interval=0.2, liveness_timeout=5.0, stats_interval=0.5)
         client.add_outbox(consumer)
         client.add_processor(recorder)
         client.startService()
@@ -95,7 +96,9 @@ class CutStatementTests(OutboxDatabase, unittest.TestCase):
         with locker.cursor() as cur:
             cur.execute("LOCK TABLE hermes.outbox IN ACCESS EXCLUSIVE MODE")
         try:
-            yield sleep(2.0)  # several polls, each claim cut after 300 ms
+            yield sleep(1.0)  # several polls, each claim cut after 300 ms
+            consumer.figures()  # a scrape: the figures read is cut too
+            yield sleep(1.0)
         finally:
             locker.rollback()
         self.emit("t", "a", '{"n": 2}')
@@ -109,4 +112,6 @@ class CutStatementTests(OutboxDatabase, unittest.TestCase):
         self.assertEqual(len(cut), 1, lines)
         self.assertIn(f"{consumer.ident}: a claim was cut short by the server: canceling statement due to"
                       " statement timeout (SQLSTATE 57014); claiming again in", cut[0])
+        self.assertIn("reading the outbox's figures for /metrics failed: canceling statement due to statement"
+                      " timeout (SQLSTATE 57014)", lines)
         self.assertFalse([line for line in lines if "CancelledError" in line or "reconnecting" in line], lines)
