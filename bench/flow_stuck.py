@@ -11,6 +11,7 @@ import time
 import psycopg2.extensions
 
 from harness import Sender
+from hermes_tx.outbox.privileges import grant
 from stalls import Hermes
 from tests.support.deliveries import read_lines
 from tests.support.fleet import wait_for
@@ -146,9 +147,12 @@ def timeout50(bench):
         print(f"timeout50: statement_timeout 50ms, {count:,} pending changes over {shape}", flush=True)
         dsn = bench.database("slow")
         key = "'k' || g" if keys is None else f"'k' || (g % {keys})"
-        bench.query(dsn, f"GRANT USAGE ON SCHEMA hermes TO {role};"
-                         f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA hermes TO {role};"
-                         f" INSERT INTO hermes.outbox (topic, key, payload)"
+        conn, cur = bench.connect(dsn)
+        try:
+            grant(cur, "consumer", role)  # exactly what the docs grant a consumer
+        finally:
+            conn.close()
+        bench.query(dsn, f"INSERT INTO hermes.outbox (topic, key, payload)"
                          f"  SELECT 't', {key}, jsonb_build_object('n', g) FROM generate_series(1, {count}) g")
         bench.query(dsn, "VACUUM ANALYZE hermes.outbox")  # not whenever autovacuum gets to it
         path = bench.workdir(f"timeout50-{bench._databases}")

@@ -10,6 +10,7 @@ L{BACKOFF} or L{TERMINATE}.
 """
 
 import psycopg2
+import psycopg2.errors
 from twisted.internet import error as _twisted_error
 
 from hermes_tx.exceptions import ConnectionLostError, StandbyServerError
@@ -37,6 +38,7 @@ _TRANSIENT_SQLSTATES = frozenset(
         "57P02",  # crash_shutdown
         "57P03",  # cannot_connect_now: starting up, shutting down, recovery
         "57P05",  # idle_session_timeout
+        "57014",  # query_canceled: cut short by statement_timeout; may fit later
         "25006",  # read_only_sql_transaction: a standby refusing LISTEN/writes
         "40001",  # serialization_failure
         "40P01",  # deadlock_detected
@@ -75,6 +77,8 @@ def is_connection_error(error):
         ),
     ):
         return True
+    if isinstance(error, psycopg2.errors.QueryCanceled):
+        return False  # a statement cut short (57014): the connection is fine
     if isinstance(error, psycopg2.OperationalError):
         code = error.pgcode
         # libpq reports failures to connect or to talk to the server (refused,
@@ -102,8 +106,9 @@ class CommonErrorStrategy(AbstractErrorStrategy):
     The default strategy, classifying by exception class and SQLSTATE:
 
       - connection lost, admin shutdown, cannot connect, a standby refusing
-        the statement, too many connections, serialization failures and
-        deadlocks: C{(True, BACKOFF)};
+        the statement, too many connections, serialization failures,
+        deadlocks and statements cut short (C{statement_timeout}): C{(True,
+        BACKOFF)};
       - any other database error (bad SQL, a violated constraint): the item
         is at fault, not the server: C{(True, CONTINUE)};
       - anything that is not a database error is a bug: C{(False, BACKOFF)},

@@ -271,3 +271,65 @@ class HostileTwistdTests(unittest.TestCase):
         self.assertIn("No space left on device", json.loads(ready)["reason"])
         self.assertNotIn(b"hermes_notifications_processed_total{", metrics)
         self.assertNotIn("Traceback", (full.out + full.err).decode())
+
+    @defer.inlineCallbacks
+    def test_sink_refusing_credentials_is_not_ready(self):
+        """
+        Issue 15: --sink redis:// with a wrong password and nothing to
+        deliver: /ready answers 503 naming Redis's refusal (never the
+        password) within seconds of the start; once the server takes the
+        password, the next check of the half-open circuit makes it 200.
+        """
+        import txredisapi
+        from twisted.internet import reactor as r
+        from twisted.web.client import Agent, readBody
+
+        from tests.support.redisserver import start_redis
+
+        right, wrong = "right-pw-1d2c3b", "wrong-pw-4a5b6c"
+        server = start_redis(self, password=right)
+        cluster = shared_primary()
+        port = free_port()
+        proto, transport = run_twistd([
+            "--dsn", cluster.dsn(), "-c", "x", "--status-port", str(port), "--backoff-limit", "1",
+            "--sink", f"redis://:{wrong}@127.0.0.1:{server.port}/0?stream=s"])
+        agent = Agent(r)
+
+        @defer.inlineCallbacks
+        def ready():
+            try:
+                response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/ready".encode())
+                return response.code, json.loads((yield readBody(response)))
+            except Exception:
+                return None, {}
+
+        answers = []
+
+        @defer.inlineCallbacks
+        def until(code, processor):
+            deadline = r.seconds() + 20
+            while True:
+                answers.append((yield ready()))
+                if answers[-1][0] == code and answers[-1][1].get("processor") == processor:
+                    return answers[-1][1]
+                if r.seconds() > deadline:
+                    self.fail(f"no /ready {code} within 20 s: {answers[-3:]}")
+                yield sleep(0.2)
+
+        try:
+            refused = yield until(503, "paused")
+            conn = yield txredisapi.Connection("127.0.0.1", server.port, password=right, reconnect=False)
+            yield conn.execute_command("CONFIG", "SET", "requirepass", wrong)
+            yield conn.disconnect()
+            yield until(200, "working")
+        finally:
+            transport.signalProcess("TERM")
+        yield proto.ended
+        log = (proto.out + proto.err).decode()
+        self.assertEqual(refused["processor"], "paused")
+        self.assertIn("processor paused: authentication refused by redis://:***@127.0.0.1:", refused["reason"])
+        self.assertIn("WRONGPASS", refused["reason"])
+        self.assertEqual(log.count("WRONGPASS"), 1, log)  # one line, however many checks
+        for text in (log, json.dumps(answers)):
+            self.assertNotIn(wrong, text)
+            self.assertNotIn("Traceback", text)

@@ -87,3 +87,19 @@ class LivenessProbeTests(unittest.TestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.sent), 1)
         probe.stop()
+
+    def test_a_probe_cut_short_is_an_answer(self):
+        """
+        A probe the server cut short (a tiny statement_timeout, SQLSTATE
+        57014) came from a server that answers: probing goes on, and a
+        later unanswered probe is still death.
+        """
+        import psycopg2.errors
+
+        self.probe.start()
+        self.clock.advance(1)
+        self.sent[0].errback(psycopg2.errors.QueryCanceled("canceling statement due to statement timeout"))
+        self.clock.advance(1)
+        self.assertEqual(len(self.sent), 2)
+        self.clock.advance(3)
+        self.assertEqual(self.dead, [5.0])

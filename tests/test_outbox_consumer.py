@@ -295,6 +295,13 @@ class PermanentErrorTests(_Consuming, unittest.TestCase):
         ready, details = readiness(client)
         self.assertFalse(ready)
         self.assertRegex(details["reason"], "outbox consumer is (waiting|connecting)")
+        # /metrics counts each loss (hermes_reconnects_total{source="outbox"}).
+        from hermes_tx.status.metrics import ClientCollector
+
+        [reconnects] = [m for m in ClientCollector(client).collect() if m.name == "hermes_reconnects"]
+        counted = {s.labels["source"]: s.value for s in reconnects.samples if s.name.endswith("_total")}
+        self.assertEqual(counted, {"outbox": consumer.reconnects})
+        self.assertGreaterEqual(consumer.reconnects, len(lines))
 
 
 class VisibilityTests(_Consuming, unittest.TestCase):

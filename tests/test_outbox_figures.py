@@ -107,6 +107,17 @@ class FiguresTests(unittest.TestCase):
         self.assertEqual(self.losses, [])
         self.assertEqual(self.figures.last, {"t1": (5, 0, 1.0, 0)})
 
+    def test_a_read_cut_short_names_the_cause(self):
+        """
+        A read the server cut short (the role's statement_timeout): the
+        server's message and SQLSTATE, no reconnect.
+        """
+        self.read_failing(psycopg2.errors.QueryCanceled("canceling statement due to statement timeout\n"))
+        self.assertEqual(self.lines(), [
+            "reading the outbox's figures for /metrics failed: canceling statement due to statement "
+            "timeout (SQLSTATE 57014)"])
+        self.assertEqual(self.losses, [])
+
     def read_failing(self, error):
         result = self.figures.current(self.session)
         self.reads()[0].fail(error)

@@ -17,11 +17,12 @@ from twisted.trial import unittest
 
 from hermes_tx.events import Change, Event
 from hermes_tx.outcomes import Retry
+from hermes_tx.runtime.breaker import OPEN
 from hermes_tx.sinks import SinkURLError, from_url
 from hermes_tx.sinks.amqp import AmqpSink
 from tests.support.faults import event_text
 from tests.support.proxy import listen_proxy
-from tests.support.shared import capture_log
+from tests.support.shared import capture_log, wait_until
 from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes, read_change
 
 BROKER = ("127.0.0.1", 5672)
@@ -201,6 +202,22 @@ class AmqpTests(unittest.TestCase):
         self.assertTrue(pika_log)
         for text in [str(e), repr(sink), sink.target] + [event_text(x) for x in log] + pika_log:
             self.assertNotIn(password, text)
+
+    @defer.inlineCallbacks
+    def test_wrong_password_found_without_an_event(self):
+        """
+        Wrong credentials are found when the run starts, with no event: the
+        circuit opens at once with the broker's reason in one line (not
+        pika's C{AMQPConnectionError: 1}), no password in it.
+        """
+        password = "not-the-pw-" + uuid.uuid4().hex[:8]
+        sink = self.sink(password=password, timeout=5, clock=task.Clock())
+        sink.set_up()
+        yield wait_until(lambda: sink.breaker.state == OPEN, timeout=10, what="the circuit to open")
+        self.assertEqual(sink.breaker.reason, f"authentication refused by {sink.target}: 403 "
+                                              "ACCESS_REFUSED - Login was refused using authentication "
+                                              "mechanism PLAIN. For details see the broker logfile.")
+        self.assertEqual(sink.metrics.requests, 0)
 
     @defer.inlineCallbacks
     def test_refusals_are_one_clear_line(self):

@@ -14,12 +14,13 @@ from twisted.trial import unittest
 
 from hermes_tx.events import Change, Event
 from hermes_tx.outcomes import Retry
+from hermes_tx.runtime.breaker import CLOSED, OPEN
 from hermes_tx.sinks import from_url
 from hermes_tx.sinks.redis_streams import RedisStreamSink
 from tests.support.faults import event_text
 from tests.support.proxy import listen_proxy
 from tests.support.redisserver import start_redis
-from tests.support.shared import capture_log
+from tests.support.shared import capture_log, wait_until
 from tests.support.sinkdriver import Driver, assert_delivered_in_order, make_changes, read_change
 
 PASSWORD = "redis-pw-5e6f7a8b"
@@ -145,6 +146,40 @@ class RedisTests(unittest.TestCase):
                 self.assertNotIn("\n", str(e))
                 self.assertNotIn(PASSWORD, str(e))
             self.assertEqual((sink.metrics.retried, sink.metrics.sent), (6, 0))
+
+    @defer.inlineCallbacks
+    def test_refused_credentials_found_without_an_event(self):
+        """
+        A sink with a wrong password finds out when its run starts, with
+        no event at all: its circuit opens at once (the reason is Redis's
+        reply, no password).  Each time the circuit half-opens with
+        nothing pending it connects again; once the server takes the
+        password, that check closes the circuit, and the connection it
+        made carries the next batch.
+        """
+        clock = task.Clock()
+        server = start_redis(self, password=PASSWORD)
+        wrong = PASSWORD[::-1]
+        sink = self.sink(server.port, password=wrong, clock=clock)
+        sink.set_up()
+        breaker = sink.breaker
+        yield wait_until(lambda: breaker.state == OPEN, timeout=10, what="the circuit to open")
+        self.assertTrue(breaker.reason.startswith(
+            f"authentication refused by {sink.target}: WRONGPASS"), breaker.reason)
+        self.assertNotIn(wrong, breaker.reason)
+        self.assertEqual(sink.metrics.requests, 0)
+        clock.advance(breaker.retry_at - clock.seconds())
+        yield wait_until(lambda: breaker.state == OPEN, timeout=10, what="the circuit to open again")
+        self.assertEqual(sink.checking.checks, 2)
+        conn = yield txredisapi.Connection("127.0.0.1", server.port, password=PASSWORD,
+                                           reconnect=False)
+        yield conn.execute_command("CONFIG", "SET", "requirepass", wrong)
+        yield conn.disconnect()
+        clock.advance(breaker.retry_at - clock.seconds())
+        yield wait_until(lambda: breaker.state == CLOSED, timeout=10, what="the circuit to close")
+        self.assertEqual(sink.checking.checks, 3)
+        self.assertIsNone((yield sink.execute(make_changes(1, 1))))
+        self.assertEqual(sink.connection.connections, 1)
 
     @defer.inlineCallbacks
     def test_rights_refused_fail_the_batch_as_a_whole(self):

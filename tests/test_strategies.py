@@ -40,8 +40,18 @@ class CommonErrorStrategyTests(unittest.TestCase):
             with_sqlstate(psycopg2.InternalError, "25006"),  # standby refuses
             with_sqlstate(psycopg2.OperationalError, "53300"),  # too many connections
             with_sqlstate(psycopg2.extensions.TransactionRollbackError, "40001"),
+            with_sqlstate(psycopg2.errors.QueryCanceled, "57014"),  # statement_timeout
         ]:
             self.assertVerdict(error, True, strategies.BACKOFF)
+
+    def test_a_statement_cut_short_is_not_a_lost_connection(self):
+        """
+        A statement cut short (SQLSTATE 57014, also as psycopg2 raises it
+        without a SQLSTATE) left the connection fine.
+        """
+        for error in (psycopg2.errors.QueryCanceled("canceling statement due to statement timeout"),
+                      with_sqlstate(psycopg2.errors.QueryCanceled, "57014")):
+            self.assertFalse(strategies.is_connection_error(error))
 
     def test_other_database_errors_continue(self):
         for error in [

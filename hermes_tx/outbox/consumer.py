@@ -24,7 +24,7 @@ from hermes_tx.outbox import privileges, sql
 from hermes_tx.outbox.claims import Ledger
 from hermes_tx.outbox.figures import Figures
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
-from hermes_tx.outbox.run import CONSUMING, ConsumeRun
+from hermes_tx.outbox.run import CONSUMING, CUT_LINE_SECONDS, ConsumeRun
 from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.sources.component import ConnectedComponent
 from hermes_tx.sources.hearing import Hearing
@@ -155,6 +155,8 @@ class OutboxConsumer(ConnectedComponent):
         self.claimed = {}
         self._figures = Figures(self.clock, self.schema, self.topics, stats_interval, self.log)
         self._dead_lines = LogLimit(self.clock, 5, 1.0)
+        #: the lines about statements the server cut short (ConsumeRun)
+        self.cut_lines = LogLimit(self.clock, 1, CUT_LINE_SECONDS)
         self.breaker = None  # the processor's circuit breaker (follow_breaker)
         self.statements = {
             name: getattr(sql, name)(schema)

@@ -18,6 +18,7 @@ from twisted.internet import defer
 
 from hermes_tx.exceptions import one_line
 from hermes_tx.outbox import sql
+from hermes_tx.postgres.cut import describe_cut, is_cut
 from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.strategies import is_connection_error
 
@@ -87,8 +88,9 @@ class Figures:
             if not is_connection_error(error):
                 more = self._failures.allow()
                 if more is not None:
+                    cause = describe_cut(error) if is_cut(error) else one_line(error)
                     self.log.warn("reading the outbox's figures for /metrics failed: {error}"
-                                  "{more}", error=one_line(error), more=more)
+                                  "{more}", error=cause, more=more)
             return self.last
         self.last = figures
         self.read_at = self.clock.seconds()

@@ -14,6 +14,15 @@ the liveness probe, and a claim when the soonest change it released comes
 due again.  A claim whose answer was lost with the connection is
 not the consumer's problem: its rows are claimed by a backend that is gone,
 which any consumer may take over at once (L{hermes_tx.outbox.sql.claim}).
+
+A claim or an extension that the server cut short (the role's
+C{statement_timeout}: L{hermes_tx.postgres.cut}) costs no reconnect (that
+would give up every claim the connection's backend holds): one line (at
+most one every L{CUT_LINE_SECONDS} seconds), and it is tried again after
+a delay that grows while statements keep being cut.  (Halving the next
+claims' size after a cut was tried: it did not cut fewer claims nor drain
+faster, bench/README.rst.)  Any other error of a statement is a lost
+connection, retried on the component's backoff.
 """
 
 import uuid
@@ -26,7 +35,9 @@ from hermes_tx.exceptions import ConnectionLostError
 from hermes_tx.outbox.claims import Claim
 from hermes_tx.outbox.pump import ClaimPump
 from hermes_tx.outbox.writes import id_array, write_owed
+from hermes_tx.postgres.cut import describe_cut, is_cut
 from hermes_tx.postgres.liveness import LivenessProbe
+from hermes_tx.runtime.backoff import Backoff, backoff_policy
 from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN, OPEN
 from hermes_tx.sources.run import ConnectionRun
 from hermes_tx.postgres.channels import listen_statement
@@ -42,6 +53,13 @@ SKIP_AHEAD = 8
 #: C{claim_linger} (see L{ConsumeRun._claim_soon})
 FLOWING = 0.1
 
+
+#: at most one line about statements cut short in this many seconds
+CUT_LINE_SECONDS = 10.0
+
+#: a claim or extension cut short is tried again after 0.05 s, doubling
+#: while they keep being cut, at most 5 s
+CUT_RETRY = backoff_policy(initial=0.05, factor=2.0, max_delay=5.0, jitter=None)
 
 #: seconds after a released change's delay before the claim made for it
 #: (the server counted the delay from its own clock, a little later)
@@ -137,6 +155,7 @@ class ConsumeRun(ConnectionRun):
         self._ahead = False  # the next claim is made ahead of the acks
         self._last_claim = None  # when the last claim was made
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
+        self._cut_retry = Backoff(CUT_RETRY)  # statements cut short in a row
 
     def listen_statement(self):
         private = self.consumer.hearing.channel
@@ -251,7 +270,7 @@ class ConsumeRun(ConnectionRun):
         params = (consumer.topics, room, token, consumer.visibility_timeout)
         d = self.session.query(consumer.statements["claim"], params)
         d.addCallback(self._claimed, Claim(consumer.ledger, token), room, ahead)
-        d.addErrback(self._query_failed)
+        d.addErrback(self._claim_failed)
         return d
 
     def _room(self, breaker):
@@ -291,6 +310,7 @@ class ConsumeRun(ConnectionRun):
         changes = _changes(rows, claim)
         if self.is_working:
             self.on_ready()  # claims work: the next loss retries after the shortest delay
+            self._cut_retry.reset()
             consumer.prime_figures(self.session)
             if self._check is not None and self._check.state == "stopped":
                 # The first probe after the first claim, not with it: through
@@ -339,6 +359,30 @@ class ConsumeRun(ConnectionRun):
         self.lose(failure.value)
         return False
 
+    def _claim_failed(self, failure):
+        error = failure.value
+        if is_cut(error) and self.is_working:
+            self._cut("a claim", error, "claiming", self.pump.want)
+            return False
+        return self._query_failed(failure)
+
+    def _cut(self, what, error, doing, again):
+        """
+        A statement of ours was cut short by the server: no reconnect; one
+        line (rate-limited), and C{again} after the cuts' delay.
+        """
+        consumer = self.consumer
+        delay = self._cut_retry.next_delay()
+        self._timers.once(f"cut-{doing}", delay, again)
+        more = consumer.cut_lines.allow()
+        if more is not None:
+            consumer.log.warn(
+                "{ident}: {what} was cut short by the server: {cause}; {doing} again in "
+                "{delay:.2g} s, on the same connection (is the role's statement_timeout shorter "
+                "than the outbox's statements take?){more}",
+                ident=consumer.ident, what=what, cause=describe_cut(error), doing=doing,
+                delay=delay, more=more)
+
     # -- keeping claims and writing what is owed --------------------------------
 
     def _extend(self):
@@ -357,8 +401,14 @@ class ConsumeRun(ConnectionRun):
             d.addCallback(self._extended, ids, token)
             statements.append(d)
         self._extending = defer.gatherResults(statements, consumeErrors=True)
-        self._extending.addErrback(lambda f: self._query_failed(f.value.subFailure))
+        self._extending.addErrback(lambda f: self._extend_failed(f.value.subFailure))
         self._extending.addBoth(self._extension_over)
+
+    def _extend_failed(self, failure):
+        if is_cut(failure.value) and self.is_working:
+            self._cut("extending claims", failure.value, "extending", self._extend)
+            return None
+        return self._query_failed(failure)
 
     def _extension_over(self, _):
         self._extending = None

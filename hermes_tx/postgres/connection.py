@@ -26,6 +26,29 @@ from hermes_tx.exceptions import ConnectionLostError
 from hermes_tx.postgres.socketwait import poll_steps, wait_steps
 
 
+class HermesCursor(txpostgres.Cursor):
+    """
+    txpostgres workaround: its cursors turn every C{QueryCanceledError}
+    into a bare C{defer.CancelledError}, also a statement the server cut
+    short on its own (the role's C{statement_timeout},
+    C{pg_cancel_backend}: SQLSTATE 57014), so the server's message is lost
+    and the error looks like a cancellation of ours.  This cursor keeps the
+    server's error unless the query's Deferred was cancelled (then it is
+    a C{CancelledError}, as txpostgres documents).
+    """
+
+    _cancelled = False
+
+    def _cancel(self, d):
+        self._cancelled = True
+        return txpostgres.Cursor._cancel(self, d)
+
+    def _handleCancellation(self, f):
+        if self._cancelled:
+            return txpostgres.Cursor._handleCancellation(self, f)
+        return f
+
+
 class HermesConnection(txpostgres.Connection):
     """
     A txpostgres connection that reports its own death and hands NOTIFYs over
@@ -37,6 +60,7 @@ class HermesConnection(txpostgres.Connection):
     """
 
     log = Logger()
+    cursorFactory = HermesCursor
 
     def __init__(self, reactor=None):
         txpostgres.Connection.__init__(self, reactor=reactor)

@@ -12,6 +12,8 @@ C{addTimeout} on its Deferred does not abort the query.)
 
 from twisted.logger import Logger
 
+from hermes_tx.postgres.cut import is_cut
+
 
 class LivenessProbe:
     """
@@ -85,6 +87,11 @@ class LivenessProbe:
             self._schedule()
 
     def _failed(self, failure):
+        if is_cut(failure.value):
+            # The server answered (it cut the probe short: a tiny
+            # statement_timeout): alive; probe again after the interval.
+            self._answered(None)
+            return
         # The connection reports its own loss; just stop probing it.
         self.stop()
 

@@ -10,7 +10,10 @@ failing with no success in between (the sink is down, refuses our
 credentials, times out) does the whole processor back off: the circuit
 I{opens} after L{THRESHOLD} failures in a row, or after two in a row that
 are L{SPAN} seconds apart (a dependency that hangs until each request
-times out), and nothing is executed while it is open.  After the
+times out), and nothing is executed while it is open.  A check that finds
+the dependency down without any delivery (a sink that cannot connect, or
+whose credentials are refused, at start or while nothing is pending:
+L{hermes_tx.sinks.check}) opens it at once (L{Breaker.down}).  After the
 breaker's backoff one delivery is let through (I{half-open}): a success
 closes the circuit (and resets the backoff), a failure opens it again for
 longer.  A rejection (the other side answered "never") is not a failure of
@@ -65,6 +68,9 @@ class _Inputs(Protocol):
     def trip(self) -> None:
         "Enough failures in a row: open."
 
+    def down(self, reason: str, now: float) -> None:
+        "A check found the dependency down: open now."
+
     def elapsed(self) -> None:
         "The open state's backoff is over."
 
@@ -89,12 +95,14 @@ class _Core:
     waiters: List[defer.Deferred] = field(default_factory=list)
     opens: int = 0  # times the circuit opened
     on_elapsed: Any = None  # what the open state's timer calls
+    checked: bool = False  # the last failure was a check's, not a delivery's
 
-    def count(self, reason, now):
+    def count(self, reason, now, checked=False):
         if self.streak == 0:
             self.first_failed_at = now
         self.streak += 1
         self.reason = reason
+        self.checked = checked
 
     def trips(self, now):
         if self.streak >= self.threshold:
@@ -107,11 +115,15 @@ class _Core:
         self.timer = self.clock.callLater(delay, self.on_elapsed)
         if first:
             self.opens += 1
-            self.log.warn(
-                "{name}: {n} deliveries failed in a row (last: {reason}); "
-                "pausing, next try in {delay:.2g} s",
-                name=self.name(), n=self.streak, reason=self.reason, delay=delay,
-            )
+            if self.checked:
+                self.log.warn("{name}: {reason}; pausing, next try in {delay:.2g} s",
+                              name=self.name(), reason=self.reason, delay=delay)
+            else:
+                self.log.warn(
+                    "{name}: {n} deliveries failed in a row (last: {reason}); "
+                    "pausing, next try in {delay:.2g} s",
+                    name=self.name(), n=self.streak, reason=self.reason, delay=delay,
+                )
             self.notify("breaker_opened")
 
     def cancel_timer(self):
@@ -130,6 +142,7 @@ class _Core:
         self.streak = 0
         self.first_failed_at = None
         self.reason = None
+        self.checked = False
 
     def notify(self, method):
         # Observers are told once the transition is over (they may ask the
@@ -165,11 +178,29 @@ def _build():
 
     @half_open.upon(_Inputs.succeeded).to(closed)
     def back(inputs, core):
-        core.log.info("{name}: a delivery succeeded after {n} failed; going on",
-                      name=core.name(), n=core.streak)
+        if core.checked:
+            core.log.info("{name}: the dependency answers again ({n} failure(s) before); going on",
+                          name=core.name(), n=core.streak)
+        else:
+            core.log.info("{name}: a delivery succeeded after {n} failed; going on",
+                          name=core.name(), n=core.streak)
         core.forget()
         core.backoff.reset()
         core.notify("breaker_closed")
+
+    @closed.upon(_Inputs.down).to(open_)
+    def found_down(inputs, core, reason, now):
+        core.count(reason, now, checked=True)
+        core.open(inputs, first=True)
+
+    @half_open.upon(_Inputs.down).to(open_)
+    def still_found_down(inputs, core, reason, now):
+        core.count(reason, now, checked=True)
+        core.open(inputs, first=False)
+
+    @open_.upon(_Inputs.down).loop()
+    def found_down_again(inputs, core, reason, now):
+        core.count(reason, now, checked=True)
 
     @half_open.upon(_Inputs.failed).to(open_)
     def still_down(inputs, core, reason, now):
@@ -214,8 +245,9 @@ class Breaker:
     The circuit of one processor (see the module docstring).
 
     @ivar state: L{CLOSED}, L{OPEN} or L{HALF_OPEN}.
-    @ivar failures: deliveries failed in a row so far.
+    @ivar failures: deliveries (and checks) failed in a row so far.
     @ivar reason: the last failure's reason (one line), or C{None}.
+    @ivar checked: True when the last failure was a check's (L{down}).
     @ivar retry_at: clock time at which an open circuit half-opens, or
         C{None}.
     @ivar opens: how many times the circuit opened (for metrics).
@@ -274,6 +306,14 @@ class Breaker:
         return self._core.retry_at
 
     @property
+    def checked(self):
+        """
+        True when the last failure was a check's (L{down}), not a
+        delivery's.
+        """
+        return self._core.checked
+
+    @property
     def opens(self):
         return self._core.opens
 
@@ -299,6 +339,17 @@ class Breaker:
         @param reason: one line, without secrets.
         """
         self._machine.failed(reason, self._core.clock.seconds())
+        self._announce()
+
+    def down(self, reason):
+        """
+        A check found the dependency down (no delivery failed: none may be
+        pending): open the circuit now, or keep it open (half-open: for
+        longer).
+
+        @param reason: one line, without secrets.
+        """
+        self._machine.down(reason, self._core.clock.seconds())
         self._announce()
 
     def admitted(self):

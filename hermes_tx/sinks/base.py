@@ -17,6 +17,7 @@ from twisted.internet import defer
 from hermes_tx.components import Component
 from hermes_tx.exceptions import HermesException, one_line
 from hermes_tx.outcomes import BatchOutcome, Reject, Retry, Unavailable
+from hermes_tx.sinks.check import SinkCheck
 from hermes_tx.sinks.metrics import SinkMetrics
 from hermes_tx.sinks.records import deliverable
 from hermes_tx.sinks.urls import Secrets
@@ -78,6 +79,32 @@ class Sink(Component):
         self.secrets = secrets if secrets is not None else Secrets()
         self.timeout = float(timeout)
         self.metrics = SinkMetrics(self.kind, target)
+        self.checking = SinkCheck(self)
+
+    def set_up(self):
+        """
+        The run starts: L{check} the other side now, without waiting for
+        it (L{hermes_tx.sinks.check}: a sink that cannot connect, or whose
+        credentials are refused, opens its circuit at once).
+        """
+        self.checking.start()
+
+    def tear_down(self):
+        """
+        The run ends: no more checks.
+        """
+        self.checking.stop()
+
+    def check(self):
+        """
+        Find out, without an event, whether the other side takes events
+        now (connect and authenticate).  Subclasses may implement it; by
+        default there is nothing to check.
+
+        @return: C{None} (nothing to check), or a Deferred that fails with
+            an exception whose text is one line (L{Retry}) when it does not.
+        """
+        return None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.target}>"

@@ -8,7 +8,10 @@ done; refused: retried with the broker's reason; unanswered: retried).
 A batch of which no event was confirmed fails as a whole (L{Retry}, one
 line) when nothing was answered at all (no connection, a connection lost,
 a channel the broker closed: its reason is the line) or when the broker
-refused our credentials or rights (L{BrokerSink.systemic}).
+refused our credentials or rights (L{BrokerSink.systemic}).  The
+connection is also made when the sink's run starts and when its circuit
+breaker probes with nothing pending (L{BrokerSink.check}), so credentials
+refused are known (C{/ready} 503) before any event fails.
 """
 
 from twisted.internet import defer
@@ -129,5 +132,14 @@ class BrokerSink(Sink):
                              failed=len(answers) < len(events))
         return outcome if outcome.retry else None
 
+    def check(self):
+        """
+        Connect now (authentication included), or fail with the one line
+        saying why not (L{hermes_tx.sinks.check}); the connection is kept
+        for the next batch.
+        """
+        return self.connection.get()
+
     def tear_down(self):
+        Sink.tear_down(self)
         return self.connection.close()

@@ -136,6 +136,7 @@ class HttpSink(Sink):
         return None
 
     def tear_down(self):
+        Sink.tear_down(self)
         pool, self._pool = self._pool, None
         if pool is not None:
             self._agent = None

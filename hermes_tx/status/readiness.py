@@ -110,9 +110,13 @@ def _paused(client, breaker):
     """
     @return: why an open (or half-open) circuit pauses the processor.
     """
-    text = f"processor paused: {breaker.failures} deliveries failed in a row"
-    if breaker.reason:
-        text += f" (last: {breaker.reason})"
+    if getattr(breaker, "checked", False) and breaker.reason:
+        # A check found the dependency down (maybe with nothing pending).
+        text = f"processor paused: {breaker.reason}"
+    else:
+        text = f"processor paused: {breaker.failures} deliveries failed in a row"
+        if breaker.reason:
+            text += f" (last: {breaker.reason})"
     if breaker.retry_at is not None:
         text += f"; next try in {max(0.0, breaker.retry_at - client.clock.seconds()):.1f} s"
     else:
