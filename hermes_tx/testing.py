@@ -160,8 +160,9 @@ class ProcessorHarness:
         @return: the L{Result} of C{event} so far.
         """
         if type(event) is Change:
-            for kind, _, change, delay, reason in reversed(self._writes.written):
-                if change is event:
+            token = event.claim.token
+            for kind, written_token, change, delay, reason in reversed(self._writes.written):
+                if change.id == event.id and written_token == token:
                     return Result(event, _OUTCOMES[kind], delay, reason)
             return Result(event, "pending", None, None)
         told = self._notified.get(id(event))

@@ -131,6 +131,51 @@ class DrainTests(_Consuming, unittest.TestCase):
         self.assertEqual(self.rows(topic="other-topic")[0][1], "k")
 
 
+class ByteBoundTests(_Consuming, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_big_changes_flow_within_a_small_bound(self):
+        """
+        With C{max_in_flight_bytes} of 256 KiB, changes of about 100 KB
+        (eight keys, five each) and one of 1.5 MB in their midst flow:
+        every change once, in order per key, each on its first delivery
+        (the rows a claim cut were given back, their delivery not
+        counted); whenever the processor is given a change, the payloads
+        held stay within the bound, unless that one change alone is held.
+        """
+        bound = 256 << 10
+        conn = self.connect()
+        cur = conn.cursor()
+        emitted = []
+        for n in range(5):
+            for k in range(8):
+                emitted.append((f"key-{k}", n, 100000))
+            if n == 2:
+                emitted.append(("big", 0, 1500000))
+        cur.execute("BEGIN")
+        cur.executemany("SELECT hermes.emit('t', %s, jsonb_build_object('n', %s::int, 's', repeat('x', %s)))",
+                        emitted)
+        cur.execute("COMMIT")
+        held = []
+
+        class Measuring(Recorder):
+            def execute(self, change):
+                ledger = consumer.ledger
+                held.append((ledger.held, len(ledger.in_flight)))
+                return Recorder.execute(self, change)
+
+        client, consumer, recorder = self.start(processor=Measuring(), max_in_flight_bytes=bound)
+        yield wait_until(lambda: len(recorder.seen) >= len(emitted), timeout=30, what="every change")
+        yield wait_until(lambda: not self.rows(), timeout=10, what="an empty outbox")
+        self.assertEqual(len(recorder.seen), len(emitted))
+        keys = recorder.by_key()
+        self.assertEqual(keys.pop("big"), [0])
+        self.assertEqual(keys, {f"key-{k}": list(range(5)) for k in range(8)})
+        self.assertEqual({attempts for _, _, attempts in recorder.seen}, {0})
+        self.assertEqual([h for h in held if h[0] > bound and h[1] > 1], [])
+        self.assertIn(1, [count for size, count in held if size > bound])
+        self.assertEqual(consumer.budget.bound, bound)
+
+
 class RetryTests(_Consuming, unittest.TestCase):
     @defer.inlineCallbacks
     def test_retry_waits_and_keeps_the_key_in_order(self):

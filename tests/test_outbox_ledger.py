@@ -106,7 +106,8 @@ class HostileOutcomeTests(unittest.TestCase):
         b = self.change(2)
         b.claim.done(b)
         self.clock.advance(0)
-        self.assertEqual(self.writer.writes[1][0], [("ack", "token", b, None, None)])
+        [(kind, token, settled, delay, reason)] = self.writer.writes[1][0]
+        self.assertEqual((kind, token, settled.id, delay, reason), ("ack", "token", b.id, None, None))
         self.writer.finish(1)
         lines = [formatEvent(e) for e in log]
         self.assertIn("writing 1 outbox outcome(s) failed: ValueError: permission denied for table "
@@ -134,3 +135,65 @@ class HostileOutcomeTests(unittest.TestCase):
         self.assertIs(self.ledger.in_flight[1], new)
         new.claim.done(new)
         self.assertEqual(self.ledger.in_flight, {})
+
+
+class HeldTests(unittest.TestCase):
+    """
+    The bytes of the payloads in flight (L{Ledger.held}), and writes owed
+    that do not keep the changes' payloads alive.
+    """
+
+    def setUp(self):
+        self.ledger = Ledger(task.Clock())
+        self.writer = self.ledger.writer = SlowWriter()
+        self.claim = Claim(self.ledger, "token")
+
+    def change(self, id, payload):
+        return Change(id, "t", f"k{id}", 2, 0.0, payload, claim=self.claim)
+
+    def test_sizes_as_claimed_or_the_text_length(self):
+        a, b = self.change(1, "x" * 10), self.change(2, "y" * 20)
+        self.ledger.add_many([a, b], [15, 25])
+        self.assertEqual(self.ledger.held, 40)
+        c = self.change(3, "z" * 7)
+        self.ledger.add(c)
+        self.assertEqual(self.ledger.held, 47)
+        self.claim.done(a)
+        self.claim.retry(b, "again")
+        self.assertEqual(self.ledger.held, 7)
+        self.assertEqual(self.ledger.forget_all(), [c])
+        self.assertEqual(self.ledger.held, 0)
+
+    def test_claimed_again_counts_once(self):
+        self.ledger.add_many([self.change(1, "x" * 10)], [10])
+        self.ledger.add_many([self.change(1, "x" * 10)], [12])
+        self.assertEqual(self.ledger.held, 12)
+        self.ledger.lost([1])
+        self.assertEqual(self.ledger.held, 0)
+
+    def test_owed_writes_hold_no_payload(self):
+        """
+        A settled change's write waiting for the connection keeps its id,
+        topic, key and attempts, not the change (nor its payload).
+        """
+        import gc
+        import weakref
+
+        class Payload(str):
+            pass
+
+        payload = Payload("p" * 1000)
+        change = self.change(1, payload)
+        self.ledger.add(change)
+        self.ledger.writer = None  # no connection: the write waits
+        self.claim.reject(change, "bad")
+        ref = weakref.ref(payload)
+        del change, payload
+        gc.collect()
+        self.assertIsNone(ref())
+        self.assertEqual(self.ledger.owed, 1)
+        self.ledger.writer = self.writer
+        self.ledger.flush()
+        [(kind, token, settled, _, reason)] = self.writer.writes[0][0]
+        self.assertEqual((kind, settled.id, settled.topic, settled.key, settled.attempts, reason),
+                         ("dead", 1, "t", "k1", 2, "bad"))

@@ -147,6 +147,8 @@ class ConsumerTests(_Roles, unittest.TestCase):
         rows = self.consume(statements.claim(), ["t"], 10, token, 30.0)
         self.assertEqual([r[0] for r in rows], ids)
         self.assertEqual(self.consume(statements.extend(), ids, token, 60.0), [(i,) for i in ids])
+        within = str(uuid.uuid4())
+        self.assertEqual(self.consume(statements.claim_within(), ["t"], 10, within, 30.0, 1 << 20, True), [])
         self.assertEqual(self.consume(statements.ack(), ids[:1], token), [(ids[0],)])
         self.assertEqual(sorted(self.consume(statements.release(), ids[1:3], token, [0, 0], ["x", None], 1)),
                          [(ids[1], "dead"), (ids[2], "dead")])

@@ -31,12 +31,20 @@ DENIED = psycopg2.errors.InsufficientPrivilege("permission denied for function c
 CUT = psycopg2.errors.QueryCanceled("canceling statement due to statement timeout\n")
 
 
-def rows(first, count, topic="t1"):
+def rows(first, count, topic="t1", size=None):
     """
     @return: C{count} claimed rows with ids from C{first}, each of its own
-        key.
+        key, and the bytes of each payload (C{size}: payloads padded to
+        that many).
     """
-    return [(i, topic, f"k{i}", 0, 1000.0, '{"n": %d}' % i) for i in range(first, first + count)]
+    made = []
+    for i in range(first, first + count):
+        payload = '{"n": %d}' % i
+        if size is not None:
+            prefix = '{"n": %d, "s": "' % i
+            payload = prefix + "x" * (size - len(prefix) - 2) + '"}'
+        made.append((i, topic, f"k{i}", 0, 1000.0, payload, len(payload)))
+    return made
 
 
 class Seen:
@@ -167,8 +175,8 @@ class ReadyTests(_Consuming):
         consumer = self.make()
         self.assertEqual(consumer.state, "consuming")
         query = self.claim()
-        topics, limit, token, visibility = query.params
-        self.assertEqual((topics, limit, visibility), (["t1", "t2"], 10, 30.0))
+        topics, limit, token, visibility, budget, first = query.params
+        self.assertEqual((topics, limit, visibility, budget, first), (["t1", "t2"], 10, 30.0, 32 << 20, True))
         self.assertEqual(len(token), 36)
         self.assertEqual(self.lines(LogLevel.info), ["OutboxConsumer: consuming outbox topics 't1', 't2'"])
 
@@ -405,6 +413,149 @@ class QueueTests(_Consuming):
         self.no_claim()
         self.queue.take(10)
         self.no_claim()
+
+
+class ByteTests(_Consuming):
+    """
+    The payload bytes in flight stay within C{max_in_flight_bytes}: each
+    claim asks for half of what is free, in as many changes as fit at the
+    sizes seen; rows past it (their payload cut by the statement) are
+    given back; one change bigger than the bound comes alone.
+    """
+
+    def asked(self):
+        """
+        @return: C{(changes, budget, first)} of the claim waiting.
+        """
+        params = self.claim().params
+        return params[1], params[4], params[5]
+
+    def acknowledged(self, id_array):
+        self.clock.advance(0)  # the acknowledgements' turn
+        self.write(("ack", id_array))
+
+    def cut(self, made, keep):
+        """
+        @return: C{made} (rows) with the payloads after the first C{keep}
+            cut, as the claim statement sends rows past its budget.
+        """
+        return made[:keep] + [row[:5] + (None,) + row[6:] for row in made[keep:]]
+
+    def test_each_claim_asks_for_half_of_what_is_free(self):
+        """
+        The first claim may bring half the bound (its first row whatever
+        its size); the next one half of what is left, in no more changes
+        than fit at the size seen.
+        """
+        consumer = self.make(max_in_flight_bytes=1000)
+        self.assertEqual(self.asked(), (10, 500, True))
+        self.answer_claim(rows(1, 4, size=100))
+        self.assertEqual(consumer.ledger.held, 400)
+        self.assertEqual(consumer.budget.typical, 100)
+        self.conn.deliver("t1")
+        self.assertEqual(self.asked(), (3, 300, False))
+
+    def test_rows_past_the_budget_are_given_back(self):
+        """
+        Rows whose payload the statement cut are given back at once (their
+        delivery not counted), never queued nor counted as held; the claim
+        counts as full, so the next one follows if enough is free.
+        """
+        consumer = self.make(max_in_flight_bytes=1000)
+        self.answer_claim(self.cut(rows(1, 5, size=100), 2))
+        self.assertEqual([c.id for c in self.queue.pending], [1, 2])
+        self.assertEqual(consumer.ledger.held, 200)
+        self.assertEqual(consumer.claimed, {"t1": 2})
+        self.write(("unclaim", "{3}"), ("unclaim", "{4,5}"))
+        self.assertEqual(self.asked(), (4, 400, False))
+
+    def test_no_claim_while_little_is_free(self):
+        """
+        With less than a sixteenth of the bound (or one change of the size
+        seen) for the next claim, none is made until changes are settled.
+        """
+        consumer = self.make(max_in_flight_bytes=1600)
+        self.answer_claim(rows(1, 4, size=200))  # 800 held
+        self.conn.deliver("t1")
+        self.answer_claim(rows(5, 3, size=200))  # 1400 held: 100 to claim, less than a change
+        self.no_claim()
+        self.conn.deliver("t1")
+        self.clock.advance(60)
+        self.no_claim()
+        changes = self.queue.take(7)
+        for change in changes[:3]:
+            change.claim.done(change)
+        self.acknowledged("{1,2,3}")
+        self.assertEqual(consumer.ledger.held, 800)
+        self.assertEqual(self.asked(), (2, 400, False))
+
+    def test_a_change_bigger_than_the_bound_comes_alone(self):
+        """
+        Nothing in flight, the first row brings its payload whatever its
+        size; then nothing is claimed until it is settled.
+        """
+        consumer = self.make(max_in_flight_bytes=1024)
+        self.answer_claim(rows(1, 1, size=5000))
+        self.assertEqual(consumer.ledger.held, 5000)
+        self.conn.deliver("t1")
+        self.clock.advance(60)
+        self.no_claim()
+        self.settle_all()
+        self.acknowledged("{1}")
+        self.assertEqual(consumer.ledger.held, 0)
+        self.assertEqual(self.asked(), (1, 512, True))
+
+    def test_all_cut_waits_for_room_for_them(self):
+        """
+        A claim whose every row was cut (changes in flight, the next ones
+        bigger than what is free) is not made again until that much is
+        free, or nothing is in flight.
+        """
+        consumer = self.make(max_in_flight_bytes=1600)
+        self.answer_claim(rows(1, 2, size=100))  # 200 held: 700 to claim
+        self.conn.deliver("t1")
+        self.answer_claim(self.cut(rows(3, 1, size=1000), 0))
+        self.write(("unclaim", "{3}"))
+        self.conn.deliver("t1")
+        self.clock.advance(60)
+        self.no_claim()
+        self.settle_all()
+        self.acknowledged("{1,2}")
+        self.assertEqual(self.asked()[1:], (800, True))
+        self.assertEqual(consumer.ledger.held, 0)
+
+    def test_a_claim_without_answer_makes_the_next_smaller(self):
+        """
+        A claim lost without an answer (its rows may have been too big to
+        come within the deadline) makes the next claim ask for a quarter as
+        many changes; the sizes of its answer count again.
+        """
+        consumer = self.make()
+        self.claim().fail(ConnectionLostError("no answer within 10 s"))
+        self.clock.advance(self.seen.delays[-1])
+        self.assertEqual(self.claim().params[1], 2)
+        self.answer_claim(rows(1, 2, size=100))
+        self.assertEqual(consumer.budget.typical, 100)
+        self.assertEqual(self.claim().params[1], 10)
+
+    def test_held_follows_every_way_out(self):
+        """
+        Acknowledged, released, dead-lettered, given back or lost: what a
+        change held is no longer counted.
+        """
+        consumer = self.make(max_in_flight_bytes=100000)
+        self.answer_claim(rows(1, 5, size=100))
+        ledger = consumer.ledger
+        self.assertEqual(ledger.held, 500)
+        changes = self.queue.take(4)
+        changes[0].claim.done(changes[0])
+        changes[1].claim.retry(changes[1], "again")
+        changes[2].claim.reject(changes[2], "bad")
+        self.assertEqual(ledger.held, 200)
+        ledger.lost([changes[3].id])
+        self.assertEqual(ledger.held, 100)
+        consumer.give_back()
+        self.assertEqual((ledger.held, ledger.in_flight), (0, {}))
 
 
 class BreakerTests(_Consuming):

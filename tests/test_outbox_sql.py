@@ -211,6 +211,34 @@ class ClaimTests(OutboxDatabase, unittest.TestCase):
         self.assertTrue(100 <= stats[0][3] < 160)
         self.assertIsNone(stats[1][3])
 
+    def test_claim_within_a_budget(self):
+        """
+        claim_within claims like claim, but the rows past the byte budget
+        (in id order, octet_length of the JSON text) come without their
+        payload; each row says its size.  With C{first}, the first row
+        comes whatever its size; without, nothing past the budget does.
+        Given back, a cut row is claimable again, its delivery not counted.
+        """
+        texts = [json.dumps({"s": "é" * n}, ensure_ascii=False) for n in (10, 20, 5000, 10)]
+        ids = [self.emit("t", f"k{i}", text) for i, text in enumerate(texts)]
+        conn = self.connect()
+        sizes = [len(t.encode()) for t in texts]
+        token = str(uuid.uuid4())
+        rows = self.execute(statements.claim_within(), (["t"], 10, token, 30.0, sizes[0] + sizes[1], False), conn)
+        self.assertEqual([(r[0], r[5], r[6]) for r in rows],
+                         [(ids[0], texts[0], sizes[0]), (ids[1], texts[1], sizes[1]),
+                          (ids[2], None, sizes[2]), (ids[3], None, sizes[3])])
+        self.assertEqual([r[3] for r in rows], [0] * 4)
+        self.assertEqual(self.execute(statements.unclaim(), (ids[2:], token), conn), [(ids[2],), (ids[3],)])
+        self.assertEqual(self.ack(ids[:2], token, conn), ids[:2])
+        token = str(uuid.uuid4())
+        rows = self.execute(statements.claim_within(), (["t"], 10, token, 30.0, 100, False), conn)
+        self.assertEqual([(r[0], r[3], r[5]) for r in rows], [(ids[2], 0, None), (ids[3], 0, None)])
+        self.execute(statements.unclaim(), (ids[2:], token), conn)
+        token = str(uuid.uuid4())
+        rows = self.execute(statements.claim_within(), (["t"], 10, token, 30.0, 100, True), conn)
+        self.assertEqual([(r[0], r[3], r[5]) for r in rows], [(ids[2], 0, texts[2]), (ids[3], 0, None)])
+
     def test_claim_refuses_bad_arguments(self):
         """
         A claim without a token or with a visibility that is not positive

@@ -249,6 +249,26 @@ class OptionsTests(unittest.TestCase):
         self.assertUsageError(["--dsn", "dbname=x", "--outbox", "t", "--visibility-timeout", "0.5"],
                               "between 1 and 86400")
 
+    def test_max_in_flight_bytes(self):
+        """
+        --max-in-flight-bytes: bytes, or with a suffix K, M or G (binary,
+        any case, KiB/MiB/GiB too), 64 MiB by default, for the outbox
+        consumer; anything else is one line naming the option.
+        """
+        def bound(*args):
+            o = self.parse("--dsn", "dbname=x", "--outbox", "t", *args)
+            return makeService(o).getServiceNamed("client").outbox.budget.bound
+
+        self.assertEqual(bound(), 64 << 20)
+        for value, expected in [("1048576", 1 << 20), ("512k", 512 << 10), ("16M", 16 << 20),
+                                ("16MiB", 16 << 20), ("2 GiB", 2 << 30), ("1g", 1 << 30)]:
+            self.assertEqual(bound("--max-in-flight-bytes", value), expected, value)
+        refused = [(value, "--max-in-flight-bytes must be a whole number of bytes")
+                   for value in ("", "M", "1.5M", "-1M", "12X", "1e6", "2T")]
+        refused.append(("100", "--max-in-flight-bytes must be between 1024 and 1099511627776 bytes, not 100"))
+        for value, message in refused:
+            self.assertUsageError(["--dsn", "dbname=x", "--outbox", "t", "--max-in-flight-bytes", value], message)
+
     def test_make_service(self):
         o = self.parse("--dsn", "dbname=x", "-c", "x", "-c", "Y")
         top = makeService(o)

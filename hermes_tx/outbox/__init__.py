@@ -5,8 +5,9 @@ applications, capture triggers for tables, and the statements a consumer
 runs (L{hermes_tx.outbox.sql}).
 
   - L{hermes_tx.outbox.schema}: install and upgrade (versioned migrations);
-  - L{hermes_tx.outbox.sql}: claim, ack, release, dead_letter, extend,
-    stats, the wake-up channel;
+  - L{hermes_tx.outbox.sql}: claim (and claim_within, in a byte budget:
+    L{hermes_tx.outbox.budget}), ack, release, dead_letter, extend, stats,
+    the wake-up channel;
   - L{hermes_tx.outbox.capture}: capture and uncapture tables;
   - L{hermes_tx.outbox.admin}: status and dead letters;
   - L{hermes_tx.outbox.privileges}: the rights writers, consumers and

@@ -30,6 +30,26 @@ ACK_BATCH = 1000
 ACK_DELAY = 0
 
 
+class Settled:
+    """
+    What a write owed for a settled change needs of it (its id, topic, key
+    and attempts, not its payload): the change itself, and its payload,
+    may be gone while the write waits (behind a claim on the connection,
+    say), so what is settled no longer counts toward the bytes held.
+    """
+
+    __slots__ = ("id", "topic", "key", "attempts")
+
+    def __init__(self, change):
+        self.id = change.id
+        self.topic = change.topic
+        self.key = change.key
+        self.attempts = change.attempts
+
+    def __repr__(self):
+        return f"<Settled {self.topic!r} {self.key!r} id={self.id} attempts={self.attempts}>"
+
+
 class Claim:
     """
     One claim: a token and the changes it took.
@@ -88,6 +108,8 @@ class Ledger:
 
     @ivar in_flight: an ordered dict of change id to the L{Change} handed
         to the processor and not yet settled.
+    @ivar held: the bytes of the payloads in flight (as the claims said:
+        L{hermes_tx.outbox.budget}).
     @ivar counts: acknowledged, released, dead-lettered and lost claims so
         far (for metrics).
     @ivar by_topic: the same, by topic: a dict of those names to
@@ -101,10 +123,12 @@ class Ledger:
         self.max_attempts = max_attempts
         self.retry_delay = retry_policy or CHANGE_RETRY
         self.in_flight = OrderedDict()
+        self.held = 0
+        self._sizes = {}  # change id -> bytes of its payload, while in flight
         self.counts = {"acked": 0, "released": 0, "dead": 0, "lost": 0}
         self.by_topic = {name: Counter() for name in self.counts}
-        # (kind, token, change, delay, reason) not yet written; kind is
-        # "ack", "release" or "dead"
+        # (kind, token, Settled, delay, reason) not yet written; kind is
+        # "ack", "release", "dead" or "unclaim"
         self._owed = []
         self._writes = defer.DeferredLock()  # one write at a time
         # the Deferreds of flushes waiting for the next write (None: no
@@ -127,19 +151,41 @@ class Ledger:
         # of every change settled
         self.pacer = None
 
-    def add(self, change):
-        self.in_flight[change.id] = change
+    def add(self, change, size=None):
+        self.add_many([change], None if size is None else [size])
 
-    def add_many(self, changes):
-        self.in_flight.update((change.id, change) for change in changes)
+    def add_many(self, changes, sizes=None):
+        """
+        @param sizes: the bytes of each change's payload (C{None}: the
+            length of its text).
+        """
+        if sizes is None:
+            sizes = [len(change.payload or "") for change in changes]
+        in_flight, by_id = self.in_flight, self._sizes
+        for change, size in zip(changes, sizes):
+            if change.id in by_id:
+                self.held -= by_id[change.id]  # claimed again: the new one replaces it
+            in_flight[change.id] = change
+            by_id[change.id] = size
+            self.held += size
+
+    def _drop(self, change_id):
+        """
+        @return: the change of that id, no longer in flight (or C{None}).
+        """
+        change = self.in_flight.pop(change_id, None)
+        if change is not None:
+            self.held -= self._sizes.pop(change_id, 0)
+        return change
 
     def settle(self, change, write):
         if self.in_flight.get(change.id) is not change:
             return  # lost, already settled, or claimed again since (a newer claim's)
-        del self.in_flight[change.id]
+        self._drop(change.id)
         if self.pacer is not None and write[0] != "unclaim":  # given back: not processed
             self.pacer.settled(bool(self.in_flight))
-        self._owed.append(write)
+        kind, token, _, delay, reason = write
+        self._owed.append((kind, token, Settled(change), delay, reason))
         if write[0] != "ack" or len(self._owed) >= ACK_BATCH:
             if self._next is None:  # else the write waiting takes this too
                 self.flush()
@@ -232,7 +278,7 @@ class Ledger:
         consumer may deliver them again).
         """
         for change_id in ids:
-            change = self.in_flight.pop(change_id, None)
+            change = self._drop(change_id)
             if change is not None:
                 self.counts["lost"] += 1
                 self.by_topic["lost"][change.topic] += 1
@@ -245,6 +291,8 @@ class Ledger:
         """
         changes = list(self.in_flight.values())
         self.in_flight.clear()
+        self._sizes.clear()
+        self.held = 0
         if self.pacer is not None:
             self.pacer.idle()
         return changes

@@ -8,7 +8,8 @@ schema's wake-up channel, claims batches with C{FOR UPDATE SKIP LOCKED}
 (L{hermes_tx.outbox.sql.claim}: per-key order across every consumer) when
 woken, every C{poll_interval} seconds, at once while a claim comes back
 full and after acknowledgements (the next changes of their keys may be
-claimable now); it never claims more than the queue has room for, never
+claimable now); it never claims more than the queue has room for, nor
+more bytes of payloads than its bound leaves (L{hermes_tx.outbox.budget}), never
 holds a transaction open while the processor works, keeps its claims alive
 (C{extend}) while they are in flight, and writes what the processor's
 outcomes owe (L{hermes_tx.outbox.claims}).  Any number of consumers, in any
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from hermes_tx.events import Change
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox import privileges, sql
+from hermes_tx.outbox.budget import DEFAULT_MAX_BYTES, ByteBudget
 from hermes_tx.outbox.claims import Ledger
 from hermes_tx.outbox.figures import Figures
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
@@ -40,6 +42,8 @@ class OutboxConsumer(ConnectedComponent):
         flight and writes owed.
     @ivar pacer: the L{hermes_tx.outbox.pacing.ClaimPacer} saying how many
         changes to hold in flight.
+    @ivar budget: the L{hermes_tx.outbox.budget.ByteBudget} saying how many
+        bytes of payloads the next claim may bring.
     @ivar claimed: changes claimed so far, by topic (for metrics).
     """
 
@@ -56,6 +60,7 @@ class OutboxConsumer(ConnectedComponent):
         max_attempts=10,
         batch_size=500,
         max_in_flight=None,
+        max_in_flight_bytes=DEFAULT_MAX_BYTES,
         claim_horizon=HORIZON,
         stats_interval=5.0,
         liveness_timeout=10.0,
@@ -87,6 +92,11 @@ class OutboxConsumer(ConnectedComponent):
         @param max_in_flight: the most changes held (claimed, not yet
             settled) at once, so that other consumers share the work;
             C{None}: twice C{batch_size}.
+        @param max_in_flight_bytes: the most bytes of payloads (their JSON
+            text, UTF-8) held in flight at once, the driver's copy of a
+            claim as it arrives included: each claim takes at most half of
+            what is free (L{hermes_tx.outbox.budget}); with nothing in
+            flight one change comes whatever its size.  Default 64 MiB.
         @param claim_horizon: hold about this many seconds of the
             processor's work (measured), between twice its C{max_batch} and
             C{max_in_flight}, so that consumers in other processes share a
@@ -131,6 +141,8 @@ class OutboxConsumer(ConnectedComponent):
                 raise InvalidConfigurationException(f"{name} must be more than 0")
         if max_attempts < 1 or batch_size < 1:
             raise InvalidConfigurationException("max_attempts and batch_size must be at least 1")
+        if not max_in_flight_bytes >= 1:
+            raise InvalidConfigurationException("max_in_flight_bytes must be at least 1")
         self.schema = validate_schema(schema)
         self.channel = channel(schema)
         self.poll_interval = poll_interval
@@ -152,6 +164,7 @@ class OutboxConsumer(ConnectedComponent):
         )
         self.ledger = Ledger(self.clock, max_attempts=max_attempts)
         self.pacer = self.ledger.pacer = ClaimPacer(self.clock, self.max_in_flight, horizon=claim_horizon)
+        self.budget = ByteBudget(max_in_flight_bytes)
         self.claimed = {}
         self._figures = Figures(self.clock, self.schema, self.topics, stats_interval, self.log)
         self._dead_lines = LogLimit(self.clock, 5, 1.0)
@@ -160,8 +173,10 @@ class OutboxConsumer(ConnectedComponent):
         self.breaker = None  # the processor's circuit breaker (follow_breaker)
         self.statements = {
             name: getattr(sql, name)(schema)
-            for name in ("claim", "ack", "release", "dead_letter", "extend", "unclaim")
+            for name in ("ack", "release", "dead_letter", "extend", "unclaim")
         }
+        # claims within the byte budget (rows past it come without payload)
+        self.statements["claim"] = sql.claim_within(schema)
 
     @property
     def is_consuming(self):

@@ -69,10 +69,11 @@ RELEASE_MARGIN = 0.01
 def _changes(rows, claim):
     """
     @return: the L{Change}s of a claim's rows (their data is decoded when a
-        processor first asks for it).
+        processor first asks for it) and the bytes of each one's payload.
     """
-    return [Change(id_, topic, key, attempts, created_at, payload, claim=claim)
-            for id_, topic, key, attempts, created_at, payload in rows]
+    return ([Change(id_, topic, key, attempts, created_at, payload, claim=claim)
+             for id_, topic, key, attempts, created_at, payload, _ in rows],
+            [size for *_, size in rows])
 
 
 class Repeating:
@@ -264,18 +265,23 @@ class ConsumeRun(ConnectionRun):
         room = self._room(breaker)
         if room is None:
             return None
+        room, budget, first = room
         ahead, self._ahead = self._ahead, False
         self._last_claim = consumer.clock.seconds()
         token = str(uuid.uuid4())
-        params = (consumer.topics, room, token, consumer.visibility_timeout)
+        params = (consumer.topics, room, token, consumer.visibility_timeout, budget, first)
         d = self.session.query(consumer.statements["claim"], params)
-        d.addCallback(self._claimed, Claim(consumer.ledger, token), room, ahead)
-        d.addErrback(self._claim_failed)
+        d.addCallbacks(self._claimed, self._claim_failed, (Claim(consumer.ledger, token), room, ahead),
+                       errbackArgs=(room, budget))
+        d.addErrback(self._query_failed)
         return d
 
     def _room(self, breaker):
         """
-        @return: how many changes to claim now, or C{None} for none.
+        @return: C{(changes, budget, first)}: how many changes to claim now,
+            the bytes of payloads they may bring and whether the first may
+            bring more (L{hermes_tx.outbox.budget.ByteBudget.next_claim});
+            or C{None} for no claim.
         """
         consumer = self.consumer
         queue = consumer.queue
@@ -303,11 +309,28 @@ class ConsumeRun(ConnectionRun):
             room = min(room, space)
         if room <= 0 or (room < batch // 2 and in_flight >= batch):
             return None
-        return room
+        # Never more bytes than the bound leaves: wait for acknowledgements
+        # (their claim comes) while too little of it is free.
+        fits = consumer.budget.next_claim(consumer.ledger.held, in_flight)
+        if fits is None:
+            return None
+        budget, rows, first = fits
+        return min(room, rows), budget, first
 
     def _claimed(self, rows, claim, limit, ahead):
         consumer = self.consumer
-        changes = _changes(rows, claim)
+        changes, sizes = _changes(rows, claim)
+        # The rows past the byte budget came without their payload: give
+        # them back at once (their delivery not counted).
+        cut = [change for change in changes if change.payload is None]
+        consumer.budget.seen(sizes, [size for _, size in sorted(
+            (change.id, size) for change, size in zip(changes, sizes) if change.payload is None)])
+        if cut:
+            kept = [i for i, change in enumerate(changes) if change.payload is not None]
+            changes, sizes = [changes[i] for i in kept], [sizes[i] for i in kept]
+            consumer.ledger.add_many(cut, [0] * len(cut))
+            for change in cut:
+                consumer.ledger.settle(change, ("unclaim", claim.token, change, None, None))
         if self.is_working:
             self.on_ready()  # claims work: the next loss retries after the shortest delay
             self._cut_retry.reset()
@@ -324,11 +347,11 @@ class ConsumeRun(ConnectionRun):
             # nothing of it was handed out; give it all back (attempt not
             # counted), with the stop's last write, rather than leave the
             # keys blocked until the claims expire or the circuit closes.
-            consumer.ledger.add_many(changes)
+            consumer.ledger.add_many(changes, sizes)
             for change in changes:
                 consumer.ledger.settle(change, ("unclaim", claim.token, change, None, None))
             return False
-        consumer.ledger.add_many(changes)
+        consumer.ledger.add_many(changes, sizes)
         if changes:
             consumer.pacer.claimed()
             claimed = consumer.claimed
@@ -347,8 +370,8 @@ class ConsumeRun(ConnectionRun):
         # claims are not followed ahead (the acknowledgements claim next).
         if ahead and len(rows) < limit // 2:
             self._skip_ahead = SKIP_AHEAD
-        if len(rows) < limit:
-            return False
+        if not changes or (len(rows) < limit and not cut):
+            return False  # nothing more, or nothing more that fits now
         if self._skip_ahead:
             self._skip_ahead -= 1
             return False
@@ -359,11 +382,15 @@ class ConsumeRun(ConnectionRun):
         self.lose(failure.value)
         return False
 
-    def _claim_failed(self, failure):
+    def _claim_failed(self, failure, rows, budget):
         error = failure.value
         if is_cut(error) and self.is_working:
+            # The same claim again, after the cuts' delay: asking for fewer
+            # rows after a cut was measured not to help (bench/README.rst).
             self._cut("a claim", error, "claiming", self.pump.want)
             return False
+        # No answer: its rows may have been too big to come in time.
+        self.consumer.budget.lost(rows, budget)
         return self._query_failed(failure)
 
     def _cut(self, what, error, doing, again):

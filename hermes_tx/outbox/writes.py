@@ -31,8 +31,9 @@ def write_owed(session, consumer, owed):
     """
     @param session: the consumer's L{hermes_tx.postgres.session.Session}.
     @param consumer: the L{hermes_tx.outbox.consumer.OutboxConsumer}.
-    @param owed: C{(kind, token, change, delay, reason)} tuples (see
-        L{hermes_tx.outbox.claims.Ledger}).
+    @param owed: C{(kind, token, settled, delay, reason)} tuples (see
+        L{hermes_tx.outbox.claims.Ledger}; C{settled} has the change's
+        C{id}, C{topic}, C{key} and C{attempts}).
     @return: a Deferred firing with C{(acked, released, dead, failed)}:
         C{collections.Counter}s by topic, and C{failed}, a list of C{(owed
         tuples, error)} for the statements that failed (not for a lost

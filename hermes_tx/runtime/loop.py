@@ -203,6 +203,9 @@ class ConsumerLoop:
                 item = _take_batch(pipe, max_batch, None) if max_batch else take_one()
             else:
                 check_space()
+                # What was processed last is not kept alive while waiting
+                # (an outbox change's payload may be large).
+                item = value = outcome = None
                 try:
                     item = yield self._wait(pipe.get())
                 except defer.CancelledError:

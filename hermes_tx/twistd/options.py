@@ -7,7 +7,7 @@ C{twistd hermes}: command-line options and the service they make::
         [--watch-path DIR] [--failover-file NAME ...]
         [--role-check-interval SECONDS] [--max-backoff SECONDS]
         [--liveness-timeout SECONDS] [--shutdown-timeout SECONDS]
-        [--payload-format text|json] [--queue-size N]
+        [--payload-format text|json] [--queue-size N] [--max-in-flight-bytes N[K|M|G]]
         [--status-port PORT [--status-interface ADDRESS]]
 
 Mistakes print one line on standard error and exit: status 2 for what the
@@ -24,6 +24,7 @@ from twisted.python import usage
 
 from hermes_tx.events import PAYLOAD_FORMATS
 from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.outbox.budget import DEFAULT_MAX_BYTES
 from hermes_tx.outbox.names import validate_schema, validate_topic
 from hermes_tx.postgres import dsn as dsnlib
 from hermes_tx.postgres.channels import validate_channels
@@ -51,6 +52,7 @@ BOUNDS = {
     "visibility-timeout": (1, 86400, "seconds"),
     "max-attempts": (1, 1000000, ""),
     "queue-size": (1, 1000000, "events"),
+    "max-in-flight-bytes": (1024, 1 << 40, "bytes"),
     "status-port": (0, 65535, ""),
 }
 
@@ -81,6 +83,29 @@ def _typed(name, kind):
         if not math.isfinite(number):
             raise ValueError(f"--{name} must be {noun}, not {value!r}")
         return number
+
+    return coerce
+
+
+#: what a byte count's suffix multiplies it by (binary: K is KiB)
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+
+
+def byte_count(name):
+    """
+    @return: a coercer for option C{--name}, a whole number of bytes with
+        an optional binary suffix (C{64MiB}, C{512k}, C{1G}), whose error
+        names the option.
+    """
+    def coerce(value):
+        text = value.strip()
+        digits = len(text) - len(text.lstrip("0123456789"))
+        unit = _BYTE_UNITS.get(text[digits:].strip().lower())
+        if not digits or unit is None:
+            raise ValueError(f"--{name} must be a whole number of bytes, optionally with a suffix"
+                             f" K, M or G (KiB, MiB, GiB), not {value!r}")
+        return int(text[:digits]) * unit
 
     return coerce
 
@@ -125,6 +150,9 @@ class Options(usage.Options):
         ["payload-format", None, "text", "text, or json to decode payloads for processors"],
         ["queue-size", None, 10000,
          "events waiting for the processor before reading pauses", _typed("queue-size", int)],
+        ["max-in-flight-bytes", None, DEFAULT_MAX_BYTES,
+         "bytes of outbox payloads held (claimed, not yet settled) at once; "
+         "a suffix K, M or G counts KiB, MiB, GiB (default 64 MiB)", byte_count("max-in-flight-bytes")],
         ["status-port", None, None, "serve /health, /ready and /metrics on this TCP port", _typed("status-port", int)],
         ["status-interface", None, "127.0.0.1", "the IP address the status port listens on"],
         ["outbox-schema", None, "hermes", "the schema of the outbox (hermes-tx install --schema)"],

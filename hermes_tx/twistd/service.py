@@ -77,6 +77,7 @@ def makeService(options):
             poll_interval=options["poll-interval"],
             visibility_timeout=options["visibility-timeout"],
             max_attempts=options["max-attempts"],
+            max_in_flight_bytes=options["max-in-flight-bytes"],
             backoff_limit=options["backoff-limit"],
             liveness_timeout=options["liveness-timeout"],
         )
