@@ -69,7 +69,9 @@ class ByteBudget:
         # them (the next claim waits until that much fits, or nothing is
         # in flight: it would meet that row first again)
         self.wanted = 0
-        self._guessed = False  # typical is a lost claim's guess, not a size seen
+        # a lost claim's guess of the sizes (the next sizes seen replace
+        # it whatever they are), or None: typical is a mean of sizes seen
+        self._guess = None
 
     def next_claim(self, held, in_flight):
         """
@@ -99,8 +101,7 @@ class ByteBudget:
         have been bigger than the sizes seen said, so the next claim asks
         for a quarter as many (the sizes of the next answer count again).
         """
-        self.typical = max(self.typical or 1, budget // max(1, rows // 4))
-        self._guessed = True
+        self.typical = self._guess = max(self.typical or 1, budget // max(1, rows // 4))
 
     def seen(self, sizes, cut=()):
         """
@@ -116,8 +117,8 @@ class ByteBudget:
             return
         mean = max(1, sum(sizes) // len(sizes))
         typical = self.typical
-        if typical is None or mean >= typical or self._guessed:
+        if typical is None or mean >= typical or self._guess is not None:
             self.typical = mean
-            self._guessed = False
+            self._guess = None
         else:
             self.typical = max(1, int(ALPHA * mean + (1 - ALPHA) * typical))

@@ -37,14 +37,15 @@ class HermesCursor(txpostgres.Cursor):
     a C{CancelledError}, as txpostgres documents).
     """
 
-    _cancelled = False
+    #: the query's Deferred that we cancelled, if any
+    _cancelled_query = None
 
     def _cancel(self, d):
-        self._cancelled = True
+        self._cancelled_query = d
         return txpostgres.Cursor._cancel(self, d)
 
     def _handleCancellation(self, f):
-        if self._cancelled:
+        if self._cancelled_query is not None:
             return txpostgres.Cursor._handleCancellation(self, f)
         return f
 
