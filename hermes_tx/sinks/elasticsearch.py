@@ -26,7 +26,8 @@ def action(event, index):
     The bulk lines for one event.
 
     A change whose data has an C{op} (as C{hermes-tx capture} writes it)
-    indexes C{data["new"]} for C{INSERT} and C{UPDATE} and deletes for
+    indexes C{data["new"]} for C{INSERT}, C{UPDATE} and C{READ} (a
+    backfilled row) and deletes for
     C{DELETE}; a change without C{op} indexes its whole data.  Changes use
     C{_id} = the key and C{version} = the outbox id with
     C{version_type=external}, so a stale retry never overwrites a newer
@@ -46,7 +47,7 @@ def action(event, index):
             return "delete", _lines({"delete": meta})
         if op is None:
             doc = data
-        elif op in ("INSERT", "UPDATE"):
+        elif op in ("INSERT", "UPDATE", "READ"):
             doc = data.get("new")
         else:
             raise Unsendable(f"unknown op {op!r}")
