@@ -32,6 +32,7 @@ C{sleep}, time through an injected C{clock}.
 
 import time
 
+import psycopg2
 from psycopg2 import sql
 
 from hermes_tx.exceptions import InvalidConfigurationException
@@ -295,6 +296,22 @@ def backfill(conn, table, topic=None, schema=DEFAULT_SCHEMA, chunk=DEFAULT_CHUNK
     if progress is not None:
         progress.finish(done)
     return found, done, this_run
+
+
+def rows_done(conn, schema, table, topic):
+    """
+    @param table: the table's display name (L{Plan}C{.table.display}).
+    @return: the rows done recorded for C{table} into C{topic}, or C{None}
+        when they cannot be read (a lost connection).
+    """
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT rows_done FROM {} WHERE table_name = %s AND topic = %s").format(
+                sql.Identifier(schema, "backfills")), (table, topic))
+            row = cur.fetchone()
+    except psycopg2.Error:
+        return None
+    return row[0] if row else None
 
 
 #: the fields of L{status}

@@ -108,8 +108,11 @@ def backfill(conn, args, out, err):
         progress.stop()
         if progress.done is None:
             raise Interrupted("interrupted") from None
-        raise Interrupted(f"interrupted: {progress.done:,} rows of {progress.table} done and kept;"
-                          " run the same command again to go on") from None
+        # (what was committed: Ctrl-C may come between a chunk's commit and
+        # its progress.update)
+        done = backfills.rows_done(conn, args.schema, progress.table, progress.topic)
+        raise Interrupted(f"interrupted: {progress.done if done is None else done:,} rows of {progress.table}"
+                          " done and kept; run the same command again to go on") from None
     print(f"backfilled {plan.table.display} into topic {plan.topic!r}:"
           f" {this_run:,} changes by this run, {done:,} in all", file=out)
 

@@ -37,6 +37,7 @@ class Progress:
         self.estimate = None
         self.done = None
         self.table = None
+        self.topic = None
         self._last = None
         self._drawn = False
 
@@ -50,6 +51,7 @@ class Progress:
         self.started = self.clock()
         self.first = self.done = done
         self.table = plan.table.display
+        self.topic = plan.topic
         self._last = self.started
         how = f"going on after {done:,} rows" if resumed else "from the first key"
         self._line(f"backfilling {plan.table.display} into topic {plan.topic!r}, {how}"
