@@ -24,7 +24,7 @@ from twisted.trial import unittest
 from hermes_tx.outbox import sql as statements
 from hermes_tx.outbox.capture import capture
 from hermes_tx.outbox.privileges import grants
-from hermes_tx.outbox.schema import install
+from hermes_tx.outbox.schema import install, latest_version
 from tests.support.fixtures import PrimaryStandbyFixtures
 from tests.support.outbox import OutboxDatabase, in_thread, join_threads
 
@@ -592,7 +592,7 @@ class UpgradeTests(OutboxDatabase, unittest.TestCase):
         token = str(uuid.uuid4())
         self.query(claim, (["t"], 10, token, 300.0))
         self.query(statements.release("up"), ([pending[0], waiting], token, [0.0, 60.0], [None, "x"], 10))
-        self.assertEqual([m.version for m in install(conn, "up")], [4, 5, 6])
+        self.assertEqual([m.version for m in install(conn, "up")], list(range(4, latest_version() + 1)))
         again = str(uuid.uuid4())
         self.assertEqual([r[0] for r in self.execute(claim, (["t"], 10, again, 30.0), conn)], [pending[0]])
         self.assertEqual(self.query(statements.ack("up"), ([flying], token)), [(flying,)])
