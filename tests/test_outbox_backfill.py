@@ -183,7 +183,8 @@ class ShapeTests(_Backfill, unittest.TestCase):
         """
         A partitioned table (its name in each change, as capture gives it)
         with a text key holding odd characters; a table not captured needs
-        --topic; the progress is shown by status as finished.
+        --topic, a captured one is backfilled into its own topic only; the
+        progress is shown by status as finished.
         """
         self.query('CREATE TABLE "Parted" (k text PRIMARY KEY, n int) PARTITION BY RANGE (k)')
         self.query('CREATE TABLE parted_a PARTITION OF "Parted" FOR VALUES FROM (MINVALUE) TO (\'m\')')
@@ -205,9 +206,11 @@ class ShapeTests(_Backfill, unittest.TestCase):
         self.assertEqual((update["table"], update["old"]), ('public."Parted"', reads[7][2]["new"]))
         out, _ = self.ok("status")
         self.assertRegex(out, r'\npublic\."Parted" +parted +finished +300 ')
-        # into another topic, given
-        self.ok("backfill", "--table", '"Parted"', "--topic", "copy")
-        self.assertEqual(len(self.changes("copy")), 300)
+        # not into a topic that does not capture it
+        code, out, err = self.cli("backfill", "--table", '"Parted"', "--topic", "copy")
+        self.assertEqual((code, err), (1, 'hermes-tx: error: public."Parted" is captured into \'parted\', not'
+                                          " 'copy': backfill into its topic, or capture it into 'copy' first\n"))
+        self.assertEqual(self.changes("copy"), [])
 
     def test_waits_for_a_dead_letter_retry(self):
         """

@@ -57,12 +57,15 @@ def row_json(capture, alias):
     The SQL expression rendering a row of a captured table as jsonb, as the
     capture trigger renders C{new}.
 
-    @param capture: the table's L{hermes_tx.outbox.capture.Capture}, or
-        C{None} when it is not captured.
+    @param capture: the table's L{hermes_tx.outbox.capture.Capture} into
+        the backfill's topic, or C{None} when the table is not captured at
+        all: every column.
     @param alias: the alias the row has in the statement.
     @return: a C{psycopg2.sql.Composable}.
     """
-    return sql.SQL("to_jsonb({})").format(sql.Identifier(alias))
+    # (the one place rows are rendered: with column selection, a capture's
+    # rendering is hermes_tx.outbox.capture.row_json(capture, alias))
+    return sql.SQL("pg_catalog.to_jsonb({})").format(sql.Identifier(alias))
 
 
 class Plan:
@@ -138,8 +141,10 @@ def plan(cursor, table, topic=None, schema=DEFAULT_SCHEMA):
     @param topic: the topic, or C{None} for the one capturing the table.
     @return: a L{Plan}.
     @raise InvalidConfigurationException: no such table, no primary key,
-        not captured and no topic given (or captured into several), a
-        table of the outbox's own schema.
+        not captured and no topic given (or captured into several), captured
+        but not into the topic given (its capture's rendering of rows
+        decides what leaves), a table of the outbox's own schema, no right
+        to read and lock it.
     """
     found = find_table(cursor, table)
     if found.schema == schema:
@@ -168,6 +173,11 @@ def plan(cursor, table, topic=None, schema=DEFAULT_SCHEMA):
                 f" ({', '.join(sorted(c.topic for c in mine))}): choose one with --topic")
         topic = mine[0].topic
     validate_topic(topic)
+    if mine and topic not in {c.topic for c in mine}:
+        # (its rows as which capture renders them? one may leave columns out)
+        raise InvalidConfigurationException(
+            f"{found.display} is captured into {', '.join(repr(c) for c in sorted(c.topic for c in mine))},"
+            f" not {topic!r}: backfill into its topic, or capture it into {topic!r} first")
     capture = next((c for c in mine if c.topic == topic), None)
     cursor.execute(
         "SELECT format_type(a.atttypid, NULL) FROM unnest(%s::text[]) WITH ORDINALITY k (name, n)"
