@@ -9,6 +9,7 @@ letters (what each command does: L{hermes_tx.outbox.commands})::
     hermes-tx capture      --table SCHEMA.TABLE --topic NAME [--columns A,B | --exclude-columns X,Y]
     hermes-tx uncapture    --table SCHEMA.TABLE [--topic NAME]
     hermes-tx captures     [--json]
+    hermes-tx backfill     --table SCHEMA.TABLE [--topic NAME] [--chunk N] [--max-rate ROWS_PER_S] [--restart]
     hermes-tx status       [--json]
     hermes-tx dead-letters [--topic T] [--limit N] [--json]
                            [--retry ID ... | --retry-all [--force] | --purge ID ... | --purge-all]
@@ -18,7 +19,7 @@ The DSN comes from C{--dsn} or C{$HERMES_DSN}; with several hosts, the
 primary is used (L{hermes_tx.outbox.db.connect}).  A mistake in the
 command line is one line on standard error and exit status 2; a failure
 (cannot connect, no such table, a standby, a missing right) one line and
-exit status 1; never a traceback, never a password (scrubbed by
+exit status 1; Ctrl-C one line and exit status 130; never a traceback, never a password (scrubbed by
 L{hermes_tx.secrets}), not even when standard output is closed early
 (C{hermes-tx dead-letters | head -1}).
 """
@@ -32,7 +33,8 @@ import psycopg2.errors
 
 from hermes_tx.exceptions import HermesException
 from hermes_tx.outbox import privileges
-from hermes_tx.outbox.commands import COMMANDS, PROG, Refused, UsageError
+from hermes_tx.outbox.commands import COMMANDS, PROG, Interrupted, Refused, UsageError
+from hermes_tx.outbox.backfill import DEFAULT_CHUNK
 from hermes_tx.outbox.db import connect, first_line
 from hermes_tx.outbox.names import DEFAULT_SCHEMA
 from hermes_tx.postgres.dsn import dsn_secrets
@@ -51,6 +53,16 @@ def _positive(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
 
@@ -102,7 +114,18 @@ def build_parser():
                               help="the captured tables: topic, key and the columns each sends")
     cmd.add_argument("--json", action="store_true", help="print JSON")
 
-    cmd = commands.add_parser("status", parents=[common], help="pending, in flight, lag and dead letters per topic")
+    cmd = commands.add_parser("backfill", parents=[common],
+                              help="emit a READ change per existing row of a table (resumable)")
+    cmd.add_argument("--table", required=True, help="the table (as for capture)")
+    cmd.add_argument("--topic", help="the topic (default: the one capturing the table)")
+    cmd.add_argument("--chunk", type=_positive, default=DEFAULT_CHUNK,
+                     help="rows per transaction (default: %(default)s)")
+    cmd.add_argument("--max-rate", type=_rate, metavar="ROWS_PER_S", help="at most this many rows per second")
+    cmd.add_argument("--restart", action="store_true",
+                     help="start from the first key, forgetting an unfinished backfill's progress")
+
+    cmd = commands.add_parser("status", parents=[common],
+                              help="pending, in flight, lag and dead letters per topic; backfills")
     cmd.add_argument("--json", action="store_true", help="print JSON")
 
     cmd = commands.add_parser("dead-letters", parents=[common], help="list, retry or purge dead letters")
@@ -132,6 +155,7 @@ PARTS = {
     "capture": privileges.OPERATOR,
     "uncapture": privileges.OPERATOR,
     "captures": privileges.OPERATOR,
+    "backfill": privileges.OPERATOR,
     "status": privileges.OPERATOR,
     "dead-letters": privileges.OPERATOR,
     "emit": privileges.WRITER,
@@ -171,6 +195,9 @@ def run(argv, environ, out, err):
         return fail(first_line(e), 2)
     except Refused:
         return 1
+    except Interrupted as e:
+        print(f"{PROG}: {secrets.scrub(str(e))}", file=err)
+        return 130
     except (HermesException, psycopg2.Error) as e:
         return fail(first_line(e), 1)
     except KeyboardInterrupt:

@@ -13,9 +13,11 @@ import json
 from hermes_tx.exceptions import HermesException
 from hermes_tx.outbox import admin, privileges
 from hermes_tx.exceptions import InvalidConfigurationException
+from hermes_tx.outbox import backfill as backfills
 from hermes_tx.outbox.capture import capture, captures, uncapture
 from hermes_tx.outbox.columns import parse_columns
-from hermes_tx.outbox.render import capture_table, dead_letter_table, refusal, status_table
+from hermes_tx.outbox.progress import Progress
+from hermes_tx.outbox.render import backfill_table, capture_table, dead_letter_table, refusal, status_table
 from hermes_tx.outbox.schema import install, latest_version, owned_by_superuser
 
 
@@ -121,17 +123,59 @@ def uncapture_(conn, args, out, err):
         print(f"{args.table} was not captured {what}", file=out)
 
 
+def backfill(conn, args, out, err):
+    """
+    C{backfill}: one READ change per existing row of a table, resumable; a
+    progress bar on a terminal, a line every ten seconds otherwise (on
+    standard error); Ctrl-C stops it (L{Interrupted}), its progress kept.
+    """
+    with conn.cursor() as cur:
+        admin.require_installed(cur, args.schema)
+    progress = Progress(err, _isatty(err))
+    try:
+        plan, done, this_run = backfills.backfill(
+            conn, args.table, args.topic, args.schema, chunk=args.chunk, max_rate=args.max_rate,
+            restart=args.restart, progress=progress)
+    except KeyboardInterrupt:
+        progress.stop()
+        if progress.done is None:
+            raise Interrupted("interrupted") from None
+        # (what was committed: Ctrl-C may come between a chunk's commit and
+        # its progress.update)
+        done = backfills.rows_done(conn, args.schema, progress.table, progress.topic)
+        raise Interrupted(f"interrupted: {progress.done if done is None else done:,} rows of {progress.table}"
+                          " done and kept; run the same command again to go on") from None
+    print(f"backfilled {plan.table.display} into topic {plan.topic!r}:"
+          f" {this_run:,} changes by this run, {done:,} in all", file=out)
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the message is said on one line, exit status 130."""
+
+
 def status(conn, args, out, err):
     """
-    C{status}: pending, in flight, lag and dead letters per topic.
+    C{status}: pending, in flight, lag and dead letters per topic (with
+    C{--json}: a list of objects, one per topic); then, in text, the
+    backfills recorded, running, stopped or finished.
     """
     with conn.cursor() as cur:
         admin.require_installed(cur, args.schema)
         rows = admin.status(cur, args.schema)
+        running = backfills.status(cur, args.schema)
     if args.json:
         print(json.dumps(rows), file=out)
     else:
         print(status_table(rows), file=out)
+        if running:
+            print("\n" + backfill_table(running), file=out)
 
 
 def dead_letters(conn, args, out, err):
@@ -211,6 +255,7 @@ COMMANDS = {
     "capture": capture_,
     "uncapture": uncapture_,
     "captures": captures_,
+    "backfill": backfill,
     "status": status,
     "dead-letters": dead_letters,
     "emit": emit,

@@ -12,13 +12,16 @@ role needs no right on the tables, only these (L{PARTS}):
   - C{consumer} (C{twistd hermes --outbox}): C{claim}, C{ack}, C{release},
     C{dead_letter}, C{extend}, C{unclaim}, C{stats}, C{figures};
   - C{operator} (C{hermes-tx status}, C{dead-letters}, C{emit},
-    C{capture}): C{stats}, C{retry_dead_letters}, C{purge_dead_letters},
-    C{emit}, C{capture} (to attach it to a table), reading C{migrations}
-    and C{dead_letters}.
+    C{capture}, C{backfill}): C{stats}, C{retry_dead_letters},
+    C{purge_dead_letters}, C{emit}, C{capture} (to attach it to a table),
+    C{backfill_start}, C{backfill_chunk}, reading C{migrations},
+    C{dead_letters} and C{backfills}.
 
 Each part also needs C{USAGE} on the schema.  Capturing a table also needs
 the C{TRIGGER} privilege on it, and capturing it again or uncapturing it
 its ownership (C{DROP TRIGGER}): run C{capture} as the table's owner.
+Backfilling a table also needs C{SELECT} on it (the rows are read with the
+operator's own rights, and locked C{FOR SHARE}, which C{SELECT} allows).
 """
 
 import re
@@ -59,8 +62,9 @@ CONSUMER = Part(
     doing="consume the outbox",
 )
 OPERATOR = Part(
-    "operator", ["stats", "retry_dead_letters", "purge_dead_letters", "emit", "capture"],
-    [("migrations", ("SELECT",)), ("dead_letters", ("SELECT",))],
+    "operator", ["stats", "retry_dead_letters", "purge_dead_letters", "emit", "capture",
+                 "backfill_start", "backfill_chunk"],
+    [("migrations", ("SELECT",)), ("dead_letters", ("SELECT",)), ("backfills", ("SELECT",))],
     doing="run hermes-tx",
 )
 

@@ -60,6 +60,20 @@ def capture_table(found):
                  [(c.table, c.topic, ", ".join(c.key), c.sends()) for c in found], whole=(3,))
 
 
+def backfill_table(rows):
+    """
+    @param rows: L{hermes_tx.outbox.backfill.status} dicts.
+    @return: the backfills, one line each: state (running, stopped: run
+        it again to go on, finished), rows done and the planner's
+        estimate, when it was last updated.
+    """
+    return table(
+        ("BACKFILL", "TOPIC", "STATE", "ROWS", "OF ABOUT", "UPDATED"),
+        [(r["table"], r["topic"], r["state"], r["rows_done"], r["rows_estimate"],
+          r["updated_at"].isoformat(timespec="seconds")) for r in rows],
+    )
+
+
 def dead_letter_table(rows, total):
     """
     @param rows: L{hermes_tx.outbox.admin.dead_letters} dicts.

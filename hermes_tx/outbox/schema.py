@@ -113,6 +113,7 @@ OBJECTS = {
         "function": ("ack", "release", "dead_letter", "extend", "unclaim", "stats", "retry_dead_letters",
                      "purge_dead_letters")},
     6: {"function": ("figures",)},
+    8: {"table": ("backfills",), "function": ("backfill_start", "backfill_chunk")},
 }
 
 
