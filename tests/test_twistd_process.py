@@ -3,6 +3,7 @@ Tests for L{hermes_tx.twistd.process}: signals and log files of C{twistd
 hermes}.  The real process is run in tests.test_twistd.
 """
 
+import gc
 import os
 import signal
 
@@ -11,7 +12,7 @@ from twisted.logger import formatEvent
 from twisted.trial import unittest
 
 from hermes_tx.twistd import process as operations
-from hermes_tx.twistd.process import ProcessService
+from hermes_tx.twistd.process import GC_THRESHOLDS, ProcessService
 from tests.support.shared import capture_log
 
 
@@ -68,6 +69,22 @@ class ProcessServiceTests(unittest.TestCase):
         self.assertEqual(signal.getsignal(signal.SIGUSR1), self.before[3])
         self.successResultOf(top.stopService())
         self.assertEqual([signal.getsignal(n) for n in self.WATCHED], self.before)
+
+    def test_tunes_the_collector_while_running(self):
+        """
+        While it runs, the collector has GC_THRESHOLDS and the objects made
+        before are frozen; once stopped, both are as they were.
+        """
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        top = self.make()
+        top.startService()
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.successResultOf(top.stopService())
+        self.assertEqual(gc.get_threshold(), before)
+        self.assertEqual(gc.get_freeze_count(), 0)
 
     def test_real_signal_stops_once_then_logs_quietly(self):
         """

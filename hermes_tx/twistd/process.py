@@ -12,7 +12,10 @@ using L{hermes_tx.client.Client} keeps its own handlers) it handles:
     progress);
   - SIGHUP: reopen twistd's log file and the processor's output file, for
     C{logrotate}'s move-then-signal rotation; delivery goes on;
-  - SIGUSR1: rotate twistd's log file, as twistd itself does.
+  - SIGUSR1: rotate twistd's log file, as twistd itself does;
+
+and it tunes CPython's cyclic garbage collector for a process that makes
+and drops objects by the hundred thousand (L{GC_THRESHOLDS}).
 
 twistd's own log file observer cannot be reopened from outside, so when
 C{twistd hermes} logs to a file (C{--logfile}, or daemon mode's
@@ -22,6 +25,7 @@ module can reopen.
 """
 
 import atexit
+import gc
 import os
 import signal
 import sys
@@ -37,6 +41,16 @@ from hermes_tx.exceptions import one_line
 #: C{{"path": ..., "file": LogFile or None}}.  twistd's C{--logger} option
 #: takes a factory without arguments, hence module state.
 _twistd_log = {"path": None, "file": None}
+
+
+#: the collector's thresholds while twistd hermes runs (CPython's default:
+#: 700, 10, 10), and the objects made at start-up are frozen out of its
+#: collections (C{gc.freeze}).  Draining the outbox makes and drops a few
+#: objects per change: with the default, collections took about 12% of the
+#: process's CPU during a no-op drain of 200,000 changes (py-spy), about 4%
+#: with these; the drain rate rose by 3 to 9% in alternating runs (the
+#: server's share of the work is the same).
+GC_THRESHOLDS = (50000, 20, 100)
 
 
 def log_to_file(path):
@@ -134,6 +148,7 @@ class ProcessService(service.MultiService):
         self.reopeners = list(reopeners)
         self.shutdown_timeout = shutdown_timeout
         self._replaced = {}  # signal number -> the handler it had
+        self._collector = None  # the collector's thresholds before ours
         self._stopping = False
         #: C{None}, or the status the process exits with (see L{fail})
         self.exit_status = None
@@ -152,6 +167,10 @@ class ProcessService(service.MultiService):
             for number, handler in self._replaced.items():
                 signal.signal(number, handler)
             self._replaced = {}
+            if self._collector is not None:
+                gc.set_threshold(*self._collector)
+                gc.unfreeze()
+                self._collector = None
             return result
 
         return d.addBoth(restore)
@@ -164,6 +183,10 @@ class ProcessService(service.MultiService):
             wanted.append(signal.SIGUSR1)
         for number in wanted:
             self._replaced[number] = signal.signal(number, self._on_signal)
+        if self._collector is None:
+            self._collector = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
 
     def _on_signal(self, number, frame):
         # In a signal handler: hand over to the reactor thread.
