@@ -62,7 +62,7 @@ class _Writes:
         from collections import Counter
 
         self.written.extend(owed)
-        return defer.succeed((Counter(), Counter(), Counter(), []))
+        return defer.succeed((Counter(), Counter(), Counter(), [], set()))
 
 
 class ProcessorHarness:

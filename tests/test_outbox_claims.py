@@ -305,18 +305,19 @@ class StaleCandidateTests(OutboxDatabase, unittest.TestCase):
         newer = self.emit("t", "k")
         self.query("DELETE FROM hermes.outbox WHERE id = %s", (older,))
         conn = self.connect()
-        window = "SELECT w.tids, w.ids, w.exact FROM hermes.claim_window('t', 300, 3000, '{}', '{}', now()) w"
-        [(tids, ids, exact)] = self.execute(window, None, conn)
-        self.assertEqual((ids, exact), ([newer], True))
-        lock = ("SELECT hermes.lock_heads('t', %s::tid[], %s::bigint[], 10, '{}', false,"
+        window = ("SELECT w.tids, w.ids, w.ranks, w.exact"
+                  " FROM hermes.claim_window('t', 300, 3000, true, '{}', '{}', now()) w")
+        [(tids, ids, ranks, exact)] = self.execute(window, None, conn)
+        self.assertEqual((ids, ranks, exact), ([newer], [0], True))
+        lock = ("SELECT hermes.lock_heads('t', %s::tid[], %s::bigint[], %s::integer[], 10, '{}', false,"
                 " '{}', '{}', now())")
-        self.assertEqual(self.execute(lock, (tids, ids), conn), [(tids,)])
+        self.assertEqual(self.execute(lock, (tids, ids, ranks), conn), [(tids,)])
         self.query(
             "WITH moved AS (DELETE FROM hermes.outbox WHERE id = %s RETURNING *)"
             " INSERT INTO hermes.outbox OVERRIDING SYSTEM VALUE SELECT * FROM moved", (newer,))
         self.query("INSERT INTO hermes.outbox (id, topic, key, payload) OVERRIDING SYSTEM VALUE"
                    " VALUES (%s, 't', 'k', '{}')", (older,))
-        self.assertEqual(self.execute(lock, (tids, ids), conn), [("{}",)])
+        self.assertEqual(self.execute(lock, (tids, ids, ranks), conn), [("{}",)])
         self.assertEqual([r[0] for r in self.claim(["t"])[1]], [older])
 
 

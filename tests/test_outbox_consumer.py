@@ -199,6 +199,36 @@ class RetryTests(_Consuming, unittest.TestCase):
         self.assertTrue(any("not delivered" in formatEvent(e) for e in log))
 
     @defer.inlineCallbacks
+    def test_a_key_catches_up_in_runs(self):
+        """
+        Few keys with many changes each: claims bring runs of a key's
+        changes, the processor still gets
+        each key's changes one at a time and in order, a failure in the
+        middle of a run sends what follows it back, and the key catches up
+        behind its retry.
+        """
+        recorder = Recorder()
+        recorder.script["a"] = [None] * 5 + [RuntimeError("boom")]
+        recorder.script["b"] = [Retry("not yet")] + [None] * 19 + [Retry("again")]
+        self.emit_many("runs", ["a", "b", "c"], 40)
+        client, consumer, _ = self.start(["runs"], processor=recorder, poll_interval=0.1)
+        consumer.ledger.retry_delay = lambda attempts: 0.1
+        claims = []  # the claims that brought changes
+        claimed = consumer.pacer.claimed
+        consumer.pacer.claimed = lambda: (claims.append(1), claimed())
+        yield wait_until(lambda: not self.rows(topic="runs"), timeout=30, what="an empty outbox")
+        self.assertEqual(recorder.by_key(), {
+            "a": list(range(5)) + [5] + list(range(5, 40)),
+            "b": [0] + list(range(19)) + [19] + list(range(19, 40)),
+            "c": list(range(40)),
+        })
+        self.assertEqual(consumer.ledger.counts["released"], 3)
+        # one change of a key per claim would take at least 40 claims
+        self.assertLess(len(claims), 40)
+        self.assertEqual(consumer.runs.waiting, 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @defer.inlineCallbacks
     def test_dead_letters_after_max_attempts_and_at_once_on_reject(self):
         """
         A change that keeps failing moves to the dead letters after

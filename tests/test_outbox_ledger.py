@@ -29,7 +29,7 @@ class SlowWriter:
     def finish(self, index, failed=()):
         owed, d = self.writes[index]
         acked = Counter(w[2].topic for w in owed if w[0] == "ack")
-        d.callback((acked, Counter(), Counter(), list(failed)))
+        d.callback((acked, Counter(), Counter(), list(failed), set()))
 
 
 class BacklogTests(unittest.TestCase):

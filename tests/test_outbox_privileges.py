@@ -42,11 +42,11 @@ class SchemaRightsTests(_Roles, unittest.TestCase):
             " FROM pg_proc p WHERE p.pronamespace = 'hermes'::regnamespace ORDER BY 1"
         )
         by_name = {name: (definer, config, public) for name, definer, config, public in rows}
-        # The claim also fixes how its statements are planned (version 4).
+        # The claims also fix how their statements are planned (version 4).
         planning = ["plan_cache_mode=force_generic_plan", "enable_seqscan=off",
                     "enable_bitmapscan=off", "jit=off"]
         for name in PART_FUNCTIONS:
-            expected = ["search_path=pg_catalog, pg_temp"] + (planning if name == "claim" else [])
+            expected = ["search_path=pg_catalog, pg_temp"] + (planning if name in ("claim", "claim_runs") else [])
             self.assertEqual(by_name[name][:2], (True, expected), name)
         self.assertEqual([name for name, (_, _, public) in by_name.items() if public], [])
         tables = self.query(

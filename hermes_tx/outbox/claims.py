@@ -144,12 +144,16 @@ class Ledger:
         self._later_backoff = Backoff(backoff_policy(initial=1.0, factor=2.0, max_delay=30.0, jitter=None))
         self._failure_lines = LogLimit(clock, 1, 10.0)
         # set by the consumer's run: a function taking the owed writes and
-        # returning a Deferred firing with (acked, released, dead, failed)
-        # (see hermes_tx.outbox.writes.write_owed)
+        # returning a Deferred firing with (acked, released, dead, failed,
+        # missed) (see hermes_tx.outbox.writes.write_owed)
         self.writer = None
         # set by the consumer: its hermes_tx.outbox.pacing.ClaimPacer, told
         # of every change settled
         self.pacer = None
+        # set by the consumer: its hermes_tx.outbox.runs.KeyRuns, told of
+        # every change settled or lost, and of every acknowledgement and
+        # dead letter written
+        self.runs = None
 
     def add(self, change, size=None):
         self.add_many([change], None if size is None else [size])
@@ -186,7 +190,9 @@ class Ledger:
             self.pacer.settled(bool(self.in_flight))
         kind, token, _, delay, reason = write
         self._owed.append((kind, token, Settled(change), delay, reason))
-        if write[0] != "ack" or len(self._owed) >= ACK_BATCH:
+        if self.runs is not None:
+            self.runs.settled(change, kind)
+        if kind != "ack" or len(self._owed) >= ACK_BATCH:
             if self._next is None:  # else the write waiting takes this too
                 self.flush()
         elif self._timer is None:
@@ -239,10 +245,17 @@ class Ledger:
                 return failure  # a bug: logged by the flush
             return None
 
-        return self.writer(owed).addCallbacks(self._written, lost)
+        return self.writer(owed).addCallbacks(self._written, lost, callbackArgs=(owed,))
 
-    def _written(self, outcome):
-        acked, released, dead, failed = outcome
+    def _written(self, outcome, owed):
+        acked, released, dead, failed, missed = outcome
+        if self.runs is not None:
+            # what an acknowledgement or a dead letter let go on (or not)
+            undone = {settled.id for writes, _ in failed for _, _, settled, _, _ in writes}
+            written = self.runs.written
+            for kind, _, settled, _, _ in owed:
+                if kind in ("ack", "dead") and settled.id not in undone:
+                    written(settled, kind, settled.id not in missed)
         for name, topics in (("acked", acked), ("released", released), ("dead", dead)):
             self.counts[name] += sum(topics.values())
             self.by_topic[name].update(topics)
@@ -282,6 +295,8 @@ class Ledger:
             if change is not None:
                 self.counts["lost"] += 1
                 self.by_topic["lost"][change.topic] += 1
+                if self.runs is not None:
+                    self.runs.lost(change)
         if not self.in_flight and self.pacer is not None:
             self.pacer.idle()
 
@@ -295,6 +310,8 @@ class Ledger:
         self.held = 0
         if self.pacer is not None:
             self.pacer.idle()
+        if self.runs is not None:
+            self.runs.clear()
         return changes
 
     def cancel(self):

@@ -27,6 +27,7 @@ from hermes_tx.outbox.claims import Ledger
 from hermes_tx.outbox.figures import Figures
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
 from hermes_tx.outbox.run import CONSUMING, CUT_LINE_SECONDS, ConsumeRun
+from hermes_tx.outbox.runs import KeyRuns
 from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.sources.component import ConnectedComponent
 from hermes_tx.sources.hearing import Hearing
@@ -44,6 +45,8 @@ class OutboxConsumer(ConnectedComponent):
         changes to hold in flight.
     @ivar budget: the L{hermes_tx.outbox.budget.ByteBudget} saying how many
         bytes of payloads the next claim may bring.
+    @ivar runs: the L{hermes_tx.outbox.runs.KeyRuns} handing the processor
+        one change of a key at a time.
     @ivar claimed: changes claimed so far, by topic (for metrics).
     """
 
@@ -165,6 +168,7 @@ class OutboxConsumer(ConnectedComponent):
         self.ledger = Ledger(self.clock, max_attempts=max_attempts)
         self.pacer = self.ledger.pacer = ClaimPacer(self.clock, self.max_in_flight, horizon=claim_horizon)
         self.budget = ByteBudget(max_in_flight_bytes)
+        self.runs = self.ledger.runs = KeyRuns(self.hand_on, self.hand_back)
         self.claimed = {}
         self._figures = Figures(self.clock, self.schema, self.topics, stats_interval, self.log)
         self._dead_lines = LogLimit(self.clock, 5, 1.0)
@@ -293,6 +297,27 @@ class OutboxConsumer(ConnectedComponent):
         for change in reversed(mine):
             self.ledger.settle(change, ("unclaim", change.claim.token, change, None, None))
         return len(mine)
+
+    def hand_on(self, changes):
+        """
+        Queue claimed changes for the processor, or give them back once the
+        consumer is stopping.
+        """
+        if not self.running:
+            self.hand_back(changes)
+        elif hasattr(self.queue, "put_many"):
+            self.queue.put_many(changes)
+        else:
+            for change in changes:
+                self.queue.put(change)
+
+    def hand_back(self, changes):
+        """
+        Give claimed changes back to the outbox, their delivery not counted
+        (never handed to the processor, or not begun).
+        """
+        for change in changes:
+            self.ledger.settle(change, ("unclaim", change.claim.token, change, None, None))
 
     def new_run(self):
         return ConsumeRun(self)

@@ -9,7 +9,7 @@ role needs no right on the tables, only these (L{PARTS}):
 
   - C{writer}: C{emit()} (a captured table's writers need nothing: the
     capture trigger writes the outbox with its owner's rights);
-  - C{consumer} (C{twistd hermes --outbox}): C{claim}, C{ack}, C{release},
+  - C{consumer} (C{twistd hermes --outbox}): C{claim}, C{claim_runs}, C{ack}, C{release},
     C{dead_letter}, C{extend}, C{unclaim}, C{stats}, C{figures};
   - C{operator} (C{hermes-tx status}, C{dead-letters}, C{emit},
     C{capture}, C{backfill}): C{stats}, C{retry_dead_letters},
@@ -58,7 +58,7 @@ class Part:
 
 WRITER = Part("writer", ["emit"], doing="emit changes")
 CONSUMER = Part(
-    "consumer", ["claim", "ack", "release", "dead_letter", "extend", "unclaim", "stats", "figures"],
+    "consumer", ["claim", "claim_runs", "ack", "release", "dead_letter", "extend", "unclaim", "stats", "figures"],
     doing="consume the outbox",
 )
 OPERATOR = Part(

@@ -191,13 +191,15 @@ class ConsumeRun(ConnectionRun):
         self._check = consumer.hearing.check()
         if self._check is not None:
             self._own_pid = session.conn.get_backend_pid()
-        consumer.ledger.flush()
+        written = consumer.ledger.flush()
         if consumer.ledger.in_flight:
             # Claims the processor still works on were last extended on the
             # lost connection, maybe most of a timeout ago: now, not in a
             # third of one (this also takes them over for this backend).
             self._extend()
-        self.pump.want()
+        # The first claim once what the last connection owed is written:
+        # what was given back (hermes_tx.outbox.runs) goes back first.
+        written.addCallback(lambda _: self.pump.want())
 
     def _probe_unanswered(self):
         self.lose(ConnectionLostError(
@@ -213,6 +215,9 @@ class ConsumeRun(ConnectionRun):
         ledger = self.consumer.ledger
         if ledger.writer == self._write:
             ledger.writer = None
+        # Claims whose backend is gone may be taken over: what waits behind
+        # a key's change goes back (written on the next connection).
+        self.consumer.runs.give_back_waiting()
         ledger.cancel()  # what is owed is written on the next connection
 
     def drain(self):
@@ -271,7 +276,8 @@ class ConsumeRun(ConnectionRun):
         token = str(uuid.uuid4())
         params = (consumer.topics, room, token, consumer.visibility_timeout, budget, first)
         d = self.session.query(consumer.statements["claim"], params)
-        d.addCallbacks(self._claimed, self._claim_failed, (Claim(consumer.ledger, token), room, ahead),
+        d.addCallbacks(self._claimed, self._claim_failed,
+                       (Claim(consumer.ledger, token), room, ahead),
                        errbackArgs=(room, budget))
         d.addErrback(self._query_failed)
         return d
@@ -357,12 +363,9 @@ class ConsumeRun(ConnectionRun):
             claimed = consumer.claimed
             for topic, count in Counter(c.topic for c in changes).items():
                 claimed[topic] = claimed.get(topic, 0) + count
-            queue = consumer.queue
-            if hasattr(queue, "put_many"):
-                queue.put_many(changes)
-            else:
-                for change in changes:
-                    queue.put(change)
+            # One change of a key at a time to the processor: the others of
+            # a run wait behind it (hermes_tx.outbox.runs).
+            consumer.hand_on(consumer.runs.admit(changes))
         # Claiming ahead (the next batch while the processor works on this
         # one) pays while claims keep coming back full; with few keys every
         # head is soon in flight and a claim ahead walks them all for
@@ -458,10 +461,11 @@ class ConsumeRun(ConnectionRun):
         """
         Write what the processor's outcomes owe (L{write_owed}).
 
-        @return: a Deferred firing with C{(acked, released, dead, failed)}.
+        @return: a Deferred firing with C{(acked, released, dead, failed,
+            missed)}.
         """
         def written(result):
-            acked, released, dead, _ = result
+            acked, released, dead, _, _ = result
             if acked or dead:
                 # Changes that left the outbox may have been holding back
                 # the next changes of their keys: claim those now, not at

@@ -114,6 +114,7 @@ OBJECTS = {
                      "purge_dead_letters")},
     6: {"function": ("figures",)},
     8: {"table": ("backfills",), "function": ("backfill_start", "backfill_chunk")},
+    9: {"function": ("claim_runs",)},
 }
 
 

@@ -16,6 +16,8 @@ any more.  The statements, their parameters and what they return::
 
     claim(schema)        (topics, limit, token, visibility_seconds)
         -> (id, topic, key, attempts, created_at, payload), oldest first
+    claim_runs(schema)   (topics, limit, token, visibility_seconds)
+        -> as claim
     claim_within(schema) (topics, limit, token, visibility_seconds, budget, first)
         -> (id, topic, key, attempts, created_at, payload or None, size)
     ack(schema)          (ids, token)                      -> (id,)
@@ -68,9 +70,30 @@ def claim(schema=DEFAULT_SCHEMA):
     )
 
 
+def claim_runs(schema=DEFAULT_SCHEMA):
+    """
+    L{claim}, and runs of a key's changes (version 9): a change whose older
+    changes of its key are all taken by this claim before it is claimed
+    too, behind them.  A key with a change in flight is in flight for this
+    claim too.  Runs are taken breadth first (the oldest change of as many
+    keys as the limit allows, then the second of each, ...).  The caller
+    keeps each key's order: it hands a change to its processor only once
+    the one before it is acknowledged, and gives back (L{unclaim}) what
+    follows a change it released, or whose claim it lost
+    (L{hermes_tx.outbox.runs}).
+
+    Parameters and rows: those of L{claim}.
+    """
+    return _build(
+        "SELECT id, topic, key, attempts, created_at, payload"
+        " FROM {schema}.claim_runs(%s::text[], %s::integer, %s::uuid, %s::double precision)",
+        schema,
+    )
+
+
 def claim_within(schema=DEFAULT_SCHEMA):
     """
-    L{claim} within a budget in bytes, for a consumer that bounds what it
+    L{claim_runs} within a budget in bytes, for a consumer that bounds what it
     holds in flight (L{hermes_tx.outbox.budget}): the claim's rows, in the
     order it returns them, bring their payload while the bytes of the
     payloads so far (C{octet_length}, UTF-8) stay within C{budget}; the
@@ -78,7 +101,7 @@ def claim_within(schema=DEFAULT_SCHEMA):
     payload (the client never receives it): give them back (L{unclaim})
     at once.  With C{first} true, the first row brings its payload
     whatever its size (a change bigger than any budget still flows).  It
-    is a plain statement around C{claim()}, so a consumer's role needs no
+    is a plain statement around C{claim_runs()}, so a consumer's role needs no
     other grant; the server still reads every row claimed, so a cut is
     cheap for the client's memory only.
 
@@ -86,7 +109,7 @@ def claim_within(schema=DEFAULT_SCHEMA):
     C{first} (bool).
 
     @return: a statement returning C{(id, topic, key, attempts, created_at,
-        payload, size)} in L{claim}'s order: C{payload} the JSON text or
+        payload, size)} in L{claim_runs}'s order: C{payload} the JSON text or
         C{None} (cut by the budget), C{size} its bytes either way.
     """
     # The running sum follows the rows as claim() returns them: ordering
@@ -97,7 +120,7 @@ def claim_within(schema=DEFAULT_SCHEMA):
         " CASE WHEN running <= p.budget OR (place = 1 AND p.first) THEN payload END, size"
         " FROM (SELECT c.*, octet_length(c.payload) AS size,"
         " sum(octet_length(c.payload)) OVER w AS running, row_number() OVER w AS place"
-        " FROM {schema}.claim(%s::text[], %s::integer, %s::uuid, %s::double precision) c"
+        " FROM {schema}.claim_runs(%s::text[], %s::integer, %s::uuid, %s::double precision) c"
         " WINDOW w AS (ROWS UNBOUNDED PRECEDING)) s,"
         " (SELECT %s::bigint AS budget, %s::boolean AS first) p",
         schema,
@@ -233,5 +256,5 @@ def listen(schema=DEFAULT_SCHEMA):
     return sql.SQL("LISTEN {}").format(sql.Identifier(channel(schema)))
 
 
-__all__ = ["claim", "claim_within", "ack", "release", "dead_letter", "extend", "unclaim", "stats", "figures",
+__all__ = ["claim", "claim_runs", "claim_within", "ack", "release", "dead_letter", "extend", "unclaim", "stats", "figures",
            "channel", "listen"]

@@ -34,11 +34,13 @@ def write_owed(session, consumer, owed):
     @param owed: C{(kind, token, settled, delay, reason)} tuples (see
         L{hermes_tx.outbox.claims.Ledger}; C{settled} has the change's
         C{id}, C{topic}, C{key} and C{attempts}).
-    @return: a Deferred firing with C{(acked, released, dead, failed)}:
-        C{collections.Counter}s by topic, and C{failed}, a list of C{(owed
-        tuples, error)} for the statements that failed (not for a lost
-        connection: that fails the Deferred, and nothing of C{owed} counts
-        as written).
+    @return: a Deferred firing with C{(acked, released, dead, failed,
+        missed)}: C{collections.Counter}s by topic; C{failed}, a list of
+        C{(owed tuples, error)} for the statements that failed (not for a
+        lost connection: that fails the Deferred, and nothing of C{owed}
+        counts as written); and C{missed}, the set of ids an
+        acknowledgement or a move to the dead letters did not find under
+        their token (their claim was lost).
     """
     statements = consumer.statements
     groups = {}
@@ -46,6 +48,7 @@ def write_owed(session, consumer, owed):
         groups.setdefault((kind, token), []).append((change, delay, reason))
     acked, released, dead = Counter(), Counter(), Counter()
     failed = []
+    missed = set()
     for (kind, token), items in groups.items():
         ids = id_array(change.id for change, _, _ in items)
         try:
@@ -53,6 +56,8 @@ def write_owed(session, consumer, owed):
                 rows = yield session.query(statements["ack"], (ids, token))
                 done = {row[0] for row in rows}
                 acked.update(change.topic for change, _, _ in items if change.id in done)
+                if len(done) < len(items):
+                    missed.update(change.id for change, _, _ in items if change.id not in done)
             elif kind == "unclaim":
                 yield session.query(statements["unclaim"], (ids, token))
             elif kind == "release":
@@ -74,8 +79,10 @@ def write_owed(session, consumer, owed):
                     if change.id in moved:
                         dead[change.topic] += 1
                         consumer.dead_lettered(change, reason)
+                    else:
+                        missed.add(change.id)
         except Exception as error:
             if is_connection_error(error):
                 raise
             failed.append(([(kind, token, c, d, r) for c, d, r in items], error))
-    return acked, released, dead, failed
+    return acked, released, dead, failed, missed
