@@ -128,8 +128,12 @@ class _Consuming(unittest.TestCase):
         return self.conn.one(self.statements["claim"])
 
     def answer_claim(self, answer):
+        """
+        Answer the claim waiting; its changes are queued on the next turn.
+        """
         query = self.claim()
         query.answer(answer)
+        self.clock.advance(0)
         return query
 
     def no_claim(self):

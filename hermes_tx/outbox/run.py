@@ -10,8 +10,11 @@ closed) is L{hermes_tx.sources.run.ConnectionRun}'s state machine, whose
 session puts a deadline on every query; when to claim is a
 L{hermes_tx.outbox.pump.ClaimPump}.  This run owns the timers of its
 working state: the poll, the claims' extension (at most one in flight),
-the liveness probe, and a claim when the soonest change it released comes
-due again.  A claim whose answer was lost with the connection is
+the liveness probe, a claim when the soonest change it released comes due
+again, and the next turn on which a claim's changes go to the processor
+(queued from inside the claim's answer, they would wake the processor,
+which would work through them before the claim ahead is sent).  A claim
+whose answer was lost with the connection is
 not the consumer's problem: its rows are claimed by a backend that is gone,
 which any consumer may take over at once (L{hermes_tx.outbox.sql.claim}).
 
@@ -157,6 +160,7 @@ class ConsumeRun(ConnectionRun):
         self._last_claim = None  # when the last claim was made
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
         self._cut_retry = Backoff(CUT_RETRY)  # statements cut short in a row
+        self._handing = []  # claimed changes for the processor on the next turn
 
     def listen_statement(self):
         private = self.consumer.hearing.channel
@@ -207,6 +211,9 @@ class ConsumeRun(ConnectionRun):
 
     def stop_working(self):
         self._timers.stop()
+        # What the last claim brought and the processor has not had yet goes
+        # to it now (a stopping consumer gives it back).
+        self._hand_on()
         if self._check is not None:
             self._check.stop()
         if self._probe is not None:
@@ -307,7 +314,12 @@ class ConsumeRun(ConnectionRun):
             in_flight -= consumer.give_back(in_flight - limit)
         room = min(batch, limit - in_flight)
         if getattr(queue, "maxsize", None) is not None:
-            space = queue.maxsize - len(queue.pending)
+            space = queue.maxsize - len(queue.pending) - len(self._handing)
+            if space <= 0 < room and self._handing:
+                # What the last claim brought is queued on the next turn:
+                # ask again after that.
+                self._timers.once("room", 0, self.pump.want)
+                return None
             if space <= 0 < room:
                 # The queue is what is full: claim once it has room.
                 queue.on_space(self.pump.want)
@@ -364,8 +376,13 @@ class ConsumeRun(ConnectionRun):
             for topic, count in Counter(c.topic for c in changes).items():
                 claimed[topic] = claimed.get(topic, 0) + count
             # One change of a key at a time to the processor: the others of
-            # a run wait behind it (hermes_tx.outbox.runs).
-            consumer.hand_on(consumer.runs.admit(changes))
+            # a run wait behind it (hermes_tx.outbox.runs).  Queued on the
+            # next turn: queueing wakes a waiting processor, which would work
+            # through the batch before this returns, and only then would the
+            # claim ahead be sent; this way the server works on the next
+            # claim while the processor works on this one.
+            self._handing.extend(consumer.runs.admit(changes))
+            self._timers.once("hand-on", 0, self._hand_on)
         # Claiming ahead (the next batch while the processor works on this
         # one) pays while claims keep coming back full; with few keys every
         # head is soon in flight and a claim ahead walks them all for
@@ -380,6 +397,10 @@ class ConsumeRun(ConnectionRun):
             return False
         self._ahead = True
         return True
+
+    def _hand_on(self):
+        handing, self._handing = self._handing, []
+        self.consumer.hand_on(handing)
 
     def _query_failed(self, failure):
         self.lose(failure.value)
