@@ -113,6 +113,20 @@ class ClaimTests(OutboxDatabase, unittest.TestCase):
         self.assertEqual(sorted(self.ack([a, b, 999999], token)), [a, b])
         self.assertEqual(self.outbox(), [])
 
+    def test_ack_puts_back_the_scan_setting(self):
+        """
+        ack plans its DELETE without sequential scans (version 9) and puts
+        the setting back: a caller's transaction keeps its own.
+        """
+        a = self.emit("t", "a")
+        token, _ = self.claim(["t"])
+        conn = self.connect(autocommit=False)
+        self.execute("SET LOCAL enable_seqscan = on", None, conn)
+        self.assertEqual(self.ack([a], token, conn), [a])
+        self.assertEqual(self.execute("SHOW enable_seqscan", None, conn), [("on",)])
+        conn.commit()
+        self.assertEqual(self.outbox(), [])
+
     def test_expired_claim_is_reclaimed_and_the_old_token_is_void(self):
         """
         After its visibility timeout a claim can be taken by another token
