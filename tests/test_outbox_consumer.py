@@ -330,6 +330,34 @@ class HungBackendTests(_Consuming, unittest.TestCase):
         self.assertEqual(consumer.reconnects, 1)
 
 
+class OlderOutboxTests(_Consuming, unittest.TestCase):
+    install_outbox = False
+
+    @defer.inlineCallbacks
+    def test_an_older_outbox_names_the_upgrade(self):
+        """
+        An outbox installed by an older hermes_tx (version 8: no
+        claim_runs()): each claim fails, and the line says how to upgrade.
+        """
+        import psycopg2
+
+        from hermes_tx.outbox.schema import install
+
+        conn = psycopg2.connect(self.dsn)
+        try:
+            install(conn, target=8)
+        finally:
+            conn.close()
+        log = capture_log(self)
+        self.start(["t"])
+        yield wait_until(lambda: any("reconnecting in" in formatEvent(e) for e in log), timeout=10,
+                         what="a lost claim")
+        line = next(formatEvent(e) for e in log if "reconnecting in" in formatEvent(e))
+        self.assertIn("UndefinedFunction: function hermes.claim_runs(text[], integer, uuid, double precision)"
+                      " does not exist (is the outbox in schema 'hermes' older than this hermes_tx?"
+                      " hermes-tx install upgrades it); reconnecting in", line)
+
+
 class PermanentErrorTests(_Consuming, unittest.TestCase):
     @defer.inlineCallbacks
     def test_missing_grants_back_off_with_one_clear_line(self):

@@ -247,13 +247,20 @@ class OutboxConsumer(ConnectedComponent):
         """
         @return: one line for a lost connection; a missing grant names the
             right and the C{hermes-tx install --grant-consumer} that gives it
-            (L{hermes_tx.outbox.privileges.explain_denied}).
+            (L{hermes_tx.outbox.privileges.explain_denied}); a missing
+            function (an outbox installed by an older hermes_tx: this one
+            claims with C{claim_runs()}, version 9) names the upgrade.
         """
-        if getattr(error, "pgcode", None) == "42501":
+        code = getattr(error, "pgcode", None)
+        if code == "42501":
             role = getattr(self.pg_connector, "params", {}).get("user")
             return self._scrubbed("InsufficientPrivilege: " + privileges.explain_denied(
                 error, privileges.CONSUMER, role, self.schema))
-        return ConnectedComponent.describe_loss(self, error)
+        line = ConnectedComponent.describe_loss(self, error)
+        if code == "42883":  # undefined_function
+            line += (f" (is the outbox in schema {self.schema!r} older than this hermes_tx?"
+                     f" hermes-tx install upgrades it)")
+        return line
 
     def dead_lettered(self, change, reason):
         """
