@@ -71,9 +71,11 @@ class Claim:
 
     def give_back(self, change):
         """
-        Give the change back, its delivery not counted (it failed while
-        the processor's circuit was open or probing: the dependency, not
-        the change, is at fault).
+        Give the change back, its delivery not counted: it failed while
+        the processor's circuit was open or probing (the dependency, not
+        the change, is at fault), or the processor never had it (the
+        consumer is stopping, its claim came back cut or after the circuit
+        opened, or it waited behind a change of its key that failed).
         """
         self.ledger.settle(change, ("unclaim", self.token, change, None, None))
 

@@ -301,8 +301,7 @@ class OutboxConsumer(ConnectedComponent):
         kept = [e for e in pending if id(e) not in taken]
         pending.clear()
         pending.extend(kept)
-        for change in reversed(mine):
-            self.ledger.settle(change, ("unclaim", change.claim.token, change, None, None))
+        self.hand_back(reversed(mine))
         return len(mine)
 
     def hand_on(self, changes):
@@ -324,7 +323,7 @@ class OutboxConsumer(ConnectedComponent):
         (never handed to the processor, or not begun).
         """
         for change in changes:
-            self.ledger.settle(change, ("unclaim", change.claim.token, change, None, None))
+            change.claim.give_back(change)
 
     def new_run(self):
         return ConsumeRun(self)

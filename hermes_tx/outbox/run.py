@@ -347,8 +347,7 @@ class ConsumeRun(ConnectionRun):
             kept = [i for i, change in enumerate(changes) if change.payload is not None]
             changes, sizes = [changes[i] for i in kept], [sizes[i] for i in kept]
             consumer.ledger.add_many(cut, [0] * len(cut))
-            for change in cut:
-                consumer.ledger.settle(change, ("unclaim", claim.token, change, None, None))
+            consumer.hand_back(cut)
         if self.is_working:
             self.on_ready()  # claims work: the next loss retries after the shortest delay
             self._cut_retry.reset()
@@ -366,8 +365,7 @@ class ConsumeRun(ConnectionRun):
             # counted), with the stop's last write, rather than leave the
             # keys blocked until the claims expire or the circuit closes.
             consumer.ledger.add_many(changes, sizes)
-            for change in changes:
-                consumer.ledger.settle(change, ("unclaim", claim.token, change, None, None))
+            consumer.hand_back(changes)
             return False
         consumer.ledger.add_many(changes, sizes)
         if changes:

@@ -92,16 +92,12 @@ class KeyRuns:
         """
         if kind not in _BACK:
             return
+        # (A change waiting behind another is only ever given back by this
+        # object, which has taken it out of its queue first.)
         key = (change.topic, change.key)
         if self._handed.get(key) == change.id:
             del self._handed[key]
             self._drop(key)
-            return
-        queue = self._waiting.get(key)
-        if queue is not None and change in queue:
-            queue.remove(change)
-            if not queue:
-                del self._waiting[key]
 
     def written(self, change, kind, found=True):
         """
