@@ -363,6 +363,45 @@ class ClaimingTests(_Consuming):
         self.assertEqual(consumer.ledger.counts["acked"], 10)
         self.assertEqual(len(self.claims()), 1)
 
+    def test_one_write_sends_every_statement_at_once(self):
+        """
+        A write of several kinds and claims sends all its statements before
+        the first is answered (the connection runs them in turn): one
+        waiting for the one before would also wait behind every claim sent
+        meanwhile, and the rows owed would stay claimed for those claims to
+        walk.  A statement that fails for another reason than a lost
+        connection leaves the others' outcomes counted; it is tried again.
+        """
+        consumer = self.make(max_in_flight=20)
+        self.answer_claim(rows(1, 10))
+        self.answer_claim(rows(11, 10))  # the claim ahead, another token
+        changes = self.queue.take(20)
+        for change in changes:
+            if change.id not in (5, 15):
+                change.claim.done(change)
+        failing = [change for change in changes if change.id in (5, 15)]
+        failing[0].claim.retry(failing[0], "not yet")  # written at once, with the acks
+        failing[1].claim.retry(failing[1], "not yet")  # the next write
+        acks = self.conn.waiting(self.statements["ack"])
+        self.assertEqual(sorted(q.params[0] for q in acks),
+                         ["{1,2,3,4,6,7,8,9,10}", "{11,12,13,14,16,17,18,19,20}"])
+        release = self.conn.one(self.statements["release"])
+        self.assertEqual(release.params[0], "{5}")
+        acks[0].fail(psycopg2.errors.QueryCanceled("canceling statement due to statement timeout"))
+        acks[1].answer(ids(acks[1].params[0]))
+        release.answer([(5, "retry")])
+        self.assertEqual(consumer.ledger.counts["acked"], 9)
+        self.assertEqual(consumer.ledger.counts["released"], 1)
+        release = self.conn.one(self.statements["release"])
+        self.assertEqual(release.params[0], "{15}")
+        release.answer([(15, "retry")])
+        self.assertEqual(consumer.ledger.counts["released"], 2)
+        self.assertEqual(consumer.ledger.owed, 0)  # the failed one waits for its retry
+        self.clock.advance(1.0)
+        again = self.conn.one(self.statements["ack"])
+        self.assertEqual(again.params[0], acks[0].params[0])
+        again.answer(ids(again.params[0]))
+        self.assertEqual(consumer.ledger.counts["acked"], 18)
 
     def test_released_changes_are_claimed_when_due(self):
         """

@@ -2,7 +2,8 @@
 """
 L{write_owed}: what an outbox consumer's processor settled, written on
 the consumer's connection: acknowledgements, releases, dead letters and
-unclaims, one statement per kind and claim token.
+unclaims, one statement per kind and claim token, all sent at once (the
+connection runs them in turn, each its own transaction).
 
 A statement that fails for another reason than a lost connection fails
 alone: the others are written, and what it owed is returned, to be tried
@@ -46,43 +47,56 @@ def write_owed(session, consumer, owed):
     groups = {}
     for kind, token, change, delay, reason in owed:
         groups.setdefault((kind, token), []).append((change, delay, reason))
+    # Every statement is sent at once (the connection runs them in turn):
+    # one waiting for the one before would wait behind each claim sent
+    # meanwhile, and the rows owed stay claimed, for every claim to walk.
+    sent = []
+    for (kind, token), items in groups.items():
+        ids = id_array(change.id for change, _, _ in items)
+        if kind == "ack":
+            d = session.query(statements["ack"], (ids, token))
+        elif kind == "unclaim":
+            d = session.query(statements["unclaim"], (ids, token))
+        elif kind == "release":
+            d = session.query(statements["release"], (
+                ids, token, [delay for _, delay, _ in items], [r for _, _, r in items],
+                consumer.ledger.max_attempts))
+        else:
+            d = session.query(statements["dead_letter"], (ids, token, [r for _, _, r in items]))
+        sent.append((kind, token, items, d))
+    answers = yield defer.DeferredList([d for *_, d in sent], consumeErrors=True)
     acked, released, dead = Counter(), Counter(), Counter()
     failed = []
     missed = set()
-    for (kind, token), items in groups.items():
-        ids = id_array(change.id for change, _, _ in items)
-        try:
-            if kind == "ack":
-                rows = yield session.query(statements["ack"], (ids, token))
-                done = {row[0] for row in rows}
-                acked.update(change.topic for change, _, _ in items if change.id in done)
-                if len(done) < len(items):
-                    missed.update(change.id for change, _, _ in items if change.id not in done)
-            elif kind == "unclaim":
-                yield session.query(statements["unclaim"], (ids, token))
-            elif kind == "release":
-                params = (ids, token, [d for _, d, _ in items], [r for _, _, r in items],
-                          consumer.ledger.max_attempts)
-                rows = yield session.query(statements["release"], params)
-                outcome = dict((row[0], row[1]) for row in rows)
-                for change, _, reason in items:
-                    if outcome.get(change.id) == "retry":
-                        released[change.topic] += 1
-                    elif outcome.get(change.id) == "dead":
-                        dead[change.topic] += 1
-                        consumer.dead_lettered(change, reason)
+    lost = None
+    for (kind, token, items, _), (ok, rows) in zip(sent, answers):
+        if not ok:
+            if is_connection_error(rows.value):
+                lost = rows
             else:
-                rows = yield session.query(statements["dead_letter"],
-                                           (ids, token, [r for _, _, r in items]))
-                moved = {row[0] for row in rows}
-                for change, _, reason in items:
-                    if change.id in moved:
-                        dead[change.topic] += 1
-                        consumer.dead_lettered(change, reason)
-                    else:
-                        missed.add(change.id)
-        except Exception as error:
-            if is_connection_error(error):
-                raise
-            failed.append(([(kind, token, c, d, r) for c, d, r in items], error))
+                failed.append(([(kind, token, c, d, r) for c, d, r in items], rows.value))
+            continue
+        if kind == "ack":
+            done = {row[0] for row in rows}
+            acked.update(change.topic for change, _, _ in items if change.id in done)
+            if len(done) < len(items):
+                missed.update(change.id for change, _, _ in items if change.id not in done)
+        elif kind == "release":
+            outcome = dict((row[0], row[1]) for row in rows)
+            for change, _, reason in items:
+                if outcome.get(change.id) == "retry":
+                    released[change.topic] += 1
+                elif outcome.get(change.id) == "dead":
+                    dead[change.topic] += 1
+                    consumer.dead_lettered(change, reason)
+        elif kind == "dead":
+            moved = {row[0] for row in rows}
+            for change, _, reason in items:
+                if change.id in moved:
+                    dead[change.topic] += 1
+                    consumer.dead_lettered(change, reason)
+                else:
+                    missed.add(change.id)
+    if lost is not None:
+        lost.raiseException()
     return acked, released, dead, failed, missed
