@@ -260,7 +260,7 @@ class Bench:
         prepare_writer_tables(dsn, keys)
         poison = {tuple(p) for p in json.loads(env.get("E2E_POISON", "[]"))}
         fleet = Fleet(dsn, ["t"], self.workdir(f"failures-{self._databases}"), processor=FLAKY,
-                      extra=["--max-attempts", "3"])
+                      extra=["--max-attempts", "3"] + self.args.hermes_arg)
         fleet.env.update(env)
         conn, cur = self.connect(dsn)
         try:
@@ -363,6 +363,8 @@ def main():
     parser.add_argument("--only", nargs="*", default=SECTIONS, choices=SECTIONS)
     parser.add_argument("--memory-arg", action="append", default=[],
                         help="memory: an argument for twistd hermes (repeatable), e.g. a byte bound")
+    parser.add_argument("--hermes-arg", action="append", default=[],
+                        help="failures: an argument for twistd hermes (repeatable), e.g. --hermes-arg=--retry-delay=0.05")
     args = parser.parse_args()
     bench = Bench(args)
     try:

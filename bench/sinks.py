@@ -318,6 +318,8 @@ def main():
     parser.add_argument("--es-events", type=int, default=20_000)
     parser.add_argument("--es-timeout", type=float, default=120.0)
     parser.add_argument("--es-rounds", type=int, default=1)
+    parser.add_argument("--hermes-arg", action="append", default=[],
+                        help="es-429: an argument for twistd hermes (repeatable), e.g. --hermes-arg=--retry-delay=0.05")
     args = parser.parse_args()
     if args.serve:
         return serve(args.serve, args.first_sight_429)
@@ -330,7 +332,7 @@ def main():
         import sinks_429
 
         sinks_429.run(os.path.abspath(__file__), events=args.es_events,
-                      rounds=args.es_rounds, timeout=args.es_timeout)
+                      rounds=args.es_rounds, timeout=args.es_timeout, extra=args.hermes_arg)
 
 
 def pairs(args):

@@ -75,7 +75,7 @@ def depth(cur):
     return cur.fetchone()[0]
 
 
-def drain(dsn, cur, script, workdir, events, keys, first_sight_429, timeout):
+def drain(dsn, cur, script, workdir, events, keys, first_sight_429, timeout, extra=()):
     """
     One round.
 
@@ -87,7 +87,7 @@ def drain(dsn, cur, script, workdir, events, keys, first_sight_429, timeout):
     want = expected(cur)
     server, port = start_server(script, first_sight_429, workdir)
     fleet = Fleet(dsn, [TOPIC], os.path.join(workdir, f"fleet-{time.monotonic_ns()}"),
-                  sink=f"elasticsearch+http://127.0.0.1:{port}/{INDEX}")
+                  extra=extra, sink=f"elasticsearch+http://127.0.0.1:{port}/{INDEX}")
     os.makedirs(fleet.workdir)
     try:
         fleet.start()
@@ -120,10 +120,12 @@ def drain(dsn, cur, script, workdir, events, keys, first_sight_429, timeout):
             "wrong": len(wrong), "dead": dead, "problems": problems}
 
 
-def run(script, events=20000, keys=2000, rounds=1, timeout=120.0):
+def run(script, events=20000, keys=2000, rounds=1, timeout=120.0, extra=()):
     """
     The section: C{rounds} rounds of the drain without and with 429s
     (alternating which goes first), medians printed with the goal.
+
+    @param extra: more arguments for C{twistd hermes} (both drains).
     """
     workdir = tempfile.mkdtemp(prefix="hermes-bench-sinks-429-")
     cluster = Cluster.create_primary()
@@ -137,11 +139,12 @@ def run(script, events=20000, keys=2000, rounds=1, timeout=120.0):
         cur = conn.cursor()
         results = {0.0: [], 0.03: []}
         print(f"es-429: {events:,} changes over {keys:,} keys through twistd hermes --outbox"
-              f" --sink elasticsearch+http://... ({rounds} round(s), {timeout:g} s at most each)",
+              f" --sink elasticsearch+http://...{''.join(' ' + a for a in extra)}"
+              f" ({rounds} round(s), {timeout:g} s at most each)",
               flush=True)
         for r in range(rounds):
             for share in ((0.0, 0.03) if r % 2 == 0 else (0.03, 0.0)):
-                result = drain(dsn, cur, script, workdir, events, keys, share, timeout)
+                result = drain(dsn, cur, script, workdir, events, keys, share, timeout, extra)
                 results[share].append(result)
                 took = (f"{result['seconds']:.2f} s, {events / result['seconds']:,.0f}/s"
                         if result["seconds"] else f"not drained in {timeout:g} s,"

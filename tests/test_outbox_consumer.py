@@ -211,8 +211,8 @@ class RetryTests(_Consuming, unittest.TestCase):
         recorder.script["a"] = [None] * 5 + [RuntimeError("boom")]
         recorder.script["b"] = [Retry("not yet")] + [None] * 19 + [Retry("again")]
         self.emit_many("runs", ["a", "b", "c"], 40)
-        client, consumer, _ = self.start(["runs"], processor=recorder, poll_interval=0.1)
-        consumer.ledger.retry_delay = lambda attempts: 0.1
+        client, consumer, _ = self.start(["runs"], processor=recorder, poll_interval=0.1,
+                                         retry_delay=0.1, max_retry_delay=0.1)
         claims = []  # the claims that brought changes
         claimed = consumer.pacer.claimed
         consumer.pacer.claimed = lambda: (claims.append(1), claimed())
@@ -244,8 +244,7 @@ class RetryTests(_Consuming, unittest.TestCase):
         self.emit("dead", "rejected", 1)
         self.emit("dead", "rejected", 2)
         client, consumer, _ = self.start(["dead"], processor=recorder, poll_interval=0.1,
-                                         max_attempts=3)
-        consumer.ledger.retry_delay = lambda attempts: 0.1
+                                         max_attempts=3, retry_delay=0.1, max_retry_delay=0.1)
         yield wait_until(lambda: len(self.rows("dead_letters")) == 2, timeout=20, what="2 dead")
         yield wait_until(lambda: not self.rows(topic="dead"), timeout=10, what="an empty outbox")
         self.assertEqual(recorder.by_key(), {"bad": [1, 1, 1, 2], "rejected": [1, 2]})
@@ -280,8 +279,8 @@ class BreakerTests(_Consuming, unittest.TestCase):
         recorder = Flaky(backoff_limit=1)
         keys = [f"k{i}" for i in range(20)]
         self.emit_many("down", keys, 3)
-        client, consumer, _ = self.start(["down"], processor=recorder, poll_interval=0.1)
-        consumer.ledger.retry_delay = lambda attempts: 0.05
+        client, consumer, _ = self.start(["down"], processor=recorder, poll_interval=0.1,
+                                         retry_delay=0.05, max_retry_delay=0.05)
         yield wait_until(lambda: recorder.breaker.state == "open", timeout=10, what="the circuit open")
         def nothing_held():
             return not consumer.ledger.in_flight and not any(r[3] for r in self.rows(topic="down"))

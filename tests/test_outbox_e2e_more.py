@@ -173,14 +173,17 @@ class SinkTests(_EndToEnd, OutboxDatabase, unittest.TestCase):
 
         resource = ScriptedResource(script)
         url = listen(self, resource) + "hook"
-        fleet = yield self.started_fleet(1, 10, sink=url, extra=FAST + ["--backoff-limit", "1"])
+        # A change whose requests fail six times in a row (30% each: it
+        # happens to one of 400 changes in a run in four) would wait
+        # 0.05 + 0.15 + 0.45 + 1.35 + 4.05 + 12.15 s and then 36.45 s for
+        # its seventh try, eight times in a row (a run in forty) 109 s
+        # more: past the test's time.  With at most 2 s between tries, ten
+        # tries take at most about 14 s.
+        fleet = yield self.started_fleet(1, 10, sink=url,
+                                         extra=FAST + ["--backoff-limit", "1", "--max-retry-delay", "2"])
         writer = self.writer(rate=100, threads=1, limit=200)
         yield wait_until(writer.done, timeout=30, what="the writer's 200 changes")
-        # A change whose requests fail five times in a row (30% each: it
-        # happens to one of 400 changes in a few runs) waits 0.25 + 0.75 +
-        # 2.25 + 6.75 + 20.25 s and then 60.75 s for its sixth try: 60 s
-        # was not enough one run in three, before claims of runs too.
-        yield wait_until(lambda: self.outbox_state()[0] == 0, timeout=150, interval=0.2,
+        yield wait_until(lambda: self.outbox_state()[0] == 0, timeout=60, interval=0.2,
                          what="an empty outbox")
         fleet.stop()
         yield wait_until(fleet.stopped, timeout=30, what="twistd stopped")

@@ -176,8 +176,7 @@ class ConsumerTests(_Roles, unittest.TestCase):
         failing = Failing(backoff_limit=0.2)
         client = Client(self.dsn_of("consumer"), role_check_interval=0.5)
         consumer = OutboxConsumer(PostgresConnector(self.dsn_of("consumer")), ["t"],
-                                  poll_interval=0.1, max_attempts=2)
-        consumer.ledger.retry_delay = lambda attempts: 0.1
+                                  poll_interval=0.1, max_attempts=2, retry_delay=0.1, max_retry_delay=0.1)
         client.add_outbox(consumer)
         client.add_processor(failing)
         client.startService()

@@ -17,7 +17,7 @@ from twisted.internet import task
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial import unittest
 
-from hermes_tx.exceptions import ConnectionLostError
+from hermes_tx.exceptions import ConnectionLostError, InvalidConfigurationException
 from hermes_tx.outbox import sql as outbox_sql
 from hermes_tx.outbox.consumer import OutboxConsumer
 from hermes_tx.outbox.run import CUT_LINE_SECONDS, RELEASE_MARGIN, SKIP_AHEAD
@@ -424,6 +424,30 @@ class ClaimingTests(_Consuming):
         self.no_claim()
         self.clock.advance(0.002)  # 0.001 fell short by a rounding error 1 run in 6
         self.assertEqual(len(self.claims()), 1)
+
+    def test_retry_delays_are_the_consumers(self):
+        """
+        retry_delay and max_retry_delay make a failed change's schedule: the
+        first retry after retry_delay (the jitter takes up to a tenth off),
+        three times longer each delivery after, never more than
+        max_retry_delay; nonsense is refused when the consumer is made.
+        """
+        self.make(max_in_flight=10, retry_delay=0.04, max_retry_delay=1.0)
+        self.answer_claim(rows(1, 1))
+        for change in self.queue.take(1):
+            change.claim.retry(change, "429")
+        self.clock.advance(0)
+        release = self.conn.one(self.statements["release"])
+        [delay] = release.params[2]
+        self.assertTrue(0.036 <= delay <= 0.04, delay)
+        policy = self.consumer.ledger.retry_delay
+        self.assertTrue(0.108 <= policy(1) <= 0.12)
+        self.assertTrue(0.9 <= policy(5) <= 1.0)
+        for settings in [dict(retry_delay=0), dict(retry_delay=float("nan")),
+                         dict(retry_delay=2.0, max_retry_delay=1.0), dict(max_retry_delay=float("inf"))]:
+            error = self.assertRaises(InvalidConfigurationException, OutboxConsumer,
+                                      self.connector, ["t1"], **settings)
+            self.assertIn("retry_delay must be at least 0.01 s", str(error))
 
 class QueueTests(_Consuming):
     def test_full_queue_waits_for_room(self):

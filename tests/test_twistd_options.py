@@ -249,6 +249,34 @@ class OptionsTests(unittest.TestCase):
         self.assertUsageError(["--dsn", "dbname=x", "--outbox", "t", "--visibility-timeout", "0.5"],
                               "between 1 and 86400")
 
+    def test_retry_delays(self):
+        """
+        --retry-delay and --max-retry-delay set the outbox consumer's
+        per-change retry schedule (0.05 s, three times longer each retry,
+        at most 300 s by default); a first delay longer than the longest,
+        or out of bounds, is one line naming the options.
+        """
+        def delays(*args):
+            o = self.parse("--dsn", "dbname=x", "--outbox", "t", *args)
+            policy = makeService(o).getServiceNamed("client").outbox.ledger.retry_delay
+            return [policy(attempt) for attempt in (0, 1, 20)]
+
+        def near(got, want):
+            # the jitter takes up to a tenth off
+            for g, w in zip(got, want):
+                self.assertTrue(0.9 * w <= g <= w, (got, want))
+
+        near(delays(), [0.05, 0.15, 300])
+        near(delays("--retry-delay", "0.05", "--max-retry-delay", "10"), [0.05, 0.15, 10])
+        near(delays("--retry-delay", "2", "--max-retry-delay", "2"), [2, 2, 2])
+        base = ["--dsn", "dbname=x", "--outbox", "t"]
+        self.assertUsageError(base + ["--retry-delay", "20", "--max-retry-delay", "10"],
+                              "--retry-delay (20 s) must not be longer than --max-retry-delay (10 s)")
+        self.assertUsageError(base + ["--retry-delay", "0"],
+                              "--retry-delay must be between 0.01 and 86400 seconds, not 0")
+        self.assertUsageError(base + ["--max-retry-delay", "nan"],
+                              "--max-retry-delay must be a finite number, not 'nan'")
+
     def test_max_in_flight_bytes(self):
         """
         --max-in-flight-bytes: bytes, or with a suffix K, M or G (binary,

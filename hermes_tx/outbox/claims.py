@@ -80,11 +80,26 @@ class Claim:
         self.ledger.settle(change, ("unclaim", self.token, change, None, None))
 
 
-#: a failed change's delay by its deliveries so far: 0.25, 0.75, 2.25 ... s,
-#: at most 5 minutes.  The first retry is soon (the later changes of its key
-#: wait for it; most failures are passing), the next ones spread out fast:
-#: ten deliveries span about 15 minutes before the dead letters.
-CHANGE_RETRY = backoff_policy(initial=0.25, factor=3.0, max_delay=300.0)
+def change_retry(first=0.05, most=300.0):
+    """
+    @param first: seconds before a failed change's first retry.
+    @param most: the longest delay, in seconds.
+    @return: the policy of a failed change's delay by its deliveries so
+        far: C{first}, then three times longer each delivery, at most
+        C{most}.
+    """
+    return backoff_policy(initial=first, factor=3.0, max_delay=most)
+
+
+#: a failed change's delay by its deliveries so far: 0.05, 0.15, 0.45 ... s,
+#: at most 5 minutes.  The first retry is soon: the later changes of its key
+#: wait for it, most failures pass (a 429 for one item, a lock timeout), and
+#: a dependency that is down is the circuit breaker's to wait for (failed
+#: first deliveries in a row open it), not each change's.  The next ones
+#: spread out fast: ten deliveries span about 8 minutes before the dead
+#: letters.  (0.25 s first, it was most of what 3% of failing changes cost
+#: a drain on a fast machine: docs/performance.rst.)
+CHANGE_RETRY = change_retry()
 
 #: the longest wait a Retry(retry_after=...) may ask for (a day)
 MAX_RETRY_AFTER = 86400.0

@@ -23,7 +23,7 @@ from hermes_tx.events import Change
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox import privileges, sql
 from hermes_tx.outbox.budget import DEFAULT_MAX_BYTES, ByteBudget
-from hermes_tx.outbox.claims import Ledger
+from hermes_tx.outbox.claims import MAX_RETRY_AFTER, Ledger, change_retry
 from hermes_tx.outbox.figures import Figures
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
 from hermes_tx.outbox.run import CONSUMING, CUT_LINE_SECONDS, ConsumeRun
@@ -61,6 +61,8 @@ class OutboxConsumer(ConnectedComponent):
         poll_interval=1.0,
         visibility_timeout=30.0,
         max_attempts=10,
+        retry_delay=0.05,
+        max_retry_delay=300.0,
         batch_size=500,
         max_in_flight=None,
         max_in_flight_bytes=DEFAULT_MAX_BYTES,
@@ -91,6 +93,11 @@ class OutboxConsumer(ConnectedComponent):
             consumer loses its claims.
         @param max_attempts: deliveries after which a failing change moves
             to the dead letters.
+        @param retry_delay: seconds before a failed change's first retry
+            (later changes of its key wait for it); each further retry
+            waits three times longer.
+        @param max_retry_delay: the longest of those delays, in seconds
+            (a C{Retry(retry_after=...)} may still ask for longer).
         @param batch_size: the most changes one claim takes.
         @param max_in_flight: the most changes held (claimed, not yet
             settled) at once, so that other consumers share the work;
@@ -144,6 +151,9 @@ class OutboxConsumer(ConnectedComponent):
                 raise InvalidConfigurationException(f"{name} must be more than 0")
         if max_attempts < 1 or batch_size < 1:
             raise InvalidConfigurationException("max_attempts and batch_size must be at least 1")
+        if not 0.01 <= retry_delay <= max_retry_delay <= MAX_RETRY_AFTER:
+            raise InvalidConfigurationException(
+                "retry_delay must be at least 0.01 s and at most max_retry_delay, at most a day")
         if not max_in_flight_bytes >= 1:
             raise InvalidConfigurationException("max_in_flight_bytes must be at least 1")
         self.schema = validate_schema(schema)
@@ -165,7 +175,8 @@ class OutboxConsumer(ConnectedComponent):
             self, [self.channel], listen_check_timeout, listen_check_interval, listen_probe,
             deaf_means=f"wake-ups are not heard, polling only (every {poll_interval:g} s)",
         )
-        self.ledger = Ledger(self.clock, max_attempts=max_attempts)
+        self.ledger = Ledger(self.clock, max_attempts=max_attempts,
+                             retry_policy=change_retry(retry_delay, max_retry_delay))
         self.pacer = self.ledger.pacer = ClaimPacer(self.clock, self.max_in_flight, horizon=claim_horizon)
         self.budget = ByteBudget(max_in_flight_bytes)
         self.runs = self.ledger.runs = KeyRuns(self.hand_on, self.hand_back)

@@ -51,6 +51,8 @@ BOUNDS = {
     "poll-interval": (0.01, 86400, "seconds"),
     "visibility-timeout": (1, 86400, "seconds"),
     "max-attempts": (1, 1000000, ""),
+    "retry-delay": (0.01, 86400, "seconds"),
+    "max-retry-delay": (0.01, 86400, "seconds"),
     "queue-size": (1, 1000000, "events"),
     "max-in-flight-bytes": (1024, 1 << 40, "bytes"),
     "status-port": (0, 65535, ""),
@@ -163,6 +165,11 @@ class Options(usage.Options):
          _typed("visibility-timeout", float)],
         ["max-attempts", None, 10,
          "deliveries of an outbox change before it moves to the dead letters", _typed("max-attempts", int)],
+        ["retry-delay", None, 0.05,
+         "seconds before a failed outbox change's first retry (three times longer each further retry)",
+         _typed("retry-delay", float)],
+        ["max-retry-delay", None, 300.0,
+         "the longest delay before a failed outbox change's retry", _typed("max-retry-delay", float)],
         ["sink", None, None, "a built-in sink as the processor: http(s)://, elasticsearch+http(s)://, "
          "redis://, amqp://, nats:// URL (instead of --processor; nats:// needs twistd --reactor "
          "asyncio)"],
@@ -219,6 +226,10 @@ class Options(usage.Options):
                     f"--{name} must be between {_shown(least)} and {_shown(most)} {unit}".rstrip()
                     + f", not {_shown(value)}"
                 )
+        if self["retry-delay"] > self["max-retry-delay"]:
+            raise usage.UsageError(
+                f"--retry-delay ({_shown(self['retry-delay'])} s) must not be longer than --max-retry-delay "
+                f"({_shown(self['max-retry-delay'])} s)")
         if self["payload-format"] not in PAYLOAD_FORMATS:
             raise usage.UsageError("--payload-format must be text or json")
         try:

@@ -77,6 +77,8 @@ def makeService(options):
             poll_interval=options["poll-interval"],
             visibility_timeout=options["visibility-timeout"],
             max_attempts=options["max-attempts"],
+            retry_delay=options["retry-delay"],
+            max_retry_delay=options["max-retry-delay"],
             max_in_flight_bytes=options["max-in-flight-bytes"],
             backoff_limit=options["backoff-limit"],
             liveness_timeout=options["liveness-timeout"],
