@@ -13,7 +13,10 @@ hermes --outbox} processes on one throwaway server, peers in the same run
            the changes (tests.support.deliveries:FlakyRecorder)
   drain    50,000 pending changes, a no-op processor in one twistd
            process, against the hand-written DELETE ... SKIP LOCKED loop
-           (bench/outbox_sql.py), pgqueuer and procrastinate processing the
+           (bench/outbox_sql.py); beside them the outbox's claim + ack in a
+           blocking loop, and a claim (UPDATE ... SKIP LOCKED) + ack with
+           nothing else (no per-key order), claiming ahead; pgqueuer and
+           procrastinate processing the
            same number of no-op jobs (bench/outbox_peers.py); enqueue timed
            apart from processing
   latency  commit -> execute at 500 changes/s over 500 keys, --poll-interval
@@ -169,11 +172,12 @@ class Bench:
         results = {}
         for keys in (None, 500):
             label = "own key each" if keys is None else f"{keys} keys"
-            times = {"hermes": [], "emit": [], "sql": [], "plain": []}
+            times = {"hermes": [], "emit": [], "sql": [], "steps": [], "plain": []}
             for _ in range(rounds):
                 outbox_sql.fill(cur, rows, keys)
                 times["plain"].append(outbox_sql.drain_plain(cur, rows))
                 times["sql"].append(outbox_sql.drain_hermes(cur, rows))
+                times["steps"].append(outbox_sql.drain_two_steps(cur, rows))
                 times["emit"].append(self.emit(cur, rows, keys))
                 times["hermes"].append(self.drain_twistd(dsn, cur, rows))
                 print("    round: " + ", ".join(f"{k} {rows / v[-1]:,.0f}/s" for k, v in times.items()),
@@ -187,6 +191,8 @@ class Bench:
                      f"{rate['plain']:,.0f}/s (1x)")
             self.add(f"drain {rows:,}, {label}: claim(500) + ack, blocking loop (SQL alone)",
                      f"{rate['sql']:,.0f}/s ({rate['sql'] / rate['plain']:.2f}x)")
+            self.add(f"drain {rows:,}, {label}: claim + ack with no per-key order, claiming ahead (two steps alone)",
+                     f"{rate['steps']:,.0f}/s ({rate['steps'] / rate['plain']:.2f}x)")
             self.add(f"enqueue {rows:,}, {label}: hermes.emit, 1,000 per transaction",
                      f"{rate['emit']:,.0f}/s")
         conn.close()
