@@ -276,6 +276,27 @@ class LingerTests(_Consuming):
         self.clock.advance(0.01)
         self.assertEqual(len(self.claims()), 1)
 
+    def test_acknowledgements_in_a_backlog_claim_at_once(self):
+        """
+        After acknowledgements, while the last claim brought at least half
+        of what it asked for (a backlog whose keys were busy), the next
+        claim goes at once; once a claim comes back with less, the
+        acknowledgements' claims linger again.
+        """
+        self.make(claim_linger=0.01, batch_size=10, max_in_flight=10)  # claims of 5
+        self.assertEqual(self.claim().params[1], 5)
+        self.answer_claim(rows(1, 3))  # 3 of 5
+        self.settle_all()
+        self.clock.advance(0)
+        self.write(("ack", "{1,2,3}"))
+        self.answer_claim(rows(4, 1))  # at once; 1 of 5
+        self.settle_all()
+        self.clock.advance(0)
+        self.write(("ack", "{4}"))
+        self.no_claim()
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.claims()), 1)
+
     def test_a_stop_cancels_the_linger(self):
         consumer = self.make(claim_linger=0.01)
         self.answer_claim([])

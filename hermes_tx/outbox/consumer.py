@@ -132,7 +132,9 @@ class OutboxConsumer(ConnectedComponent):
             acknowledgements) waits while changes keep flowing (a claim was
             made within the last 0.1 s), so that one claim takes what
             several commits wrote; after a quiet spell claims are made at
-            once.  0: never wait.
+            once, and after acknowledgements too while the last claim
+            brought at least half of what it asked for (a backlog).  0:
+            never wait.
         @param listen_probe: what sends each probe (see
             L{hermes_tx.sources.hearing.Hearing}); C{None}: a new,
             short-lived connection per probe.

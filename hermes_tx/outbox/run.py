@@ -53,7 +53,8 @@ SKIP_AHEAD = 8
 
 #: a claim made less than this many seconds ago means changes are flowing:
 #: the next one for a wake-up or after acknowledgements waits
-#: C{claim_linger} (see L{ConsumeRun._claim_soon})
+#: C{claim_linger}, unless a backlog is being drained (see
+#: L{ConsumeRun._claim_soon})
 FLOWING = 0.1
 
 
@@ -158,6 +159,7 @@ class ConsumeRun(ConnectionRun):
         self._own_pid = None
         self._ahead = False  # the next claim is made ahead of the acks
         self._last_claim = None  # when the last claim was made
+        self._backlog = False  # the last claim brought at least half of what it asked
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
         self._cut_retry = Backoff(CUT_RETRY)  # statements cut short in a row
         self._handing = []  # claimed changes for the processor on the next turn
@@ -243,17 +245,24 @@ class ConsumeRun(ConnectionRun):
         """
         self.pump.want()
 
-    def _claim_soon(self):
+    def _claim_soon(self, acknowledged=False):
         """
         Claim for a wake-up or after acknowledgements: at once after a quiet
         spell, but within a steady flow of changes a little later
         (C{claim_linger}), so that one claim takes what several commits
-        wrote and the server works once for them.
+        wrote and the server works once for them.  After acknowledgements
+        while the last claim brought at least half of what it asked for (a
+        backlog: the changes are there already, only their keys were
+        busy), at once: lingering would add to every key's every change.
+
+        @param acknowledged: the claim is for acknowledgements written.
         """
         consumer = self.consumer
         linger = consumer.claim_linger
         last = self._last_claim
-        if linger and last is not None and consumer.clock.seconds() - last < FLOWING:
+        if acknowledged and self._backlog:
+            self.pump.want()
+        elif linger and last is not None and consumer.clock.seconds() - last < FLOWING:
             self._timers.once("linger", linger, self.pump.want)
         else:
             self.pump.want()
@@ -368,6 +377,7 @@ class ConsumeRun(ConnectionRun):
             consumer.hand_back(changes)
             return False
         consumer.ledger.add_many(changes, sizes)
+        self._backlog = len(rows) >= max(1, limit // 2)
         if changes:
             consumer.pacer.claimed()
             claimed = consumer.claimed
@@ -489,7 +499,7 @@ class ConsumeRun(ConnectionRun):
                 # Changes that left the outbox may have been holding back
                 # the next changes of their keys: claim those now, not at
                 # the next poll.
-                self._claim_soon()
+                self._claim_soon(acknowledged=True)
             if released:
                 # A released change is claimable again once its delay has
                 # passed: claim then, not at the next poll after it.
