@@ -12,6 +12,8 @@ outbox) to an empty outbox (every change acknowledged, so confirmed by
 the index), then the index is read back: every document indexed, each at
 its key's last change (version and source).  Goal: the drain with 429s at
 least 0.7x the rate without, and done within the time without + 3 s.
+When 95% of the changes were acknowledged is printed beside it (as the
+failing processor's goal counts a drain, bench/flow.py), a measurement.
 """
 
 import json
@@ -93,10 +95,14 @@ def drain(dsn, cur, script, workdir, events, keys, first_sight_429, timeout, ext
         fleet.start()
         wait_for(fleet.consuming, 60, "twistd hermes consuming", interval=0.002)
         start = time.perf_counter()
-        seconds = None
+        seconds = t95 = None
+        tail = events // 20  # 95% acknowledged: at most this many left
         while time.perf_counter() - start < timeout:
-            cur.execute("SELECT EXISTS (SELECT 1 FROM hermes.outbox)")
-            if not cur.fetchone()[0]:
+            cur.execute("SELECT count(*) FROM (SELECT FROM hermes.outbox LIMIT %s) s", (tail + 1,))
+            left = cur.fetchone()[0]
+            if t95 is None and left <= tail:
+                t95 = time.perf_counter() - start
+            if not left:
                 seconds = time.perf_counter() - start
                 break
             time.sleep(0.005)
@@ -115,7 +121,7 @@ def drain(dsn, cur, script, workdir, events, keys, first_sight_429, timeout, ext
     dead = cur.fetchone()[0]
     cur.execute("TRUNCATE hermes.dead_letters")
     problems = fleet.unclean()
-    return {"seconds": seconds, "left": left, "answered_429": state["answered_429"],
+    return {"seconds": seconds, "t95": t95, "left": left, "answered_429": state["answered_429"],
             "exact": not wrong and len(live) == len(want) and not dead,
             "wrong": len(wrong), "dead": dead, "problems": problems}
 
@@ -147,6 +153,7 @@ def run(script, events=20000, keys=2000, rounds=1, timeout=120.0, extra=()):
                 result = drain(dsn, cur, script, workdir, events, keys, share, timeout, extra)
                 results[share].append(result)
                 took = (f"{result['seconds']:.2f} s, {events / result['seconds']:,.0f}/s"
+                        f" (95% in {result['t95']:.2f} s)"
                         if result["seconds"] else f"not drained in {timeout:g} s,"
                         f" {result['left']:,} left")
                 print(f"  round {r + 1}, {share:.0%} first-sight 429s: {took};"
@@ -172,11 +179,17 @@ def summarize(results, events, timeout):
     base, slow = median(plain), median(throttled)
     ratio = base / slow if slow != float("inf") else 0.0
     exact = all(r["exact"] for rs in results.values() for r in rs)
+    # the stream apart from its tail, as the failing processor's goal counts
+    # it (bench/flow.py): a measurement beside the goal, not the goal
+    t95_base = median([r["t95"] for r in results[0.0]])
+    t95_slow = median([r["t95"] if r["t95"] else float("inf") for r in results[0.03]])
     lines = [
         f"es-429  without 429s: {events / base:,.0f}/s ({base:.2f} s)",
         (f"es-429  3% first-sight 429s: {events / slow:,.0f}/s ({slow:.2f} s), {ratio:.2f}x,"
          f" +{slow - base:.2f} s" if slow != float("inf") else
          f"es-429  3% first-sight 429s: not drained within {timeout:g} s"),
+        f"es-429  95% acknowledged: {t95_slow:.2f} s against {t95_base:.2f} s"
+        f" ({t95_base / t95_slow:.2f}x; a measurement, the goal counts the whole drain)",
         f"es-429  goal: >= 0.70x and within +3 s: {'met' if ratio >= 0.7 and slow - base <= 3 else 'MISSED'};"
         f" every document indexed, index exact: {'yes' if exact else 'NO'}",
     ]
