@@ -468,7 +468,7 @@ class ClaimingTests(_Consuming):
                          dict(retry_delay=2.0, max_retry_delay=1.0), dict(max_retry_delay=float("inf"))]:
             error = self.assertRaises(InvalidConfigurationException, OutboxConsumer,
                                       self.connector, ["t1"], **settings)
-            self.assertIn("retry_delay must be at least 0.01 s", str(error))
+            self.assertIn("retry_delay must be from 0.01 s to max_retry_delay", str(error))
 
 class QueueTests(_Consuming):
     def test_full_queue_waits_for_room(self):

@@ -267,7 +267,7 @@ class OptionsTests(unittest.TestCase):
                 self.assertTrue(0.9 * w <= g <= w, (got, want))
 
         near(delays(), [0.05, 0.15, 300])
-        near(delays("--retry-delay", "0.05", "--max-retry-delay", "10"), [0.05, 0.15, 10])
+        near(delays("--retry-delay", "0.5", "--max-retry-delay", "10"), [0.5, 1.5, 10])
         near(delays("--retry-delay", "2", "--max-retry-delay", "2"), [2, 2, 2])
         base = ["--dsn", "dbname=x", "--outbox", "t"]
         self.assertUsageError(base + ["--retry-delay", "20", "--max-retry-delay", "10"],

@@ -155,7 +155,7 @@ class OutboxConsumer(ConnectedComponent):
             raise InvalidConfigurationException("max_attempts and batch_size must be at least 1")
         if not 0.01 <= retry_delay <= max_retry_delay <= MAX_RETRY_AFTER:
             raise InvalidConfigurationException(
-                "retry_delay must be at least 0.01 s and at most max_retry_delay, at most a day")
+                "retry_delay must be from 0.01 s to max_retry_delay, and max_retry_delay at most a day")
         if not max_in_flight_bytes >= 1:
             raise InvalidConfigurationException("max_in_flight_bytes must be at least 1")
         self.schema = validate_schema(schema)
