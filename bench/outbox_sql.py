@@ -48,6 +48,7 @@ import psycopg2  # noqa: E402
 import outbox_claims  # noqa: E402
 from hermes_tx.outbox import schema as outbox_schema  # noqa: E402
 from hermes_tx.outbox import sql as outbox_sql  # noqa: E402
+from hermes_tx.outbox.writes import id_array  # noqa: E402
 from hermes_tx.outbox.capture import capture, uncapture  # noqa: E402
 from tests.support.pgcluster import Cluster  # noqa: E402
 
@@ -137,7 +138,7 @@ def drain_two_steps(cur, rows):
         claimed = cur.fetchall()
         if held is not None:
             cur.execute("DELETE FROM bench_claims WHERE id = ANY (%s::bigint[]) AND token = %s RETURNING id",
-                        ("{" + ",".join(str(row[0]) for row in held[1]) + "}", held[0]))
+                        (id_array(row[0] for row in held[1]), held[0]))
             done += len(cur.fetchall())
         held = (token, claimed) if claimed else None
         if held is None and done < rows:
