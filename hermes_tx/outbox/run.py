@@ -264,9 +264,8 @@ class ConsumeRun(ConnectionRun):
         consumer = self.consumer
         linger = consumer.claim_linger
         last = self._last_claim
-        if acknowledged and self._backlog:
-            self.pump.want()
-        elif linger and last is not None and consumer.clock.seconds() - last < FLOWING:
+        flowing = last is not None and consumer.clock.seconds() - last < FLOWING
+        if linger and flowing and not (acknowledged and self._backlog):
             self._timers.once("linger", linger, self.pump.want)
         else:
             self.pump.want()
