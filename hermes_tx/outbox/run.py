@@ -42,6 +42,7 @@ from hermes_tx.postgres.cut import describe_cut, is_cut
 from hermes_tx.postgres.liveness import LivenessProbe
 from hermes_tx.runtime.backoff import Backoff, backoff_policy
 from hermes_tx.runtime.breaker import CLOSED, HALF_OPEN, OPEN
+from hermes_tx.runtime.timers import Timers
 from hermes_tx.sources.run import ConnectionRun
 from hermes_tx.postgres.channels import listen_statement
 
@@ -84,62 +85,6 @@ def _changes(rows, claim):
             [size for *_, size in rows])
 
 
-class Repeating:
-    """
-    The run's timers: each repeating one calls its action every interval,
-    a one-shot one once; the run stops them all when its work ends.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-        self._calls = {}
-
-    def every(self, name, interval, action):
-        def tick():
-            self._calls[name] = self.clock.callLater(interval, tick)
-            action()
-
-        self._calls[name] = self.clock.callLater(interval, tick)
-
-    def once(self, name, delay, action):
-        """
-        Call C{action} in C{delay} seconds, unless a call of that name is
-        pending already (then nothing changes).
-        """
-        call = self._calls.get(name)
-        if call is not None and call.active():
-            return
-
-        def fire():
-            del self._calls[name]
-            action()
-
-        self._calls[name] = self.clock.callLater(delay, fire)
-
-    def soonest(self, name, delay, action):
-        """
-        Call C{action} in C{delay} seconds, or sooner if a call of that name
-        is pending for sooner already (one call, the earliest asked for).
-        """
-        call = self._calls.get(name)
-        if call is not None and call.active():
-            if call.getTime() <= self.clock.seconds() + delay:
-                return
-            call.cancel()
-
-        def fire():
-            del self._calls[name]
-            action()
-
-        self._calls[name] = self.clock.callLater(delay, fire)
-
-    def stop(self):
-        calls, self._calls = self._calls, {}
-        for call in calls.values():
-            if call.active():
-                call.cancel()
-
-
 class ConsumeRun(ConnectionRun):
     """
     One connection's life: connect, check it is a primary, LISTEN for
@@ -156,7 +101,7 @@ class ConsumeRun(ConnectionRun):
         ConnectionRun.__init__(self, consumer)
         self.consumer = consumer
         self.pump = ClaimPump(self._claim_once)
-        self._timers = Repeating(consumer.clock)
+        self._timers = Timers(consumer.clock)
         self._probe = None
         self._extending = None  # the extension in flight, if any
         self._check = None  # the ListenCheck of the wake-ups' LISTEN

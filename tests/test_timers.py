@@ -1,0 +1,63 @@
+"""
+Tests for L{hermes_tx.runtime.timers}: fake clock, nothing real.
+"""
+
+from twisted.internet import task
+from twisted.trial import unittest
+
+from hermes_tx.runtime.timers import Timers
+
+
+class TimersTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.timers = Timers(self.clock)
+        self.calls = []
+
+    def action(self, name):
+        return lambda: self.calls.append((name, self.clock.seconds()))
+
+    def test_every_repeats_until_stopped(self):
+        self.timers.every("poll", 1.0, self.action("poll"))
+        self.clock.pump([1.0] * 3)
+        self.assertEqual(self.calls, [("poll", 1.0), ("poll", 2.0), ("poll", 3.0)])
+        self.timers.stop()
+        self.clock.advance(5)
+        self.assertEqual(len(self.calls), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_once_keeps_the_call_pending(self):
+        """
+        A second once() of a name already pending changes nothing; after it
+        fired, the name may be asked for again.
+        """
+        self.timers.once("linger", 0.01, self.action("first"))
+        self.timers.once("linger", 0.001, self.action("second"))
+        self.clock.advance(0.01)
+        self.assertEqual(self.calls, [("first", 0.01)])
+        self.timers.once("linger", 0.5, self.action("third"))
+        self.clock.advance(0.5)
+        self.assertEqual([name for name, _ in self.calls], ["first", "third"])
+
+    def test_soonest_keeps_the_earliest(self):
+        """
+        soonest() keeps one call of a name, the earliest asked for: a later
+        one changes nothing, a sooner one replaces it.
+        """
+        self.timers.soonest("released", 2.0, self.action("a"))
+        self.timers.soonest("released", 3.0, self.action("b"))
+        self.timers.soonest("released", 0.5, self.action("c"))
+        self.clock.advance(0.5)
+        self.assertEqual(self.calls, [("c", 0.5)])
+        self.clock.advance(5)
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_cancels_every_kind(self):
+        self.timers.every("poll", 1.0, self.action("poll"))
+        self.timers.once("linger", 0.01, self.action("linger"))
+        self.timers.soonest("released", 0.2, self.action("released"))
+        self.timers.stop()
+        self.clock.advance(10)
+        self.assertEqual(self.calls, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
