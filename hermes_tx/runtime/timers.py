@@ -31,12 +31,7 @@ class Timers:
         call = self._calls.get(name)
         if call is not None and call.active():
             return
-
-        def fire():
-            del self._calls[name]
-            action()
-
-        self._calls[name] = self.clock.callLater(delay, fire)
+        self._later(name, delay, action)
 
     def soonest(self, name, delay, action):
         """
@@ -48,7 +43,9 @@ class Timers:
             if call.getTime() <= self.clock.seconds() + delay:
                 return
             call.cancel()
+        self._later(name, delay, action)
 
+    def _later(self, name, delay, action):
         def fire():
             del self._calls[name]
             action()
