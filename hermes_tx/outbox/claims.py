@@ -80,7 +80,13 @@ class Claim:
         self.ledger.settle(change, ("unclaim", self.token, change, None, None))
 
 
-def change_retry(first=0.05, most=300.0):
+#: seconds before a failed change's first retry, by default
+FIRST_RETRY = 0.05
+#: the longest delay before a failed change's retry, by default (5 minutes)
+LONGEST_RETRY = 300.0
+
+
+def change_retry(first=FIRST_RETRY, most=LONGEST_RETRY):
     """
     @param first: seconds before a failed change's first retry.
     @param most: the longest delay, in seconds.

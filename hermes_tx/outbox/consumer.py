@@ -23,7 +23,7 @@ from hermes_tx.events import Change
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox import privileges, sql
 from hermes_tx.outbox.budget import DEFAULT_MAX_BYTES, ByteBudget
-from hermes_tx.outbox.claims import MAX_RETRY_AFTER, Ledger, change_retry
+from hermes_tx.outbox.claims import FIRST_RETRY, LONGEST_RETRY, MAX_RETRY_AFTER, Ledger, change_retry
 from hermes_tx.outbox.figures import Figures
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
 from hermes_tx.outbox.run import CONSUMING, CUT_LINE_SECONDS, ConsumeRun
@@ -61,8 +61,8 @@ class OutboxConsumer(ConnectedComponent):
         poll_interval=1.0,
         visibility_timeout=30.0,
         max_attempts=10,
-        retry_delay=0.05,
-        max_retry_delay=300.0,
+        retry_delay=FIRST_RETRY,
+        max_retry_delay=LONGEST_RETRY,
         batch_size=500,
         max_in_flight=None,
         max_in_flight_bytes=DEFAULT_MAX_BYTES,

@@ -25,6 +25,7 @@ from twisted.python import usage
 from hermes_tx.events import PAYLOAD_FORMATS
 from hermes_tx.exceptions import InvalidConfigurationException
 from hermes_tx.outbox.budget import DEFAULT_MAX_BYTES
+from hermes_tx.outbox.claims import FIRST_RETRY, LONGEST_RETRY
 from hermes_tx.outbox.names import validate_schema, validate_topic
 from hermes_tx.postgres import dsn as dsnlib
 from hermes_tx.postgres.channels import validate_channels
@@ -165,10 +166,10 @@ class Options(usage.Options):
          _typed("visibility-timeout", float)],
         ["max-attempts", None, 10,
          "deliveries of an outbox change before it moves to the dead letters", _typed("max-attempts", int)],
-        ["retry-delay", None, 0.05,
+        ["retry-delay", None, FIRST_RETRY,
          "seconds before a failed outbox change's first retry (three times longer each further retry)",
          _typed("retry-delay", float)],
-        ["max-retry-delay", None, 300.0,
+        ["max-retry-delay", None, LONGEST_RETRY,
          "the longest delay before a failed outbox change's retry", _typed("max-retry-delay", float)],
         ["sink", None, None, "a built-in sink as the processor: http(s)://, elasticsearch+http(s)://, "
          "redis://, amqp://, nats:// URL (instead of --processor; nats:// needs twistd --reactor "
