@@ -398,6 +398,31 @@ class WaitingTests(OutboxDatabase, unittest.TestCase):
             " attempts, claim_token FROM hermes.outbox WHERE key = 'k' ORDER BY id", (head,))
         self.assertEqual(rows, [(head, True, 1, None)] + [(i, True, 0, None) for i in behind])
 
+    def test_waiting_rows_are_in_the_window(self):
+        """
+        A claim's window holds the rows waiting for a retry (version 10):
+        the rows behind them are no candidates, the window is still exact
+        (no probe for each candidate), and it names the rows behind with
+        their head's time.  Past window_rows waiting rows it is not exact.
+        """
+        head = self.emit("t", "k")
+        behind = [self.emit("t", "k") for _ in range(2)]
+        others = [self.emit("t", f"o{i}") for i in range(2)]
+        token, _ = self.claim(["t"], limit=1)
+        self.release([head], token, 60.0)
+        window = ("SELECT w.ids, w.exact, w.behind_ids,"
+                  " w.behind_until = array_fill(o.available_at, ARRAY[cardinality(w.behind_ids)])"
+                  " FROM hermes.claim_window('t', %s, %s, true, '{}', '{}', now()) w,"
+                  " hermes.outbox o WHERE o.id = %s")
+        [(ids, exact, behind_ids, at_head)] = self.query(window, (300, 3000, head))
+        self.assertEqual((sorted(ids), exact, sorted(behind_ids), at_head), (others, True, behind, True))
+        more = [self.emit("t", f"w{i}") for i in range(2)]
+        token, rows = self.claim(["t"])
+        self.assertEqual(sorted(r[0] for r in rows), others + more)
+        self.release(more, token, 60.0)
+        [(_, exact, _, _)] = self.query(window, (3, 30, head))
+        self.assertFalse(exact)
+
     def test_deferred_rows_follow_their_head_at_once(self):
         """
         Once the head is back and acknowledged, the next row of its key
