@@ -428,22 +428,33 @@ class ClaimingTests(_Consuming):
         """
         A released change (and the later changes of its key) is claimable
         once its delay has passed: the consumer claims then, not at the
-        next poll; with several released the soonest counts.
+        next poll.  Changes released together with delays of one band (a
+        retry's generation, jittered) get one claim when the last of them
+        is due; a longer delay gets its own claim, even when it was asked
+        for while a sooner one was pending.
         """
         self.make(max_in_flight=10)
-        self.answer_claim(rows(1, 3))
-        for change in self.queue.take(3):
+        self.answer_claim(rows(1, 4))
+        changes = self.queue.take(4)
+        for change in changes[:3]:
             change.claim.retry(change, "not yet")
+        changes[3].claim.retry(changes[3], "later", retry_after=2.0)
         self.clock.advance(0)
         delays = []
-        for _ in range(2):  # the first, then the two settled while it was written
+        for _ in range(2):  # the first, then the three settled while it was written
             release = self.conn.one(self.statements["release"])
             delays.extend(release.params[2])
             release.answer([(i, "retry") for (i,) in ids(release.params[0])])
         self.assertEqual(len(self.claims()), 0)
-        self.clock.advance(min(delays) + RELEASE_MARGIN - 0.001)
+        first = [d for d in delays if d < 1.0]
+        self.assertEqual(len(first), 3)
+        self.clock.advance(min(first) + RELEASE_MARGIN - 0.001)
         self.no_claim()
-        self.clock.advance(0.002)  # 0.001 fell short by a rounding error 1 run in 6
+        self.clock.advance(max(first) - min(first) + 0.002)  # (0.001 fell short by a rounding error)
+        self.answer_claim([])
+        self.clock.advance(2.0 - max(first) - 0.01)
+        self.no_claim()
+        self.clock.advance(0.02)
         self.assertEqual(len(self.claims()), 1)
 
     def test_retry_delays_are_the_consumers(self):

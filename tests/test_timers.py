@@ -39,24 +39,42 @@ class TimersTests(unittest.TestCase):
         self.clock.advance(0.5)
         self.assertEqual([name for name, _ in self.calls], ["first", "third"])
 
-    def test_soonest_keeps_the_earliest(self):
+    def test_each_calls_at_every_time_asked_for(self):
         """
-        soonest() keeps one call of a name, the earliest asked for: a later
-        one changes nothing, a sooner one replaces it.
+        each() calls at every time asked for, a later one asked while a
+        sooner is pending included; one call serves every time due when
+        it is made.
         """
-        self.timers.soonest("released", 2.0, self.action("a"))
-        self.timers.soonest("released", 3.0, self.action("b"))
-        self.timers.soonest("released", 0.5, self.action("c"))
+        self.timers.each("released", 2.0, self.action("a"))
+        self.timers.each("released", 3.0, self.action("b"))
+        self.timers.each("released", 0.5, self.action("c"))
+        self.timers.each("released", 0.5, self.action("c"))
         self.clock.advance(0.5)
         self.assertEqual(self.calls, [("c", 0.5)])
+        self.clock.advance(1.5)
+        self.clock.advance(1.0)
+        self.assertEqual([at for _, at in self.calls], [0.5, 2.0, 3.0])
         self.clock.advance(5)
+        self.assertEqual(len(self.calls), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_each_after_a_late_call(self):
+        """
+        A call made late (the clock jumped past several times) serves every
+        time due by then, and the next one still comes.
+        """
+        for delay in (1.0, 2.0, 3.0, 10.0):
+            self.timers.each("released", delay, self.action("x"))
+        self.clock.advance(5.0)
         self.assertEqual(len(self.calls), 1)
+        self.clock.advance(5.0)
+        self.assertEqual([at for _, at in self.calls], [5.0, 10.0])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop_cancels_every_kind(self):
         self.timers.every("poll", 1.0, self.action("poll"))
         self.timers.once("linger", 0.01, self.action("linger"))
-        self.timers.soonest("released", 0.2, self.action("released"))
+        self.timers.each("released", 0.2, self.action("released"))
         self.timers.stop()
         self.clock.advance(10)
         self.assertEqual(self.calls, [])

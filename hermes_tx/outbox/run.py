@@ -10,10 +10,11 @@ closed) is L{hermes_tx.sources.run.ConnectionRun}'s state machine, whose
 session puts a deadline on every query; when to claim is a
 L{hermes_tx.outbox.pump.ClaimPump}.  This run owns the timers of its
 working state: the poll, the claims' extension (at most one in flight),
-the liveness probe, a claim when the soonest change it released comes due
-again, and the next turn on which a claim's changes go to the processor
-(queued from inside the claim's answer, they would wake the processor,
-which would work through them before the claim ahead is sent).  A claim
+the liveness probe, a claim when the changes it released come due again
+(one per retry generation), and the next turn on which a claim's changes
+go to the processor (queued from inside the claim's answer, they would
+wake the processor, which would work through them before the claim ahead
+is sent).  A claim
 whose answer was lost with the connection is
 not the consumer's problem: its rows are claimed by a backend that is gone,
 which any consumer may take over at once (L{hermes_tx.outbox.sql.claim}).
@@ -73,6 +74,24 @@ CUT_RETRY = backoff_policy(initial=0.05, factor=2.0, max_delay=5.0, jitter=None)
 #: a key waited 10 ms more: the Elasticsearch drain with 429s went from
 #: 0.62x to 0.66x, one run of five rounds each).
 RELEASE_MARGIN = 0.001
+
+
+def _claim_delays(delays):
+    """
+    @param delays: the retry delays of changes released together, in
+        seconds, each jittered (up to a tenth shorter than its schedule's).
+    @return: when to claim for them: the longest delay of each band of
+        delays within an eighth of the band's shortest (a retry's
+        generation: every change of it due by then), one claim per band
+        rather than one per change.
+    """
+    bands = []
+    for delay in sorted(delays):
+        if bands and delay <= bands[-1][0] * 1.125:
+            bands[-1][1] = delay
+        else:
+            bands.append([delay, delay])
+    return [longest for _, longest in bands]
 
 
 def _changes(rows, claim):
@@ -450,9 +469,12 @@ class ConsumeRun(ConnectionRun):
                 self._claim_soon(acknowledged=True)
             if released:
                 # A released change is claimable again once its delay has
-                # passed: claim then, not at the next poll after it.
-                delay = min(d for kind, _, _, d, _ in owed if kind == "release")
-                self._timers.soonest("released", delay + RELEASE_MARGIN, self.pump.want)
+                # passed: claim then, not at the next poll after it; each
+                # delay its claim (one due later than another is not lost
+                # when the sooner fires: at the end of a drain nothing else
+                # would claim it before the poll).
+                for delay in _claim_delays(d for kind, _, _, d, _ in owed if kind == "release"):
+                    self._timers.each("released", delay + RELEASE_MARGIN, self.pump.want)
             return result
 
         return write_owed(self.session, self.consumer, owed).addCallback(written)
