@@ -45,12 +45,11 @@ class TimersTests(unittest.TestCase):
         sooner is pending included; one call serves every time due when
         it is made.
         """
-        self.timers.each("released", 2.0, self.action("a"))
-        self.timers.each("released", 3.0, self.action("b"))
-        self.timers.each("released", 0.5, self.action("c"))
-        self.timers.each("released", 0.5, self.action("c"))
+        released = self.action("released")
+        for delay in (2.0, 3.0, 0.5, 0.5):
+            self.timers.each("released", delay, released)
         self.clock.advance(0.5)
-        self.assertEqual(self.calls, [("c", 0.5)])
+        self.assertEqual(self.calls, [("released", 0.5)])
         self.clock.advance(1.5)
         self.clock.advance(1.0)
         self.assertEqual([at for _, at in self.calls], [0.5, 2.0, 3.0])

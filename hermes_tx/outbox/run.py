@@ -14,10 +14,9 @@ the liveness probe, a claim when the changes it released come due again
 (one per retry generation), and the next turn on which a claim's changes
 go to the processor (queued from inside the claim's answer, they would
 wake the processor, which would work through them before the claim ahead
-is sent).  A claim
-whose answer was lost with the connection is
-not the consumer's problem: its rows are claimed by a backend that is gone,
-which any consumer may take over at once (L{hermes_tx.outbox.sql.claim}).
+is sent).  A claim whose answer was lost with the connection is not the
+consumer's problem: its rows are claimed by a backend that is gone, which
+any consumer may take over at once (L{hermes_tx.outbox.sql.claim}).
 
 A claim or an extension that the server cut short (the role's
 C{statement_timeout}: L{hermes_tx.postgres.cut}) costs no reconnect (that

@@ -42,7 +42,8 @@ class Timers:
         Call C{action} in C{delay} seconds, whatever else is pending under
         C{name}: every time asked for gets its call, except that one call
         serves every time due when it is made (a time asked for later than
-        a pending one is not lost when the sooner one fires).
+        a pending one is not lost when the sooner one fires).  A name has
+        one action: give the same one every time.
         """
         due = self._due.setdefault(name, [])
         heapq.heappush(due, self.clock.seconds() + delay)
