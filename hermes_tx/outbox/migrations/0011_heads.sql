@@ -10,7 +10,7 @@
 -- is nothing to rank: the candidates are locked in id order, as before.
 -- The no-op drain's statements took 9% fewer instructions of the server
 -- (bench/outbox_instructions.py: claim_runs + ack 112,600 a change, now
--- 102,500).  The function's grants are unchanged (CREATE OR REPLACE).
+-- 102,600).  The function's grants are unchanged (CREATE OR REPLACE).
 
 CREATE OR REPLACE FUNCTION {schema}.lock_heads(
     the_topic text, tids tid[], ids bigint[], ranks integer[], max_rows integer, picked tid[],
