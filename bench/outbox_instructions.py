@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import psycopg2  # noqa: E402
 
 from bench import outbox_sql  # noqa: E402
+from hermes_tx.outbox import sql as statements  # noqa: E402
 from hermes_tx.outbox.schema import install  # noqa: E402
 from tests.support.pgcluster import Cluster  # noqa: E402
 
@@ -47,54 +48,55 @@ CASES = [
 ]
 
 
-def script(case, changes):
-    """@return: the single-user script of C{case} (C{None}: the writes alone)."""
-    key = "g::text"
+def script(case, changes, hermes):
+    """
+    @param hermes: the outbox's C{claim_runs} and C{ack} statements as
+        text (L{hermes_tx.outbox.sql}, rendered for the schema).
+    @return: the single-user script of C{case} (C{None}: the writes alone).
+    """
     out = ["CREATE TEMP TABLE held (step int, id bigint)", "CREATE INDEX ON held (step)", "SET jit = off"]
     for table in ("hermes.outbox", "bench_queue", "bench_claims"):
-        out.append(f"INSERT INTO {table} (topic, key, payload) SELECT '{outbox_sql.TOPIC}', {key},"
+        out.append(f"INSERT INTO {table} (topic, key, payload) SELECT '{outbox_sql.TOPIC}', g::text,"
                    f" {outbox_sql.PAYLOAD} FROM generate_series(1, {changes}) g")
         out.append(f"VACUUM ANALYZE {table}")
-    tokens = [str(uuid.UUID(int=i + 1)) for i in range(changes // BATCH + 3)]
-    returning = "RETURNING o.id, o.topic, o.key, o.payload::text, extract(epoch FROM o.created_at)"
+    # The statements' parameters written in: a single-user backend takes none.
+    tokens = [f"'{uuid.UUID(int=i + 1)}'" for i in range(changes // BATCH + 3)]
     for k in range(1, len(tokens) - 1):
         held = f"ARRAY(SELECT id FROM held WHERE step = {k - 1})"
+        keep = f"INSERT INTO held SELECT {k}, id FROM"
         if case == "loop":
-            out.append(f"WITH d AS (DELETE FROM bench_queue o WHERE id IN (SELECT id FROM bench_queue ORDER BY id"
-                       f" LIMIT {BATCH} FOR UPDATE SKIP LOCKED) {returning}) INSERT INTO held SELECT {k}, id FROM d")
+            out.append(f"WITH d AS ({outbox_sql.PLAIN_DELETE % BATCH}) {keep} d")
         elif case == "two steps":
-            out.append(f"WITH c AS (UPDATE bench_claims o SET token = '{tokens[k]}', until = now() + interval '30 s'"
-                       f" WHERE o.id IN (SELECT id FROM bench_claims WHERE until IS NULL ORDER BY id LIMIT {BATCH}"
-                       f" FOR UPDATE SKIP LOCKED) {returning}) INSERT INTO held SELECT {k}, id FROM c")
-            out.append(f"WITH d AS (DELETE FROM bench_claims WHERE id = ANY ({held}) AND token = '{tokens[k - 1]}'"
-                       f" RETURNING id) SELECT count(*) FROM d")
+            out.append(f"WITH c AS ({outbox_sql.CLAIM_UPDATE % (tokens[k], BATCH)}) {keep} c")
+            out.append(f"WITH d AS ({outbox_sql.CLAIM_DELETE % (held, tokens[k - 1])}) SELECT count(*) FROM d")
         elif case in ("two steps, outbox", "hermes"):
             if case == "hermes":
-                out.append(f"INSERT INTO held SELECT {k}, id FROM hermes.claim_runs(ARRAY['{outbox_sql.TOPIC}'],"
-                           f" {BATCH}, '{tokens[k]}', 30.0)")
+                claim = hermes["claim_runs"] % (f"ARRAY['{outbox_sql.TOPIC}']", BATCH, tokens[k], 30.0)
+                out.append(f"{keep} ({claim}) c")
             else:
-                out.append(f"WITH c AS (UPDATE hermes.outbox o SET claim_token = '{tokens[k]}',"
+                out.append(f"WITH c AS (UPDATE hermes.outbox o SET claim_token = {tokens[k]},"
                            f" claimed_until = now() + interval '30 s', attempts = o.attempts + 1,"
                            f" claim_pid = pg_backend_pid(), claimed_at = now() WHERE o.id IN (SELECT id FROM"
                            f" hermes.outbox WHERE claimed_until IS NULL ORDER BY id LIMIT {BATCH}"
-                           f" FOR UPDATE SKIP LOCKED) {returning}) INSERT INTO held SELECT {k}, id FROM c")
-            out.append(f"SELECT count(*) FROM hermes.ack({held}, '{tokens[k - 1]}')")
+                           f" FOR UPDATE SKIP LOCKED)"
+                           f" RETURNING o.id, o.topic, o.key, o.payload::text, extract(epoch FROM o.created_at))"
+                           f" {keep} c")
+            out.append(f"SELECT count(*) FROM ({hermes['ack'] % (held, tokens[k - 1])}) a")
     out.append("SELECT count(*) AS drained FROM held")
     return "".join(statement + ";\n\n" for statement in out)
 
 
-def count(cluster, case, changes, workdir):
+def count(cluster, case, changes, hermes, workdir):
     """@return: the instructions of C{case}'s single-user run, and how many it drained."""
     name = re.sub(r"\W+", "-", case or "writes")
     copy = os.path.join(cluster.base_dir, f"copy-{name}")
     out = os.path.join(workdir, f"callgrind-{name}.out")
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     subprocess.run(as_postgres + ["cp", "-a", cluster.data_dir, copy], check=True)
-    os.chmod(workdir, 0o777)
     run = subprocess.run(
         as_postgres + ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                        os.path.join(cluster.bindir, "postgres"), "--single", "-j", "-D", copy, "postgres"],
-        input=script(case, changes), capture_output=True, text=True, cwd=workdir)
+        input=script(case, changes, hermes), capture_output=True, text=True, cwd=workdir)
     subprocess.run(as_postgres + ["rm", "-rf", copy], check=True)
     drained = re.findall(r'drained = "(\d+)"', run.stdout)
     errors = [line for line in run.stdout.splitlines() if "ERROR" in line]
@@ -110,20 +112,22 @@ def main():
     parser.add_argument("--changes", type=int, default=20000)
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="hermes-bench-instructions-")
+    os.chmod(workdir, 0o777)  # the postgres user writes callgrind's output there
     cluster = Cluster.create_primary()
     try:
         with psycopg2.connect(cluster.dsn()) as conn:
             install(conn)
             conn.autocommit = True
             outbox_sql.make_tables(conn.cursor())
+            hermes = {"claim_runs": statements.claim_runs().as_string(conn), "ack": statements.ack().as_string(conn)}
         conn.close()
         cluster.stop()
-        writes, _ = count(cluster, None, args.changes, workdir)
+        writes, _ = count(cluster, None, args.changes, hermes, workdir)
         print(f"the no-op drain's statements, {args.changes:,} changes (one key each), instructions of the server"
               f" per change (valgrind --tool=callgrind, the writes taken off)")
         loop = None
         for case, what in CASES:
-            total, drained = count(cluster, case, args.changes, workdir)
+            total, drained = count(cluster, case, args.changes, hermes, workdir)
             if drained != args.changes:
                 raise RuntimeError(f"{case}: drained {drained} of {args.changes}")
             per = (total - writes) / args.changes

@@ -100,6 +100,23 @@ def fill(cur, rows, keys):
     cur.execute("ANALYZE bench_claims")
 
 
+#: the hand-written loop's one statement (parameter: the batch size)
+PLAIN_DELETE = (
+    "DELETE FROM bench_queue WHERE id IN (SELECT id FROM bench_queue ORDER BY id"
+    " LIMIT %s FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, topic, key, payload::text, extract(epoch FROM created_at)"
+)
+#: the two-step loop's claim (parameters: the token, the batch size)
+CLAIM_UPDATE = (
+    "UPDATE bench_claims SET token = %s, until = now() + interval '30 s'"
+    " WHERE id IN (SELECT id FROM bench_claims WHERE until IS NULL ORDER BY id"
+    " LIMIT %s FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, topic, key, payload::text, extract(epoch FROM created_at)"
+)
+#: the two-step loop's acknowledgement (parameters: the ids, the token)
+CLAIM_DELETE = "DELETE FROM bench_claims WHERE id = ANY (%s::bigint[]) AND token = %s RETURNING id"
+
+
 def drain_hermes(cur, rows):
     claim, ack = outbox_sql.claim(), outbox_sql.ack()
     done = 0
@@ -128,17 +145,10 @@ def drain_two_steps(cur, rows):
     start = time.perf_counter()
     while done < rows:
         token = str(uuid.uuid4())
-        cur.execute(
-            "UPDATE bench_claims SET token = %s, until = now() + interval '30 s'"
-            " WHERE id IN (SELECT id FROM bench_claims WHERE until IS NULL ORDER BY id"
-            " LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " RETURNING id, topic, key, payload::text, extract(epoch FROM created_at)",
-            (token, BATCH),
-        )
+        cur.execute(CLAIM_UPDATE, (token, BATCH))
         claimed = cur.fetchall()
         if held is not None:
-            cur.execute("DELETE FROM bench_claims WHERE id = ANY (%s::bigint[]) AND token = %s RETURNING id",
-                        (id_array(row[0] for row in held[1]), held[0]))
+            cur.execute(CLAIM_DELETE, (id_array(row[0] for row in held[1]), held[0]))
             done += len(cur.fetchall())
         held = (token, claimed) if claimed else None
         if held is None and done < rows:
@@ -150,12 +160,7 @@ def drain_plain(cur, rows):
     done = 0
     start = time.perf_counter()
     while done < rows:
-        cur.execute(
-            "DELETE FROM bench_queue WHERE id IN (SELECT id FROM bench_queue ORDER BY id"
-            " LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " RETURNING id, topic, key, payload::text, extract(epoch FROM created_at)",
-            (BATCH,),
-        )
+        cur.execute(PLAIN_DELETE, (BATCH,))
         done += len(cur.fetchall())
     return time.perf_counter() - start
 
