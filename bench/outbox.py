@@ -14,8 +14,11 @@ hermes --outbox} processes on one throwaway server, peers in the same run
   drain    50,000 pending changes, a no-op processor in one twistd
            process, against the hand-written DELETE ... SKIP LOCKED loop
            (bench/outbox_sql.py); beside them the outbox's claim + ack in a
-           blocking loop, and a claim (UPDATE ... SKIP LOCKED) + ack with
-           nothing else (no per-key order), claiming ahead; pgqueuer and
+           blocking loop, the consumer's own statements in one (claiming
+           ahead), and a claim (UPDATE ... SKIP LOCKED) + ack with
+           nothing else (no per-key order), claiming ahead, and a claim
+           deleted in a transaction held over the delivery (another
+           protocol, measured for issue 15); pgqueuer and
            procrastinate processing the
            same number of no-op jobs (bench/outbox_peers.py); enqueue timed
            apart from processing
@@ -172,7 +175,7 @@ class Bench:
         results = {}
         for keys in (None, 500):
             label = "own key each" if keys is None else f"{keys} keys"
-            times = {"hermes": [], "emit": [], "sql": [], "steps": [], "plain": []}
+            times = {"hermes": [], "emit": [], "sql": [], "own": [], "steps": [], "held": [], "plain": []}
             for _ in range(rounds):
                 outbox_sql.fill(cur, rows, keys)
                 times["plain"].append(outbox_sql.drain_plain(cur, rows))
@@ -180,6 +183,10 @@ class Bench:
                 times["steps"].append(outbox_sql.drain_two_steps(cur, rows))
                 times["emit"].append(self.emit(cur, rows, keys))
                 times["hermes"].append(self.drain_twistd(dsn, cur, rows))
+                outbox_sql.fill_table(cur, "hermes.outbox", rows, keys)
+                times["held"].append(outbox_sql.drain_held(cur, rows))
+                outbox_sql.fill_table(cur, "hermes.outbox", rows, keys)
+                times["own"].append(outbox_sql.drain_consumer(cur, rows))
                 print("    round: " + ", ".join(f"{k} {rows / v[-1]:,.0f}/s" for k, v in times.items()),
                       flush=True)
             rate = {k: rows / statistics.median(v) for k, v in times.items()}
@@ -191,8 +198,14 @@ class Bench:
                      f"{rate['plain']:,.0f}/s (1x)")
             self.add(f"drain {rows:,}, {label}: claim(500) + ack, blocking loop (SQL alone)",
                      f"{rate['sql']:,.0f}/s ({rate['sql'] / rate['plain']:.2f}x)")
+            self.add(f"drain {rows:,}, {label}: the consumer's claim_within(500) + ack, claiming ahead,"
+                     " blocking loop (its statements alone)",
+                     f"{rate['own']:,.0f}/s ({rate['own'] / rate['plain']:.2f}x)")
             self.add(f"drain {rows:,}, {label}: claim + ack with no per-key order, claiming ahead (two steps alone)",
                      f"{rate['steps']:,.0f}/s ({rate['steps'] / rate['plain']:.2f}x)")
+            self.add(f"drain {rows:,}, {label}: a claim deleted in a transaction held over the delivery"
+                     " (another protocol, per-key order kept)",
+                     f"{rate['held']:,.0f}/s ({rate['held'] / rate['plain']:.2f}x)")
             self.add(f"enqueue {rows:,}, {label}: hermes.emit, 1,000 per transaction",
                      f"{rate['emit']:,.0f}/s")
         conn.close()

@@ -10,9 +10,13 @@ and the tables of bench/outbox_sql.py: the same changes (one key each,
 the goal's shape) written to the outbox, the hand-written loop's table and
 the two-step loop's table, then drained by the case's statements, each
 its own transaction, claiming ahead as the consumer does (a batch
-acknowledged after the next claim).  A case that only writes the changes is counted
-too and taken off the others: what is printed is the drain's instructions
-per change.
+acknowledged after the next claim).  Two more cases say where the rest
+lies: the loop's own statement on the outbox's table, and a claim that is
+its own acknowledgement, held in a transaction over the delivery.  A case
+that only writes the changes is counted too and taken off the others:
+what is printed is the drain's instructions per change.  The loop's cost
+per change grows with --changes (its plan scans the whole table once a
+step); the others' hardly moves.
 
     .venv/bin/python bench/outbox_instructions.py [--changes N]
 
@@ -45,6 +49,9 @@ CASES = [
     ("two steps", "UPDATE of the oldest 500 (SKIP LOCKED), then DELETE by id and token, a table like the loop's"),
     ("two steps, outbox", "the same UPDATE on the outbox, acknowledged by ack()"),
     ("hermes", "the outbox's claim_runs(500) and ack()"),
+    ("loop, outbox", "the loop's statement on the outbox (fillfactor 40, room for HOT claims)"),
+    ("held", "a DELETE of the oldest free change of each key, by ctid, in a transaction held open"
+             " over the delivery (not the outbox's protocol)"),
 ]
 
 
@@ -66,6 +73,14 @@ def script(case, changes, hermes):
         keep = f"INSERT INTO held SELECT {k}, id FROM"
         if case == "loop":
             out.append(f"WITH d AS ({outbox_sql.PLAIN_DELETE % BATCH}) {keep} d")
+        elif case == "loop, outbox":
+            # The loop's plan is a hash semi join over a sequential scan of
+            # the whole table: its cost follows the table's pages.
+            out.append(f"WITH d AS ({outbox_sql.PLAIN_DELETE.replace('bench_queue', 'hermes.outbox') % BATCH}) {keep} d")
+        elif case == "held":
+            if k == 1:
+                out += outbox_sql.HELD_SETTINGS
+            out += ["BEGIN", f"WITH d AS ({outbox_sql.HELD_DELETE % BATCH}) {keep} d", "COMMIT"]
         elif case == "two steps":
             out.append(f"WITH c AS ({outbox_sql.CLAIM_UPDATE % (tokens[k], BATCH)}) {keep} c")
             out.append(f"WITH d AS ({outbox_sql.CLAIM_DELETE % (held, tokens[k - 1])}) SELECT count(*) FROM d")

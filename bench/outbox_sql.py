@@ -90,14 +90,18 @@ def reset(cur):
 def fill(cur, rows, keys):
     reset(cur)
     for table in ("hermes.outbox", "bench_queue", "bench_claims"):
-        cur.execute(
-            f"INSERT INTO {table} (topic, key, payload)"
-            f" SELECT %s, {key_expression(keys)}, {PAYLOAD} FROM generate_series(1, %s) g",
-            (TOPIC, rows),
-        )
-    cur.execute("ANALYZE hermes.outbox")
-    cur.execute("ANALYZE bench_queue")
-    cur.execute("ANALYZE bench_claims")
+        fill_table(cur, table, rows, keys)
+
+
+def fill_table(cur, table, rows, keys):
+    """Empty C{table}, write C{rows} changes to it and analyze it."""
+    cur.execute(f"TRUNCATE {table}")
+    cur.execute(
+        f"INSERT INTO {table} (topic, key, payload)"
+        f" SELECT %s, {key_expression(keys)}, {PAYLOAD} FROM generate_series(1, %s) g",
+        (TOPIC, rows),
+    )
+    cur.execute(f"ANALYZE {table}")
 
 
 #: the hand-written loop's one statement (parameter: the batch size)
@@ -106,6 +110,26 @@ PLAIN_DELETE = (
     " LIMIT %s FOR UPDATE SKIP LOCKED)"
     " RETURNING id, topic, key, payload::text, extract(epoch FROM created_at)"
 )
+#: a claim that is its own acknowledgement (parameter: the batch size):
+#: the outbox's oldest fresh changes, each the oldest of its key still in
+#: the outbox, locked (SKIP LOCKED) and deleted by ctid.
+#: Committed after delivery, a claim needs no second write; rolled back
+#: (the consumer or its connection gone), its changes are back at once.
+#: The per-key test is a probe of outbox_topic_key_hash_id per change:
+#: hash and merge joins are turned off for it (HELD_SETTINGS), or it scans
+#: the whole table, as PLAIN_DELETE's plan does (a hash semi join over a
+#: sequential scan).  A measurement of another protocol (issue 15), not
+#: the outbox's.
+HELD_DELETE = (
+    "DELETE FROM hermes.outbox o WHERE o.ctid = ANY (ARRAY("
+    "SELECT o.ctid FROM hermes.outbox o WHERE o.topic = '{topic}' AND o.available_at <= o.created_at"
+    " AND o.claimed_until IS NULL AND NOT EXISTS (SELECT 1 FROM hermes.outbox e WHERE e.topic = o.topic"
+    " AND hashtextextended(e.key, 0) = hashtextextended(o.key, 0) AND e.key = o.key AND e.id < o.id)"
+    " ORDER BY o.id LIMIT %s FOR UPDATE SKIP LOCKED))"
+    " RETURNING o.id, o.topic, o.key, o.payload::text, extract(epoch FROM o.created_at)"
+).format(topic=TOPIC)
+#: what HELD_DELETE is run with
+HELD_SETTINGS = ["SET enable_hashjoin = off", "SET enable_mergejoin = off"]
 #: the two-step loop's claim (parameters: the token, the batch size)
 CLAIM_UPDATE = (
     "UPDATE bench_claims SET token = %s, until = now() + interval '30 s'"
@@ -132,6 +156,31 @@ def drain_hermes(cur, rows):
     return time.perf_counter() - start
 
 
+def drain_consumer(cur, rows, budget=64 << 20):
+    """
+    The consumer's own statements (L{outbox_sql.claim_within} and
+    L{outbox_sql.ack}, as C{twistd hermes --outbox} sends them) in a
+    blocking loop, claiming ahead as it does (a batch acknowledged after
+    the next claim): what the drain of C{twistd hermes} would reach were
+    its client free.
+    """
+    claim, ack = outbox_sql.claim_within(), outbox_sql.ack()
+    done, held = 0, None
+    start = time.perf_counter()
+    while done < rows:
+        token = str(uuid.uuid4())
+        cur.execute(claim, ([TOPIC], BATCH, token, 30.0, budget, True))
+        claimed = cur.fetchall()
+        if held is None and not claimed:
+            raise RuntimeError(f"the consumer's statements found nothing after {done} of {rows}")
+        if held is not None:
+            # (with few keys a claim ahead may find every head in flight)
+            cur.execute(ack, (id_array(row[0] for row in held[1]), held[0]))
+            done += len(cur.fetchall())
+        held = (token, claimed) if claimed else None
+    return time.perf_counter() - start
+
+
 def drain_two_steps(cur, rows):
     """
     Claim and acknowledge with nothing else: the oldest 500 unclaimed rows
@@ -153,6 +202,32 @@ def drain_two_steps(cur, rows):
         held = (token, claimed) if claimed else None
         if held is None and done < rows:
             raise RuntimeError(f"the two-step loop found nothing after {done} of {rows}")
+    return time.perf_counter() - start
+
+
+def drain_held(cur, rows):
+    """
+    Drain the outbox by L{HELD_DELETE}: each claim deleted in a
+    transaction that commits after its (no-op) delivery, no second write.
+    Not the outbox's protocol: what a claim held in a transaction would
+    cost against L{drain_plain}.
+    """
+    for setting in HELD_SETTINGS:
+        cur.execute(setting)
+    done = 0
+    start = time.perf_counter()
+    try:
+        while done < rows:
+            cur.execute("BEGIN")
+            cur.execute(HELD_DELETE, (BATCH,))
+            claimed = cur.fetchall()
+            cur.execute("COMMIT")
+            if not claimed:
+                raise RuntimeError(f"the held claim found nothing after {done} of {rows}")
+            done += len(claimed)
+    finally:
+        cur.execute("ROLLBACK")  # (a warning only, unless a step failed)
+        cur.execute("RESET ALL")
     return time.perf_counter() - start
 
 
