@@ -482,7 +482,8 @@ class StopDuringClaimTests(_Consuming, unittest.TestCase):
         locker = self.connect(autocommit=False)
         locker.cursor().execute("LOCK TABLE hermes.outbox IN EXCLUSIVE MODE")
         client, consumer, recorder = self.start(stats_interval=None, poll_interval=60)
-        yield wait_until(lambda: consumer.is_consuming and consumer.supervisor.run.pump.state == "claiming",
+        # connected, its first claim waiting for the lock (so not ready yet)
+        yield wait_until(lambda: consumer.state == "starting" and consumer.supervisor.run.pump.state == "claiming",
                          what="a claim waiting for the lock")
         stopping = client.stopService()
         yield sleep(0.2)

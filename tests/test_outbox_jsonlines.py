@@ -58,7 +58,9 @@ class AcknowledgedOnlyOnceWrittenTests(OutboxDatabase, unittest.TestCase):
 
         client.startService()
         self.addCleanup(client.stopService)
-        yield wait_until(lambda: consumer.is_consuming and watch_writes(), what="consuming")
+        # (connected: its first claim may not have come back yet)
+        yield wait_until(lambda: consumer.state in ("starting", "consuming") and watch_writes(),
+                         what="connected")
         yield wait_until(lambda: consumer.ledger.counts["acked"] >= rows, timeout=60,
                          what=f"{rows} acknowledgements")
         self.assertEqual(len(written_ids()), rows)

@@ -177,7 +177,7 @@ class ReadyTests(_Consuming):
         a new token and the visibility timeout.
         """
         consumer = self.make()
-        self.assertEqual(consumer.state, "consuming")
+        self.assertEqual(consumer.state, "starting")
         query = self.claim()
         topics, limit, token, visibility, budget, first = query.params
         self.assertEqual((topics, limit, visibility, budget, first), (["t1", "t2"], 10, 30.0, 32 << 20, True))
@@ -185,10 +185,23 @@ class ReadyTests(_Consuming):
         self.assertEqual(self.lines(LogLevel.info), ["OutboxConsumer: consuming outbox topics 't1', 't2'"])
 
     def test_ready_once_a_claim_worked(self):
-        self.make()
+        """
+        Connected, the consumer is C{"starting"} (not consuming, so
+        C{/ready} says 503) until a claim of that connection comes back;
+        a claim refused ends the connection before it ever was.
+        """
+        consumer = self.make()
         self.assertEqual(self.seen.calls, [])
+        self.assertFalse(consumer.is_consuming)
         self.answer_claim([])
         self.assertEqual(self.seen.calls, [("ready",)])
+        self.assertEqual(consumer.state, "consuming")
+        self.assertTrue(consumer.is_consuming)
+        self.conn.lose()
+        self.clock.advance(self.seen.delays[-1])
+        self.assertEqual(consumer.state, "starting")
+        self.claim().fail(DENIED)
+        self.assertEqual(consumer.state, "waiting")
 
     def test_changes_are_queued(self):
         consumer = self.make()
@@ -698,6 +711,23 @@ class BreakerTests(_Consuming):
         self.assertEqual(self.seen.calls, [("ready",)])
         self.no_claim()
 
+    def test_a_connection_made_while_open(self):
+        """
+        A connection made while the circuit is open claims nothing, and is
+        not ready (C{"starting"}) until the circuit half-opens and its
+        probing claim comes back.
+        """
+        self.answer_claim([])
+        self.open()
+        self.conn.lose()
+        self.clock.advance(self.seen.delays[-1])
+        self.assertEqual(self.consumer.state, "starting")
+        self.no_claim()
+        self.clock.advance(5)
+        self.assertEqual(self.breaker.state, "half-open")
+        self.answer_claim([])
+        self.assertEqual(self.consumer.state, "consuming")
+
     def test_half_open_claims_one_batch(self):
         """
         Probing: one processor batch (half the pacer's floor, at least 1),
@@ -778,7 +808,7 @@ class ExtensionTests(_Consuming):
         self.clock.advance(5)
         self.conn.lose()
         self.clock.advance(self.seen.delays[-1])
-        self.assertEqual(self.consumer.state, "consuming")
+        self.assertEqual(self.consumer.state, "starting")
         [ext] = self.extensions()
         self.assertEqual(ext.params[0], "{1,2,3}")
         self.assertEqual(self.conn.asked, [ext, self.claim()])
@@ -814,7 +844,7 @@ class CutTests(_Consuming):
         self.make()
         self.claim().fail(CUT)
         self.assertEqual(self.lost(), [])
-        self.assertEqual(self.consumer.state, "consuming")
+        self.assertEqual(self.consumer.state, "starting")  # connected, not delivering
         self.no_claim()
         self.clock.advance(0.05)
         self.claim().fail(CUT)

@@ -16,7 +16,7 @@ from hermes_tx.listeners import PostgresNotificationListener
 from hermes_tx.outbox.consumer import OutboxConsumer
 from hermes_tx.status import StatusService, make_resource
 from hermes_tx.status.readiness import readiness
-from tests.support.fakes import FakeListenConnector, FakeRoleConnector
+from tests.support.fakes import FakeConnection, FakeListenConnector, FakeRoleConnector
 from tests.support.shared import Collector
 
 
@@ -58,6 +58,32 @@ class ReadinessTests(_Client, unittest.TestCase):
         self.assertEqual(details["listener"], "listening")
         self.assertEqual(details["processor"], "working")
         self.assertIn("outbox", details)
+
+
+    def test_an_outbox_consumer_whose_claim_has_not_come_back(self):
+        """
+        Connected, its first claim not answered yet, the outbox consumer is
+        C{"starting"}: not ready (a claim refused for a missing grant ends
+        the connection before it ever counts as consuming).
+        """
+        def unanswered(**kwargs):
+            conn = FakeConnection(**kwargs)
+            conn.hung = True  # the role check answers, the claim never does
+            return conn
+
+        clock = task.Clock()
+        client = Client("host=db", clock=clock, connector=FakeRoleConnector())
+        connector = FakeListenConnector(connection_factory=unanswered)
+        client.add_outbox(OutboxConsumer(connector, "t", clock=clock, liveness_timeout=None,
+                                         listen_check_timeout=None, stats_interval=None))
+        client.add_processor(Collector())
+        client.startService()
+        self.addCleanup(client.stopService)
+        self.addCleanup(lambda: connector.connection.lose())  # (first: the stop waits for the claim)
+        ready, details = readiness(client)
+        self.assertFalse(ready)
+        self.assertEqual((details["role"], details["outbox"], details["reason"]),
+                         ("primary", "starting", "outbox consumer is starting"))
 
 
 class StatusApiTests(_Client, unittest.TestCase):

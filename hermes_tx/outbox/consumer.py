@@ -26,7 +26,7 @@ from hermes_tx.outbox.budget import DEFAULT_MAX_BYTES, ByteBudget
 from hermes_tx.outbox.claims import FIRST_RETRY, LONGEST_RETRY, MAX_RETRY_AFTER, Ledger, change_retry
 from hermes_tx.outbox.figures import Figures
 from hermes_tx.outbox.pacing import HORIZON, ClaimPacer
-from hermes_tx.outbox.run import CONSUMING, CUT_LINE_SECONDS, ConsumeRun
+from hermes_tx.outbox.run import CONSUMING, CUT_LINE_SECONDS, STARTING, ConsumeRun
 from hermes_tx.outbox.runs import KeyRuns
 from hermes_tx.runtime.loglimit import LogLimit
 from hermes_tx.sources.component import ConnectedComponent
@@ -253,7 +253,7 @@ class OutboxConsumer(ConnectedComponent):
 
     def _claim_now(self):
         run = self.supervisor.run
-        if run is not None and self.is_consuming:
+        if run is not None and self.state in (STARTING, CONSUMING):
             run.claim()
 
     def describe_loss(self, error):

@@ -46,7 +46,7 @@ from hermes_tx.runtime.timers import Timers
 from hermes_tx.sources.run import ConnectionRun
 from hermes_tx.postgres.channels import listen_statement
 
-CONNECTING, CONSUMING = "connecting", "consuming"
+CONNECTING, STARTING, CONSUMING = "connecting", "starting", "consuming"
 
 
 #: full claims not followed ahead after a claim ahead came back short
@@ -108,8 +108,10 @@ class ConsumeRun(ConnectionRun):
     One connection's life: connect, check it is a primary, LISTEN for
     wake-ups, then claim, extend and write until lost or stopped.
 
-    @ivar state: C{"connecting"}, C{"consuming"}, C{"stopping"} or
-        C{"ended"}.
+    @ivar state: C{"connecting"}, C{"starting"} (connected, its first
+        claim not answered yet: a claim refused for a missing grant or a
+        read-only role ends the connection, so it is not ready yet),
+        C{"consuming"}, C{"stopping"} or C{"ended"}.
     """
 
     purpose = "claiming"
@@ -130,6 +132,12 @@ class ConsumeRun(ConnectionRun):
         self._skip_ahead = 0  # full claims not to follow ahead (see _claimed)
         self._cut_retry = Backoff(CUT_RETRY)  # statements cut short in a row
         self._handing = []  # claimed changes for the processor on the next turn
+        self._answered = False  # a claim of this connection came back
+
+    @property
+    def state(self):
+        state = super().state
+        return STARTING if state == CONSUMING and not self._answered else state
 
     def listen_statement(self):
         private = self.consumer.hearing.channel
@@ -324,6 +332,7 @@ class ConsumeRun(ConnectionRun):
             consumer.ledger.add_many(cut, [0] * len(cut))
             consumer.hand_back(cut)
         if self.is_working:
+            self._answered = True
             self.on_ready()  # claims work: the next loss retries after the shortest delay
             self._cut_retry.reset()
             consumer.prime_figures(self.session)

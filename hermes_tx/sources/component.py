@@ -25,8 +25,8 @@ class ConnectedComponent(BaseComponent):
     primary when a multi-host DSN's primary moves.
 
     @ivar state: C{"stopped"}, C{"connecting"}, the run's working state
-        (C{"listening"}, C{"consuming"}), C{"waiting"} (for the next run) or
-        C{"stopping"}.
+        (C{"listening"}; C{"starting"}, then C{"consuming"} once a claim
+        came back), C{"waiting"} (for the next run) or C{"stopping"}.
     @ivar reconnects: lost connections so far (for metrics).
     """
 
