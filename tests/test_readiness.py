@@ -59,7 +59,6 @@ class ReadinessTests(_Client, unittest.TestCase):
         self.assertEqual(details["processor"], "working")
         self.assertIn("outbox", details)
 
-
     def test_an_outbox_consumer_whose_claim_has_not_come_back(self):
         """
         Connected, its first claim not answered yet, the outbox consumer is
