@@ -13,7 +13,9 @@ hermes --outbox} processes on one throwaway server, peers in the same run
            the changes (tests.support.deliveries:FlakyRecorder)
   drain    50,000 pending changes, a no-op processor in one twistd
            process, against the hand-written DELETE ... SKIP LOCKED loop
-           (bench/outbox_sql.py); beside them the outbox's claim + ack in a
+           (bench/outbox_sql.py), and the server's time executing the
+           statements of each (pg_stat_statements, microseconds a change);
+           beside them the outbox's claim + ack in a
            blocking loop, the consumer's own statements in one (claiming
            ahead), and a claim (UPDATE ... SKIP LOCKED) + ack with
            nothing else (no per-key order), claiming ahead, and a claim
@@ -176,31 +178,37 @@ class Bench:
         for keys in (None, 500):
             label = "own key each" if keys is None else f"{keys} keys"
             times = {"hermes": [], "emit": [], "sql": [], "own": [], "steps": [], "held": [], "plain": []}
+            # the server's time executing them (microseconds a change)
+            server = {"hermes": [], "own": [], "plain": []}
             for _ in range(rounds):
                 outbox_sql.fill(cur, rows, keys)
-                times["plain"].append(outbox_sql.drain_plain(cur, rows))
+                self.timed(times, server, "plain", lambda: outbox_sql.drain_plain(cur, rows), rows)
                 times["sql"].append(outbox_sql.drain_hermes(cur, rows))
                 times["steps"].append(outbox_sql.drain_two_steps(cur, rows))
                 times["emit"].append(self.emit(cur, rows, keys))
-                times["hermes"].append(self.drain_twistd(dsn, cur, rows))
+                self.timed(times, server, "hermes", lambda: self.drain_twistd(dsn, cur, rows), rows)
                 outbox_sql.fill_table(cur, "hermes.outbox", rows, keys)
                 times["held"].append(outbox_sql.drain_held(cur, rows))
                 outbox_sql.fill_table(cur, "hermes.outbox", rows, keys)
-                times["own"].append(outbox_sql.drain_consumer(cur, rows))
-                print("    round: " + ", ".join(f"{k} {rows / v[-1]:,.0f}/s" for k, v in times.items()),
+                self.timed(times, server, "own", lambda: outbox_sql.drain_consumer(cur, rows), rows)
+                print("    round: " + ", ".join(f"{k} {rows / v[-1]:,.0f}/s" for k, v in times.items())
+                      + "; server " + ", ".join(f"{k} {v[-1]:.1f} us" for k, v in server.items()),
                       flush=True)
             rate = {k: rows / statistics.median(v) for k, v in times.items()}
+            spent = {k: statistics.median(v) for k, v in server.items()}
             results[label] = rate
             self.add(f"drain {rows:,}, {label}: twistd hermes --outbox, no-op processor",
-                     f"{rate['hermes']:,.0f}/s ({rate['hermes'] / rate['plain']:.2f}x)",
+                     f"{rate['hermes']:,.0f}/s ({rate['hermes'] / rate['plain']:.2f}x);"
+                     f" server {spent['hermes']:.1f} us a change",
                      ">= 0.7x the loop (issue 15)")
             self.add(f"drain {rows:,}, {label}: hand-written DELETE ... SKIP LOCKED loop",
-                     f"{rate['plain']:,.0f}/s (1x)")
+                     f"{rate['plain']:,.0f}/s (1x); server {spent['plain']:.1f} us a change")
             self.add(f"drain {rows:,}, {label}: claim(500) + ack, blocking loop (SQL alone)",
                      f"{rate['sql']:,.0f}/s ({rate['sql'] / rate['plain']:.2f}x)")
             self.add(f"drain {rows:,}, {label}: the consumer's claim_within(500) + ack, claiming ahead,"
                      " blocking loop (its statements alone)",
-                     f"{rate['own']:,.0f}/s ({rate['own'] / rate['plain']:.2f}x)")
+                     f"{rate['own']:,.0f}/s ({rate['own'] / rate['plain']:.2f}x);"
+                     f" server {spent['own']:.1f} us a change")
             self.add(f"drain {rows:,}, {label}: claim + ack with no per-key order, claiming ahead (two steps alone)",
                      f"{rate['steps']:,.0f}/s ({rate['steps'] / rate['plain']:.2f}x)")
             self.add(f"drain {rows:,}, {label}: a claim deleted in a transaction held over the delivery"
@@ -210,6 +218,22 @@ class Bench:
                      f"{rate['emit']:,.0f}/s")
         conn.close()
         self.peers(rows, results["own key each"]["hermes"])
+
+    def timed(self, times, server, name, drain, rows):
+        """
+        Run C{drain} (returning its seconds) and add its seconds to
+        C{times[name]} and the server's time executing the drain database's
+        statements meanwhile, in microseconds a change, to C{server[name]}
+        (C{pg_stat_statements}: top-level statements, the bench's own
+        polling left out).
+        """
+        self.cluster.execute("SELECT pg_stat_statements_reset()")
+        times[name].append(drain())
+        spent = self.cluster.execute(
+            "SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements"
+            " WHERE toplevel AND dbid = (SELECT oid FROM pg_database WHERE datname = 'drain')"
+            " AND query NOT LIKE 'SELECT EXISTS%%'")[0][0]
+        server[name].append(spent * 1000 / rows)
 
     def emit(self, cur, rows, keys, truncate=True):
         """Empty the outbox and emit C{rows} changes; @return: seconds."""
